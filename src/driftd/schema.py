@@ -1,0 +1,335 @@
+"""The record schema: feature names and kinds, the target, the task, and record validation.
+
+Validation is strict and happens once, at the boundary: a number is a JSON number (``false`` is
+not one), it is finite (``NaN``, ``Infinity`` and ``1e400`` are refused), a category is a string
+no longer than the configured cap, no field is missing and none is unknown. A batch with any bad
+record is refused whole; the error lists every bad record by index and field.
+
+The validators are pydantic ``TypeAdapter``s built from the schema, so the JSON is parsed and
+checked in one pass in compiled code, and the same types document the API in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, Union
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+__all__ = [
+    "Feature",
+    "FieldError",
+    "InvalidInput",
+    "LabelRecord",
+    "Record",
+    "Schema",
+    "Validators",
+]
+
+Kind = Literal["numeric", "categorical"]
+Task = Literal["classification", "regression"]
+Value = float | str
+Label = int | str | float
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One input column of the model."""
+
+    name: str
+    kind: Kind = "numeric"
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """What a record looks like, built from the ``[schema]`` section of the config.
+
+    ``target`` and ``id_field`` name the label and id columns in flat history files (CSV, JSONL);
+    over HTTP a record is ``{"id", "timestamp", "features", "prediction", "label"}``.
+    """
+
+    features: tuple[Feature, ...]
+    task: Task = "classification"
+    target: str = "label"
+    id_field: str | None = None
+    timestamp_field: str | None = None
+    max_string_length: int = 256
+    max_id_length: int = 128
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features if f.kind == "numeric")
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features if f.kind == "categorical")
+
+    def fingerprint(self) -> str:
+        """A short stable description of the schema; checkpoints written under another refuse to load."""
+        cols = ",".join(f"{f.name}:{f.kind}" for f in self.features)
+        return f"{self.task}|{self.target}|{cols}"
+
+
+class Record(TypedDict):
+    """A validated record as it flows from the API to the store and the monitor."""
+
+    id: NotRequired[str]
+    timestamp: NotRequired[float]
+    features: dict[str, Value]
+    prediction: NotRequired[Label | None]
+    label: NotRequired[Label | None]
+
+
+class LabelRecord(TypedDict):
+    """A delayed label for a record or prediction id."""
+
+    id: str
+    label: Label
+    timestamp: NotRequired[float]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem in a request body: which record (``index``), which ``field``, and what was wrong."""
+
+    index: int | None
+    field: str
+    message: str
+    type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "message": self.message, "type": self.type}
+
+
+class InvalidInput(ValueError):
+    """A request body failed validation. ``malformed`` is set when it was not even valid JSON."""
+
+    def __init__(self, errors: Sequence[FieldError], *, malformed: bool = False) -> None:
+        self.errors = list(errors)
+        self.malformed = malformed
+        first = self.errors[0] if self.errors else None
+        summary = f"{first.field}: {first.message}" if first else "invalid input"
+        super().__init__(f"{len(self.errors)} error(s); first: {summary}")
+
+    @property
+    def reason(self) -> str:
+        """A short, bounded label for the rejection metric."""
+        if self.malformed:
+            return "malformed_json"
+        return self.errors[0].type if self.errors else "invalid"
+
+
+_STRICT_FINITE = Field(strict=True, allow_inf_nan=False)
+
+
+@dataclass(slots=True)
+class Validators:
+    """Compiled validators for one schema. Build once at start-up; they are thread-safe."""
+
+    schema: Schema
+    features_type: Any = field(init=False)
+    label_type: Any = field(init=False)
+    records: TypeAdapter[list[Record]] = field(init=False)
+    record: TypeAdapter[Record] = field(init=False)
+    instances: TypeAdapter[list[dict[str, Value]]] = field(init=False)
+    labels: TypeAdapter[list[LabelRecord]] = field(init=False)
+    label_record: TypeAdapter[LabelRecord] = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.schema
+        category = Annotated[str, Field(strict=True, max_length=s.max_string_length)]
+        number = Annotated[float, _STRICT_FINITE]
+        columns: dict[str, Any] = {
+            f.name: (number if f.kind == "numeric" else category) for f in s.features
+        }
+        features: Any = TypedDict("Features", columns)  # type: ignore[operator]
+        features.__pydantic_config__ = ConfigDict(extra="forbid")
+        if s.task == "classification":
+            label: Any = Union[  # noqa: UP007 - a runtime type expression built from the schema
+                Annotated[int, Field(strict=True)],
+                Annotated[str, Field(strict=True, min_length=1, max_length=s.max_string_length)],
+            ]
+        else:
+            label = number
+        ident = Annotated[str, Field(strict=True, min_length=1, max_length=s.max_id_length)]
+        record: Any = TypedDict(  # type: ignore[operator]
+            "Record",
+            {
+                "id": NotRequired[ident],
+                "timestamp": NotRequired[number],
+                "features": features,
+                "prediction": NotRequired[label | None],
+                "label": NotRequired[label | None],
+            },
+        )
+        record.__pydantic_config__ = ConfigDict(extra="forbid")
+        label_record: Any = TypedDict(  # type: ignore[operator]
+            "LabelRecord",
+            {"id": ident, "label": label, "timestamp": NotRequired[number]},
+        )
+        label_record.__pydantic_config__ = ConfigDict(extra="forbid")
+        self.features_type = features
+        self.label_type = label
+        self.record = TypeAdapter(record)
+        self.records = TypeAdapter(list[record])  # type: ignore[valid-type]
+        self.instances = TypeAdapter(list[features])  # type: ignore[valid-type]
+        self.label_record = TypeAdapter(label_record)
+        self.labels = TypeAdapter(list[label_record])  # type: ignore[valid-type]
+
+    def parse(self, adapter: TypeAdapter[Any], body: bytes | str, *, prefix: str = "") -> Any:
+        """Parse and validate a JSON document; raise :class:`InvalidInput` listing every error."""
+        try:
+            return adapter.validate_json(body)
+        except ValidationError as exc:
+            raise _invalid(exc, prefix) from None
+
+    def parse_ndjson(self, adapter: TypeAdapter[Any], body: bytes) -> list[Any]:
+        """Parse newline-delimited JSON, one document per non-empty line, validating each."""
+        out: list[Any] = []
+        errors: list[FieldError] = []
+        malformed = False
+        for index, line in enumerate(_lines(body)):
+            try:
+                out.append(adapter.validate_json(line))
+            except ValidationError as exc:
+                bad = _invalid(exc, "", index=index)
+                malformed = malformed or bad.malformed
+                errors.extend(bad.errors)
+        if errors:
+            raise InvalidInput(errors, malformed=malformed and len(errors) == 1)
+        return out
+
+    def python(self, adapter: TypeAdapter[Any], value: Any) -> Any:
+        """Validate already-decoded Python data (history files, the demo source)."""
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise _invalid(exc, "") from None
+
+
+def _lines(body: bytes) -> list[bytes]:
+    return [line for line in body.split(b"\n") if line.strip()]
+
+
+_TOP_FIELDS = {"id", "timestamp", "prediction", "label", "features", "instances", "ids"}
+
+
+def _field_name(loc: tuple[int | str, ...]) -> tuple[int | None, str]:
+    """Map a pydantic error location to (record index, dotted field name), dropping union tags."""
+    parts = list(loc)
+    index: int | None = None
+    if parts and parts[0] == "instances":
+        parts = parts[1:]
+        if parts and isinstance(parts[0], int):
+            index = parts.pop(0)
+        return index, "features." + str(parts[0]) if parts else "instances"
+    if parts and isinstance(parts[0], int):
+        index = parts.pop(0)
+    if not parts:
+        return index, "(record)" if index is not None else "(body)"
+    head = str(parts[0])
+    if head == "features" and len(parts) > 1:
+        return index, f"features.{parts[1]}"
+    return index, head if head in _TOP_FIELDS else head
+
+
+_MESSAGES = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number (NaN, Infinity and out-of-range values are refused)",
+    "string_type": "expected a string",
+    "string_too_long": "string is longer than the configured maximum",
+    "string_too_short": "string must not be empty",
+    "int_type": "expected an integer",
+}
+
+
+def _invalid(exc: ValidationError, prefix: str, *, index: int | None = None) -> InvalidInput:
+    errors: list[FieldError] = []
+    seen: set[tuple[int | None, str]] = set()
+    malformed = False
+    for err in exc.errors(include_url=False, include_input=False, include_context=True):
+        if err["type"] == "json_invalid":
+            malformed = True
+            errors.append(FieldError(index, "(body)", _json_message(err), "malformed_json"))
+            continue
+        at, name = _field_name(err["loc"])
+        at = index if at is None else at
+        if name in ("label", "prediction"):
+            key = (at, name)
+            if key in seen:
+                continue
+            seen.add(key)
+            errors.append(FieldError(at, prefix + name, _label_message(err), "label_type"))
+            continue
+        seen.add((at, name))
+        message = _MESSAGES.get(err["type"], err["msg"])
+        if err["type"] == "string_too_long":
+            message = f"{message} ({err.get('ctx', {}).get('max_length')} characters)"
+        errors.append(FieldError(at, prefix + name, message, err["type"]))
+    return InvalidInput(errors, malformed=malformed)
+
+
+def _json_message(err: ErrorDetails) -> str:
+    msg = str(err["msg"])
+    return msg.replace("Invalid JSON: ", "malformed JSON: ")
+
+
+def _label_message(err: ErrorDetails) -> str:
+    if err["type"] == "finite_number":
+        return _MESSAGES["finite_number"]
+    return "expected an integer or a non-empty string for a class label, or a finite number for a regression target"
+
+
+def coerce_row(
+    schema: Schema, row: Mapping[str, Any], *, line: int
+) -> tuple[dict[str, Value], Any, str | None, float | None]:
+    """Turn one flat history row (CSV strings or JSONL values) into features, label, id, time.
+
+    Raises ``ValueError`` naming the line and column on the first problem.
+    """
+    feats: dict[str, Value] = {}
+    for f in schema.features:
+        if f.name not in row or row[f.name] in ("", None):
+            raise ValueError(f"line {line}, column {f.name!r}: missing value")
+        raw = row[f.name]
+        if f.kind == "numeric":
+            feats[f.name] = _number(raw, line, f.name)
+        else:
+            text = str(raw)
+            if len(text) > schema.max_string_length:
+                raise ValueError(f"line {line}, column {f.name!r}: string longer than the maximum")
+            feats[f.name] = text
+    label: Any = row.get(schema.target)
+    if label in ("", None):
+        label = None
+    elif schema.task == "regression":
+        label = _number(label, line, schema.target)
+    elif isinstance(label, bool) or isinstance(label, float):
+        raise ValueError(f"line {line}, column {schema.target!r}: expected a class label")
+    elif isinstance(label, str) and label.lstrip("-").isdigit():
+        label = int(label)
+    ident = row.get(schema.id_field) if schema.id_field else None
+    ts_raw = row.get(schema.timestamp_field) if schema.timestamp_field else None
+    ts = None if ts_raw in ("", None) else _number(ts_raw, line, str(schema.timestamp_field))
+    return feats, label, None if ident in ("", None) else str(ident), ts
+
+
+def _number(raw: Any, line: int, column: str) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"line {line}, column {column!r}: expected a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"line {line}, column {column!r}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"line {line}, column {column!r}: expected a finite number, got {raw!r}")
+    return value
