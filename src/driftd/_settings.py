@@ -114,7 +114,11 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
             return _BAD
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             errors.append(f"{path}: got {_show(value)}, expected a finite number")
             return _BAD
         return float(value)

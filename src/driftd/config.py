@@ -27,6 +27,7 @@ __all__ = [
     "REGRESSION_METRICS",
     "BootstrapConfig",
     "Config",
+    "DemoConfig",
     "FeatureConfig",
     "LogConfig",
     "ModelConfig",
@@ -34,6 +35,8 @@ __all__ = [
     "ServerConfig",
     "StateConfig",
     "StoreConfig",
+    "TrainingConfig",
+    "import_object",
     "load",
     "load_text",
 ]
@@ -150,6 +153,34 @@ class BootstrapConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    timeout_seconds: float = field(default=600.0, metadata={"min": 1})
+    memory_limit_mb: int | None = field(default=4096, metadata={"min": 64})
+    holdout_fraction: float = field(default=0.2, metadata={"min": 0.01, "max": 0.9})
+    window_rows: int = field(default=20_000, metadata={"min": 10})
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    stream: Literal["agrawal", "sea", "stagger"] = "agrawal"
+    concepts: list[int] = field(default_factory=lambda: [0, 2, 4])
+    segment: int = field(default=6000, metadata={"min": 100})
+    rate: float = field(default=400.0, metadata={"min": 1})
+    batch: int = field(default=20, metadata={"min": 1})
+    label_delay_seconds: float = field(default=1.0, metadata={"min": 0})
+    seed: int = 7
+
+    def validate(self) -> list[str]:
+        top = {"agrawal": 9, "sea": 3, "stagger": 2}[self.stream]
+        bad = [c for c in self.concepts if not 0 <= c <= top]
+        if not self.concepts or bad:
+            return [
+                f"concepts: got {self.concepts!r}, expected a non-empty list of 0..{top} for {self.stream}"
+            ]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
@@ -166,11 +197,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = field(default="<memory>", compare=False)
 
     def validate(self) -> list[str]:
-        metrics = CLASSIFICATION_METRICS if self.schema.task == "classification" else REGRESSION_METRICS
+        metrics = (
+            CLASSIFICATION_METRICS if self.schema.task == "classification" else REGRESSION_METRICS
+        )
         if self.model.metric not in metrics:
             return [
                 f"model.metric: got {self.model.metric!r}, expected one of "
@@ -213,7 +248,9 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
     return load_text(text, source=str(path), env=env)
 
 
-def load_text(text: str, *, source: str = "<memory>", env: Mapping[str, str] | None = None) -> Config:
+def load_text(
+    text: str, *, source: str = "<memory>", env: Mapping[str, str] | None = None
+) -> Config:
     """Like :func:`load`, from a string (``source`` names it in messages and anchors paths)."""
     try:
         data = tomllib.loads(text)

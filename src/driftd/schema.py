@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypedDict, Union
 
+import typing_extensions
+
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -105,7 +107,12 @@ class FieldError:
     type: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "field": self.field, "message": self.message, "type": self.type}
+        return {
+            "index": self.index,
+            "field": self.field,
+            "message": self.message,
+            "type": self.type,
+        }
 
 
 class InvalidInput(ValueError):
@@ -141,6 +148,7 @@ class Validators:
     instances: TypeAdapter[list[dict[str, Value]]] = field(init=False)
     labels: TypeAdapter[list[LabelRecord]] = field(init=False)
     label_record: TypeAdapter[LabelRecord] = field(init=False)
+    predict: TypeAdapter[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.schema
@@ -149,7 +157,7 @@ class Validators:
         columns: dict[str, Any] = {
             f.name: (number if f.kind == "numeric" else category) for f in s.features
         }
-        features: Any = TypedDict("Features", columns)  # type: ignore[operator]
+        features: Any = typing_extensions.TypedDict("Features", columns)  # type: ignore[operator]
         features.__pydantic_config__ = ConfigDict(extra="forbid")
         if s.task == "classification":
             label: Any = Union[  # noqa: UP007 - a runtime type expression built from the schema
@@ -159,7 +167,7 @@ class Validators:
         else:
             label = number
         ident = Annotated[str, Field(strict=True, min_length=1, max_length=s.max_id_length)]
-        record: Any = TypedDict(  # type: ignore[operator]
+        record: Any = typing_extensions.TypedDict(  # type: ignore[operator]
             "Record",
             {
                 "id": NotRequired[ident],
@@ -170,11 +178,20 @@ class Validators:
             },
         )
         record.__pydantic_config__ = ConfigDict(extra="forbid")
-        label_record: Any = TypedDict(  # type: ignore[operator]
+        label_record: Any = typing_extensions.TypedDict(  # type: ignore[operator]
             "LabelRecord",
             {"id": ident, "label": label, "timestamp": NotRequired[number]},
         )
         label_record.__pydantic_config__ = ConfigDict(extra="forbid")
+        predict: Any = typing_extensions.TypedDict(  # type: ignore[operator]
+            "PredictRequest",
+            {
+                "instances": Annotated[list[features], Field(min_length=1)],  # type: ignore[valid-type]
+                "ids": NotRequired[list[ident]],
+            },
+        )
+        predict.__pydantic_config__ = ConfigDict(extra="forbid")
+        self.predict = TypeAdapter(predict)
         self.features_type = features
         self.label_type = label
         self.record = TypeAdapter(record)
@@ -329,7 +346,9 @@ def _number(raw: Any, line: int, column: str) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"line {line}, column {column!r}: expected a number, got {raw!r}") from None
+        raise ValueError(
+            f"line {line}, column {column!r}: expected a number, got {raw!r}"
+        ) from None
     if not math.isfinite(value):
         raise ValueError(f"line {line}, column {column!r}: expected a finite number, got {raw!r}")
     return value

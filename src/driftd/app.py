@@ -1,0 +1,407 @@
+"""The HTTP API (v1): FastAPI routes over the engine.
+
+Bodies are read here, not by FastAPI, so that the size cap counts the bytes actually received
+(a chunked upload cannot slip past it) and so that records are parsed and validated in one pass
+by the schema's compiled validators. Every refusal is a JSON body naming what was wrong, with a
+4xx status, and is counted in ``driftd_records_rejected_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from driftd import __version__
+from driftd.engine import Engine, NoModel
+from driftd.schema import FieldError, InvalidInput
+
+__all__ = ["ApiError", "create_app"]
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+NDJSON_TYPES = (
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+)
+
+
+class ApiError(Exception):
+    """A refusal with its status, a short code (also the metric's reason) and a message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors or []
+        self.headers = headers
+
+
+# -- documented bodies (OpenAPI) ---------------------------------------------------------------
+class FieldErrorBody(BaseModel):
+    index: int | None = Field(
+        description="Index of the bad record in the batch (null: the body as a whole)"
+    )
+    field: str = Field(description="The offending field, e.g. 'features.age' or 'label'")
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(
+        description="A short code, e.g. invalid_record, body_too_large, unauthorized"
+    )
+    message: str
+    errors: list[FieldErrorBody] = Field(default_factory=list)
+
+
+class PredictResponse(BaseModel):
+    predictions: list[int | str | float]
+    ids: list[str] = Field(
+        description="Ids under which the predictions are stored; send labels for them"
+    )
+    model_version: int
+    duplicates: list[str] = Field(default_factory=list)
+
+
+class IngestResponse(BaseModel):
+    accepted: int
+    duplicates: list[str] = Field(
+        description="Ids already stored; an idempotent re-send changes nothing"
+    )
+    first_index: int | None = None
+
+
+class LabelsResponse(BaseModel):
+    accepted: int
+    joined: int = Field(description="Labels that met their stored prediction now")
+    pending: int = Field(description="Labels kept until their record arrives")
+    duplicates: list[str]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed JSON",
+        401: "Missing or wrong bearer token",
+        413: "Body or batch over the configured cap",
+        415: "Unsupported content type",
+        422: "Invalid records: every bad record and field is listed",
+    }.items()
+}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(data, allow_nan=False, separators=(",", ":")),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _error_response(exc: ApiError) -> Response:
+    body = {"error": exc.code, "message": exc.message, "errors": [e.as_dict() for e in exc.errors]}
+    return _json(body, exc.status, exc.headers)
+
+
+def create_app(engine: Engine, *, lifespan: Any = None) -> FastAPI:
+    config = engine.config
+    server = config.server
+    metrics = engine.metrics
+    validators = engine.validators
+
+    app = FastAPI(
+        title="driftd",
+        version=__version__,
+        description="Serve a model, watch its traffic for drift, retrain and redeploy it.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    def reject(reason: str) -> None:
+        metrics.rejected.labels(reason).inc()
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        reject(exc.code)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def query_error(_: Request, exc: RequestValidationError) -> Response:
+        # Query parameters only (bodies are validated by the schema); never echo the input.
+        errors = [
+            FieldError(
+                None,
+                ".".join(str(p) for p in e["loc"][1:]) or "(query)",
+                str(e["msg"]),
+                str(e["type"]),
+            )
+            for e in exc.errors()
+        ]
+        return _error_response(
+            ApiError(422, "invalid_parameter", "invalid query parameter", errors)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _json({"error": code, "message": str(exc.detail), "errors": []}, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error in a request")
+        return _json(
+            {"error": "internal", "message": "internal error; see the daemon's log", "errors": []},
+            500,
+        )
+
+    def check_token(request: Request) -> None:
+        if server.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.encode(), server.token.encode()
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def media_type(request: Request, *, ndjson: bool) -> str:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in JSON_TYPES or (ndjson and kind in NDJSON_TYPES):
+            return kind
+        allowed = "application/json" + (" or application/x-ndjson" if ndjson else "")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {kind or '(none)'!r} is not supported; send {allowed}",
+        )
+
+    async def read_body(request: Request) -> bytes:
+        limit = server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(
+                413, "body_too_large", f"body of {declared} bytes is over the {limit}-byte cap"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body is over the {limit}-byte cap")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def parse(adapter: Any, body: bytes, kind: str) -> Any:
+        try:
+            if kind in NDJSON_TYPES:
+                return _ndjson(adapter, body)
+            return validators.parse(adapter, body)
+        except InvalidInput as exc:
+            if exc.malformed:
+                raise ApiError(400, "malformed_json", exc.errors[0].message, exc.errors) from None
+            raise ApiError(422, "invalid_record", str(exc), exc.errors) from None
+
+    def _ndjson(list_adapter: Any, body: bytes) -> list[Any]:
+        item = validators.record if list_adapter is validators.records else validators.label_record
+        return validators.parse_ndjson(item, body)
+
+    def check_batch(n: int) -> None:
+        if n > server.max_batch_size:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"batch of {n} records is over the {server.max_batch_size}-record cap",
+            )
+        if n == 0:
+            raise ApiError(
+                422,
+                "invalid_record",
+                "empty batch",
+                [FieldError(None, "(body)", "empty batch", "too_short")],
+            )
+
+    async def on_worker(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(engine.worker, fn, *args)
+
+    def body_doc(adapter: Any, *, ndjson: bool) -> dict[str, Any]:
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        content = {"application/json": {"schema": schema}}
+        if ndjson:
+            content["application/x-ndjson"] = {
+                "schema": {"type": "string", "description": "One JSON object per line"}
+            }
+        return {"requestBody": {"required": True, "content": content}}
+
+    # -- routes ----------------------------------------------------------------------------
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses={**_ERRORS, 503: {"model": ErrorBody, "description": "No model is serving yet"}},
+        openapi_extra=body_doc(validators.predict, ndjson=False),
+        summary="Predict one or many instances; the inputs and predictions are stored for monitoring",
+    )
+    async def predict(request: Request) -> Response:
+        start = time.perf_counter()
+        check_token(request)
+        kind = media_type(request, ndjson=False)
+        body = parse(validators.predict, await read_body(request), kind)
+        instances = body["instances"]
+        ids = body.get("ids")
+        check_batch(len(instances))
+        if ids is not None and len(ids) != len(instances):
+            raise ApiError(
+                422,
+                "invalid_record",
+                "ids must have one entry per instance",
+                [
+                    FieldError(
+                        None, "ids", f"got {len(ids)} ids for {len(instances)} instances", "length"
+                    )
+                ],
+            )
+        try:
+            result = await on_worker(engine.predict, instances, ids, time.time())
+        except NoModel as exc:
+            metrics.rejected.labels("no_model").inc()
+            return _json(
+                {"error": "no_model", "message": str(exc), "errors": []}, 503, {"Retry-After": "5"}
+            )
+        metrics.predict_duration.observe(time.perf_counter() - start)
+        return _json(
+            {
+                "predictions": result.predictions,
+                "ids": result.ids,
+                "model_version": result.version,
+                "duplicates": result.duplicates,
+            }
+        )
+
+    @app.post(
+        "/v1/records",
+        response_model=IngestResponse,
+        responses=_ERRORS,
+        openapi_extra=body_doc(validators.records, ndjson=True),
+        summary="Observed traffic from elsewhere: features, optional prediction, optional label",
+    )
+    async def records(request: Request) -> Response:
+        check_token(request)
+        kind = media_type(request, ndjson=True)
+        batch = parse(validators.records, await read_body(request), kind)
+        check_batch(len(batch))
+        result = await on_worker(engine.add_records, batch, "records", time.time())
+        return _json(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "first_index": result.inserted_idx[0] if result.inserted_idx else None,
+            }
+        )
+
+    @app.post(
+        "/v1/labels",
+        response_model=LabelsResponse,
+        responses=_ERRORS,
+        openapi_extra=body_doc(validators.labels, ndjson=True),
+        summary="Delayed labels by record or prediction id",
+    )
+    async def labels(request: Request) -> Response:
+        check_token(request)
+        kind = media_type(request, ndjson=True)
+        batch = parse(validators.labels, await read_body(request), kind)
+        check_batch(len(batch))
+        return _json(await on_worker(engine.add_labels, batch, time.time()))
+
+    @app.get("/v1/status", summary="Serving model, store, detectors, bootstrap, recent events")
+    async def status() -> Response:
+        return _json(await asyncio.to_thread(engine.status))
+
+    @app.get("/v1/models", summary="Registry versions and aliases")
+    async def models() -> Response:
+        return _json(await asyncio.to_thread(engine.models))
+
+    @app.get("/v1/events", summary="The audit log, newest first; page with `before`")
+    async def events(
+        kind: str | None = Query(None, max_length=64, description="Only events of this kind"),
+        before: int | None = Query(
+            None, ge=1, description="Only events with a smaller id (paging)"
+        ),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> Response:
+        rows = await asyncio.to_thread(engine.store.events, kind=kind, before=before, limit=limit)
+        items = [e.as_dict() for e in rows]
+        return _json(
+            {"events": items, "next_before": items[-1]["id"] if len(items) == limit else None}
+        )
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get(
+        "/readyz", summary="Readiness: a model is loaded", responses={503: {"model": ErrorBody}}
+    )
+    async def readyz() -> Response:
+        live = engine.serving.current
+        if live is None:
+            return _json(
+                {"error": "no_model", "message": engine._no_model_reason(), "errors": []}, 503
+            )
+        return _json({"status": "ready", "model_version": live.version})
+
+    @app.get("/metrics", summary="Prometheus exposition")
+    async def prometheus() -> Response:
+        data = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            defs: dict[str, Any] = {}
+            for adapter in (validators.predict, validators.records, validators.labels):
+                defs.update(
+                    adapter.json_schema(ref_template="#/components/schemas/{model}").get(
+                        "$defs", {}
+                    )
+                )
+            for op in spec.get("paths", {}).values():
+                for method in op.values():
+                    for media in method.get("requestBody", {}).get("content", {}).values():
+                        media.get("schema", {}).pop("$defs", None)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,248 @@
+"""The daemon's lifecycle: startup, main loop, shutdown; signals; sd_notify.
+
+Shaped like uvicorn's server, on which it runs: ``startup`` opens the store and loads the model
+(the FastAPI lifespan), ``on_tick`` does the periodic chores (watchdog, checkpoint, retention,
+bootstrap), ``shutdown`` drains requests within a bounded time and closes the store. SIGTERM
+and SIGINT ask for a graceful exit and a second SIGINT forces it; SIGHUP re-reads the config
+and reports what needs a restart. No business logic lives here: it is in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from driftd import logs
+from driftd.app import create_app
+from driftd.config import Config, load
+from driftd.engine import Engine
+from driftd.errors import ConfigError
+from driftd.metrics import Metrics
+from driftd.sdnotify import Notifier, Watchdog
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with our signal handling and our chores in its tick."""
+
+    def __init__(self, config: uvicorn.Config, daemon: Daemon) -> None:
+        super().__init__(config)
+        self.daemon = daemon
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handlers = {
+            signal.SIGINT: self.handle_exit,
+            signal.SIGTERM: self.handle_exit,
+            signal.SIGHUP: self.daemon.handle_reload,
+        }
+        original = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+            log.warning("second interrupt: exiting without waiting for requests")
+        else:
+            log.info("received %s: shutting down gracefully", signal.Signals(sig).name)
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if self.started:
+            self.daemon.on_tick(time.monotonic())
+        return should_exit or self.daemon.should_exit
+
+
+class Daemon:
+    """One driftd process. ``Daemon(config).run()`` blocks until shutdown and returns an exit code."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        on_started: Callable[[Daemon], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.engine = Engine(config, self.metrics)
+        self.notifier = Notifier.from_environ()
+        self.watchdog = Watchdog.from_environ(self.notifier)
+        self.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-jobs")
+        self.on_started = on_started
+        self.should_exit = False
+        self._ready_sent = False
+        self._reload_requested = False
+        self._next_checkpoint = 0.0
+        self._next_trim = 0.0
+        self._job: Future[Any] | None = None
+        self._last_tick = time.monotonic()
+        self.server: _Server | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(self.startup)
+        try:
+            yield
+        finally:
+            self.notifier.stopping()
+            await asyncio.to_thread(self.shutdown)
+
+    def startup(self) -> None:
+        self.engine.open()
+        now = time.monotonic()
+        self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
+        self._next_trim = now
+        live = self.engine.serving.current
+        log.info(
+            "driftd started: state %s, %s",
+            self.engine.state_dir,
+            f"serving model v{live.version:06d}" if live else "no model yet",
+        )
+
+    def shutdown(self) -> None:
+        self.jobs.shutdown(wait=False, cancel_futures=True)
+        self.engine.cancel.set()
+        self.engine.close()
+        log.info("driftd stopped")
+
+    def run(self) -> int:
+        config = uvicorn.Config(
+            create_app(self.engine, lifespan=self.lifespan),
+            host=self.config.server.host,
+            port=self.config.server.port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(self.config.server.shutdown_timeout_seconds) or None,
+            server_header=False,
+        )
+        self.server = _Server(config, self)
+        try:
+            asyncio.run(self.server.serve())
+        except OSError as exc:
+            log.error(
+                "cannot serve on %s:%s: %s", self.config.server.host, self.config.server.port, exc
+            )
+            return 1
+        if not self.server.started:
+            return 1
+        return 0
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (useful with ``port = 0``)."""
+        if self.server is None or not self.server.servers:
+            return None
+        for srv in self.server.servers:
+            for sock in srv.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+    # -- the main loop's chores ------------------------------------------------------------
+    def on_tick(self, now: float) -> None:
+        """Called about every 0.1 s from the event loop: cheap checks only, work goes to threads."""
+        self._last_tick = now
+        if not self._ready_sent:
+            self._ready_sent = True
+            live = self.engine.serving.current
+            self.notifier.ready(self.status_line())
+            log.info("listening on http://%s:%s", self.config.server.host, self.port)
+            if self.on_started is not None:
+                self.on_started(self)
+            del live
+        self.watchdog.tick(now, healthy=self._healthy())
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        idle = self._job is None or self._job.done()
+        if idle and self.engine.bootstrap_due():
+            self._job = self.jobs.submit(self._bootstrap)
+        elif idle and now >= self._next_checkpoint:
+            self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
+            self._job = self.jobs.submit(self.engine.checkpoint)
+        elif idle and now >= self._next_trim:
+            self._next_trim = now + self.config.store.retention_interval_seconds
+            self._job = self.jobs.submit(self.engine.trim)
+
+    def _healthy(self) -> bool:
+        return not self.engine.worker._shutdown
+
+    def _bootstrap(self) -> None:
+        self.notifier.status("training the first model")
+        self.engine.bootstrap()
+        self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        live = self.engine.serving.current
+        if live is None:
+            return "no model yet: " + self.engine._no_model_reason()
+        return f"serving model v{live.version:06d}"
+
+    # -- signals ---------------------------------------------------------------------------
+    def handle_reload(self, sig: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply what can change live, report what needs a restart."""
+        self.notifier.reloading("reloading configuration")
+        try:
+            new = load(self.config.source)
+        except ConfigError as exc:
+            log.error(
+                "reload refused, keeping the running configuration:\n%s", "\n".join(exc.errors)
+            )
+            self.notifier.ready(self.status_line())
+            return
+        live_sections = {"log"}
+        restart = [
+            name
+            for name in (
+                "server",
+                "state",
+                "schema",
+                "store",
+                "model",
+                "bootstrap",
+                "monitor",
+                "training",
+            )
+            if getattr(new, name) != getattr(self.config, name) and name not in live_sections
+        ]
+        logs.configure(new.log.level, new.log.format)
+        if restart:
+            log.warning("reloaded; changes to [%s] take effect after a restart", ", ".join(restart))
+        else:
+            log.info("configuration reloaded")
+        self.engine.store.add_event("config_reloaded", {"needs_restart": restart}, ts=time.time())
+        self.notifier.ready(self.status_line())
+
+
+def run_config(path: Path) -> int:
+    config = load(path)
+    logs.configure(config.log.level, config.log.format)
+    return Daemon(config).run()

@@ -1,0 +1,527 @@
+"""The engine: what happens to traffic and models, independent of HTTP and of the process.
+
+It ties the store, the registry, the serving reference, the monitor and the metrics together.
+Everything that touches the store's writer or the monitor runs on one worker thread, in
+arrival order, so a record's index, its storage and its pass through the detectors agree; the
+HTTP handlers, the demo source and replay all call the same methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from driftd.config import Config
+from driftd.errors import IntegrityError
+from driftd.metrics import Metrics
+from driftd.monitor import CheckpointMismatch, Monitor, MonitorEvent
+from driftd.registry import Registry, Version, atomic_write
+from driftd.schema import Label, LabelRecord, Record, Schema, Validators
+from driftd.serving import LiveModel, Serving, WarmupError
+from driftd.store import IngestResult, Joined, Row, Store
+from driftd.training import (
+    FitJob,
+    fit_isolated,
+    library_versions,
+    matrix,
+    rows_to_matrix,
+    score,
+)
+
+__all__ = ["Engine", "NoModel", "PredictResult"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CHECKPOINT = "monitor.ckpt"
+
+
+class NoModel(RuntimeError):
+    """No model is serving yet (the registry is empty and bootstrap has not finished)."""
+
+
+@dataclass(slots=True)
+class PredictResult:
+    predictions: list[Label]
+    ids: list[str]
+    version: int
+    duplicates: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """One daemon's working parts. ``open()`` before use, ``close()`` after."""
+
+    def __init__(
+        self, config: Config, metrics: Metrics, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.schema: Schema = config.schema_obj()
+        self.validators = Validators(self.schema)
+        self.metrics = metrics
+        self.clock = clock
+        self.state_dir = config.state_dir
+        self.store = Store(self.state_dir / "driftd.sqlite3", self.schema)
+        self.registry: Registry | None = None
+        self.serving = Serving(self.schema)
+        self.monitor = Monitor(self.schema, config.monitor)
+        self.monitor_index = 0
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-ingest")
+        self.cancel = threading.Event()
+        self.bootstrap_state = "idle"
+        self.bootstrap_error: str | None = None
+        self.started = clock()
+        self._ids = itertools.count()
+        self._id_prefix = secrets.token_hex(4)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
+        self.store.open()
+        self.registry = Registry(
+            self.state_dir / "models", extra_trusted=self.config.model.trusted_types
+        )
+        self.registry.sweep()
+        for leftover in self.state_dir.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
+        self.metrics.declare_features(
+            ((s.signal, s.feature) for s in self.monitor.detector_states()), self.schema.categorical
+        )
+        self._restore_monitor()
+        self.load_champion()
+        m = self.metrics.live
+        m.detectors = lambda: (
+            (s.signal, s.feature, s.state, s.estimate) for s in self.monitor.detector_states()
+        )
+        m.store_records = lambda: self._store_records
+        m.live_score = lambda: self.monitor.live_score
+        self._store_records = self.store.counts()["records"]
+
+    def close(self) -> None:
+        try:
+            self.checkpoint()
+        except Exception:
+            log.exception("could not write the monitor checkpoint at shutdown")
+        self.worker.shutdown(wait=True)
+        self.store.close()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the ingest worker and wait for it (from any thread but the worker)."""
+        return self.worker.submit(fn, *args).result()
+
+    # -- models ----------------------------------------------------------------------------
+    @property
+    def reg(self) -> Registry:
+        if self.registry is None:
+            raise RuntimeError("the engine is not open")
+        return self.registry
+
+    def load_champion(self) -> None:
+        """Serve the champion; if it fails verification, the newest valid version, and say so."""
+        aliases = self.reg.aliases()
+        numbers = self.reg.numbers()
+        candidates = ([aliases.champion] if aliases.champion in numbers else []) + [
+            n for n in reversed(numbers) if n != aliases.champion
+        ]
+        for number in candidates:
+            if number is None:
+                continue
+            try:
+                live = self._load(number)
+            except (IntegrityError, WarmupError) as exc:
+                self.metrics.model_load_failures.inc()
+                log.error("refusing model v%06d: %s", number, exc)
+                self.store.add_event(
+                    "model_load_failed", {"version": number, "error": str(exc)}, ts=self.clock()
+                )
+                continue
+            if number != aliases.champion:
+                why = (
+                    f"champion v{aliases.champion:06d} failed to load; serving v{number:06d}"
+                    if aliases.champion is not None
+                    else f"no champion alias; serving the newest valid version v{number:06d}"
+                )
+                self.serving.fallback_reason = why
+                log.warning("%s", why)
+                self.store.add_event(
+                    "model_fallback", {"version": number, "reason": why}, ts=self.clock()
+                )
+                self.reg.set_champion(number)
+            self._activate(live, event=None)
+            return
+        if numbers:
+            log.error("no model version in %s could be loaded", self.reg.root)
+
+    def _load(self, number: int, warmup: Any = None) -> LiveModel:
+        version, model = self.reg.load(number)
+        live = LiveModel(number, model, version.manifest, self.clock())
+        rows = warmup if warmup is not None else self._warmup_rows(version)
+        self.serving.warm_up(live, rows)
+        return live
+
+    def _warmup_rows(self, version: Version) -> Any:
+        rows = version.manifest.get("warmup") or []
+        if not rows:
+            raise WarmupError(f"{version.name}: manifest has no warm-up rows")
+        try:
+            return rows_to_matrix(self.schema, rows)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise WarmupError(
+                f"{version.name}: warm-up rows do not match the schema ({exc})"
+            ) from exc
+
+    def _activate(self, live: LiveModel, *, event: dict[str, Any] | None) -> None:
+        self.serving.swap(live)
+        self.metrics.set_model(live.version, live.manifest)
+        if event is not None:
+            self.store.add_event("deploy", {**event, "version": live.version}, ts=self.clock())
+
+    def deploy(self, artifact: bytes, manifest: dict[str, Any], warmup: Any) -> Version:
+        """The swap primitive: publish an immutable version, load and verify it from disk, warm it
+        up, then (on the worker) move the champion alias, swap the reference and rebaseline."""
+        version = self.reg.publish(artifact, manifest)
+        live = self._load(version.number, warmup)
+
+        def activate() -> None:
+            aliases = self.reg.set_champion(version.number)
+            self.serving.fallback_reason = None
+            self._activate(
+                live, event={"previous": aliases.previous, "reason": manifest.get("reason")}
+            )
+            self.monitor.rebaseline(self.monitor_index, self.clock())
+
+        self.run(activate)
+        log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
+        return version
+
+    # -- traffic (on the worker) -----------------------------------------------------------
+    def _new_ids(self, n: int) -> list[str]:
+        return [f"{self._id_prefix}-{next(self._ids):x}" for _ in range(n)]
+
+    def predict(
+        self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
+    ) -> PredictResult:
+        live = self.serving.current  # read once: this request uses this model to the end
+        if live is None:
+            raise NoModel(self._no_model_reason())
+        X = rows_to_matrix(self.schema, instances)
+        preds = live.predict(X)
+        ids = ids or self._new_ids(len(instances))
+        rows = [
+            Row(rid, now, feats, pred, live.version)
+            for rid, feats, pred in zip(ids, instances, preds, strict=True)
+        ]
+        result = self.store.add_records(rows, source="predict", received=now)
+        self.metrics.predictions.inc(len(instances))
+        self._after_ingest(result, rows, "predict", now)
+        return PredictResult(preds, ids, live.version, result.duplicates)
+
+    def add_records(self, records: Sequence[Record], source: str, now: float) -> IngestResult:
+        fresh = iter(self._new_ids(sum(1 for r in records if "id" not in r)))
+        rows = [
+            Row(
+                r["id"] if "id" in r else next(fresh),
+                r.get("timestamp", now) or now,
+                r["features"],
+                r.get("prediction"),
+                None,
+                r.get("label"),
+            )
+            for r in records
+        ]
+        result = self.store.add_records(rows, source=source, received=now)
+        self._after_ingest(result, rows, source, now)
+        return result
+
+    def _after_ingest(
+        self, result: IngestResult, rows: Sequence[Row], source: str, now: float
+    ) -> None:
+        self.metrics.records.labels(source).inc(result.accepted)
+        self._store_records += result.accepted
+        if result.duplicates:
+            self.metrics.duplicates.inc(len(result.duplicates))
+        if result.accepted:
+            kept = (
+                rows
+                if not result.duplicates
+                else [r for r in rows if r.rid not in set(result.duplicates)]
+            )
+            predictions = [r.prediction for r in kept]
+            events = self.monitor.update(
+                result.inserted_idx[0],
+                [r.features for r in kept],
+                predictions if any(p is not None for p in predictions) else None,
+                now,
+            )
+            self.monitor_index = result.inserted_idx[-1]
+            self._record_events(events, now)
+        if result.joined:
+            self._outcomes(result.joined, now)
+
+    def add_labels(self, labels: Sequence[LabelRecord], now: float) -> dict[str, Any]:
+        result = self.store.add_labels(
+            [(lb["id"], lb["label"], lb.get("timestamp", now)) for lb in labels]
+        )
+        accepted = len(labels) - len(result.duplicates)
+        self.metrics.labels.inc(accepted)
+        if result.duplicates:
+            self.metrics.duplicates.inc(len(result.duplicates))
+        self._outcomes(result.joined, now)
+        return {
+            "accepted": accepted,
+            "joined": len(result.joined),
+            "pending": result.pending,
+            "duplicates": result.duplicates,
+        }
+
+    def _outcomes(self, joined: list[Joined], now: float) -> None:
+        for j in joined:
+            self.metrics.label_delay.observe(j.delay)
+        if not joined:
+            return
+        events = self.monitor.update_outcomes(
+            [j.idx for j in joined], [j.prediction for j in joined], [j.label for j in joined], now
+        )
+        self._record_events(events, now)
+
+    def _record_events(self, events: list[MonitorEvent], now: float) -> None:
+        if not events:
+            return
+        rows = []
+        for e in events:
+            if e.kind == "detection":
+                self.metrics.drift_detected.labels(e.signal, e.feature or "").inc()
+            elif e.kind == "alarm" and e.alarm is not None:
+                self.metrics.drift_alarms.labels(e.alarm).inc()
+                log.warning(
+                    "drift alarm (%s) at record %d, change point %d",
+                    e.alarm,
+                    e.index,
+                    e.change_point,
+                )
+            kind = "drift_alarm" if e.kind == "alarm" else f"drift_{e.kind}"
+            rows.append((kind, e.as_dict(), now, e.index))
+        self.store.add_events(rows)
+
+    # -- monitor checkpoint ----------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Write the detector state atomically (header line, then the monitor's bytes)."""
+
+        def dump() -> tuple[int, bytes]:
+            return self.monitor_index, self.monitor.dumps()
+
+        index, data = self.run(dump)
+        header = {"format": 1, "last_index": index, "schema": self.schema.fingerprint()}
+        atomic_write(self.state_dir / CHECKPOINT, json.dumps(header).encode() + b"\n" + data)
+
+    def _restore_monitor(self) -> None:
+        path = self.state_dir / CHECKPOINT
+        last = 0
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        if raw:
+            try:
+                head, _, body = raw.partition(b"\n")
+                header = json.loads(head)
+                self.monitor = Monitor.loads(body, self.schema, self.config.monitor)
+                last = int(header["last_index"])
+                log.info("monitor restored from its checkpoint at record %d", last)
+            except CheckpointMismatch as exc:
+                self._monitor_reset(f"checkpoint written under another configuration ({exc})")
+            except (ValueError, KeyError, TypeError, EOFError) as exc:
+                self._monitor_reset(f"checkpoint unreadable ({type(exc).__name__}: {exc})")
+        self.monitor_index = last
+        # Catch up with records stored after the checkpoint (a crash between checkpoints).
+        replayed = 0
+        while True:
+            batch = self.store.records_after(self.monitor_index)
+            if not batch:
+                break
+            preds = [b[2] for b in batch]
+            self.monitor.update(
+                batch[0][0],
+                [b[1] for b in batch],
+                preds if any(p is not None for p in preds) else None,
+                self.clock(),
+            )
+            self.monitor_index = batch[-1][0]
+            replayed += len(batch)
+        if replayed:
+            log.info("monitor caught up on %d record(s) stored after its checkpoint", replayed)
+
+    def _monitor_reset(self, why: str) -> None:
+        log.warning("monitor starts fresh: %s", why)
+        self.monitor = Monitor(self.schema, self.config.monitor)
+        self.store.add_event("monitor_reset", {"reason": why}, ts=self.clock())
+
+    # -- bootstrap -------------------------------------------------------------------------
+    def _no_model_reason(self) -> str:
+        if self.bootstrap_state == "training":
+            return "no model yet: the first model is being trained"
+        if self.bootstrap_state == "failed":
+            return f"no model: bootstrap failed ({self.bootstrap_error})"
+        if self.config.bootstrap.data is None:
+            have = self.store.labelled_count()
+            return (
+                f"no model yet: waiting for {self.config.bootstrap.min_rows} labelled records"
+                f" to train the first one ({have} so far)"
+            )
+        return "no model yet"
+
+    def bootstrap_due(self) -> bool:
+        """Whether the first model should be trained now (no model, and data to train on)."""
+        if self.serving.current is not None or self.bootstrap_state in ("training", "failed"):
+            return False
+        if self.config.bootstrap.data is not None:
+            return True
+        return self.store.labelled_count() >= self.config.bootstrap.min_rows
+
+    def bootstrap(self) -> Version | None:
+        """Train and deploy the first model (blocking: call it off the event loop)."""
+        self.bootstrap_state = "training"
+        try:
+            X, y, window = self._bootstrap_data()
+            version = self.train_and_deploy(X, y, reason="bootstrap", window=window)
+        except Exception as exc:
+            self.bootstrap_state = "failed"
+            self.bootstrap_error = str(exc)
+            log.error("bootstrap failed: %s", exc)
+            self.store.add_event("bootstrap_failed", {"error": str(exc)}, ts=self.clock())
+            return None
+        self.bootstrap_state = "done"
+        return version
+
+    def _bootstrap_data(self) -> tuple[Any, list[Label], dict[str, Any]]:
+        cfg = self.config.bootstrap
+        if cfg.data is None:
+            snap = self.store.snapshot(limit=max(cfg.rows, cfg.min_rows))
+            return matrix(self.schema, snap.numeric, snap.categorical), snap.labels, snap.window()
+        if cfg.data == "synth":
+            from driftd.streams import SyntheticStream
+
+            demo = self.config.demo
+            stream = SyntheticStream(demo.stream, (demo.concepts[0],), cfg.rows, cfg.seed)
+            pairs = stream.take(cfg.rows)
+            X = rows_to_matrix(self.schema, [p[0] for p in pairs])
+            return X, [p[1] for p in pairs], {"rows": cfg.rows, "source": f"synth:{demo.stream}"}
+        from driftd.history import read_history
+
+        path = self.config.resolve(cfg.data)
+        rows = [r for r in read_history(path, self.schema) if r.label is not None][-cfg.rows :]
+        if len(rows) < cfg.min_rows:
+            raise ValueError(
+                f"{path}: {len(rows)} labelled rows, bootstrap.min_rows is {cfg.min_rows}"
+            )
+        X = rows_to_matrix(self.schema, [r.features for r in rows])
+        return (
+            X,
+            [r.label for r in rows if r.label is not None],
+            {"rows": len(rows), "source": str(path)},
+        )
+
+    def train_and_deploy(
+        self, X: Any, y: list[Label], *, reason: str, window: dict[str, Any]
+    ) -> Version:
+        """Fit in a child process, score on the most recent slice, publish and swap."""
+        cfg = self.config.training
+        n_hold = max(1, int(len(y) * cfg.holdout_fraction))
+        X_train, y_train, X_hold, y_hold = X[:-n_hold], y[:-n_hold], X[-n_hold:], y[-n_hold:]
+        mem = cfg.memory_limit_mb * 1024 * 1024 if cfg.memory_limit_mb else None
+        job = FitJob(self.config.model, self.schema, X_train, list(y_train), mem)
+        result = fit_isolated(job, timeout=cfg.timeout_seconds, cancel=self.cancel)
+        if not result.ok:
+            raise RuntimeError(result.error or "training failed")
+        from driftd.registry import load_artifact
+
+        candidate = load_artifact(result.artifact, extra_trusted=self.config.model.trusted_types)
+        value = score(self.config.model.metric, candidate, X_hold, y_hold)
+        if math.isnan(value):
+            raise RuntimeError(f"holdout {self.config.model.metric} could not be computed")
+        warm = X_hold[: self.config.model.warmup_rows]
+        manifest = {
+            "created": self.clock(),
+            "reason": reason,
+            "estimator": self.config.model.factory or self.config.model.estimator,
+            "params": self.config.model.params,
+            "schema": self.schema.fingerprint(),
+            "training": {**window, "train_rows": len(y_train), "holdout_rows": len(y_hold)},
+            "metrics": {self.config.model.metric: value},
+            "fit_seconds": round(result.seconds, 3),
+            "libraries": library_versions(),
+            "warmup": _rows(self.schema, warm),
+        }
+        return self.deploy(result.artifact, manifest, warm)
+
+    # -- reads -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        live = self.serving.current
+        model: dict[str, Any] | None = None
+        if live is not None:
+            model = {
+                "version": live.version,
+                "estimator": live.manifest.get("estimator"),
+                "created": live.manifest.get("created"),
+                "reason": live.manifest.get("reason"),
+                "metrics": live.manifest.get("metrics"),
+                "loaded_at": live.loaded_at,
+                "fallback": self.serving.fallback_reason,
+            }
+        metric, value = self.monitor.live_score
+        return {
+            "ready": live is not None,
+            "uptime_seconds": round(self.clock() - self.started, 3),
+            "model": model,
+            "bootstrap": {"state": self.bootstrap_state, "error": self.bootstrap_error},
+            "store": self.store.counts(),
+            "monitor": self.monitor.status(),
+            "live_score": {"metric": metric, "value": value},
+            "recent_events": [e.as_dict() for e in self.store.events(limit=10)],
+        }
+
+    def models(self) -> dict[str, Any]:
+        aliases = self.reg.aliases()
+        return {
+            "aliases": aliases.as_dict(),
+            "serving": self.serving.current.version if self.serving.current else None,
+            "versions": [
+                {k: v for k, v in ver.manifest.items() if k != "warmup"}
+                for ver in reversed(self.reg.versions())
+            ],
+        }
+
+    def trim(self) -> int:
+        cfg = self.config.store
+        deleted = self.store.trim(
+            max_rows=cfg.retention_rows, max_age=cfg.retention_seconds, now=self.clock()
+        )
+        if deleted:
+            self._store_records = self.store.counts()["records"]
+        return deleted
+
+
+def _rows(schema: Schema, X: Any) -> list[dict[str, Any]]:
+    """Matrix rows back to feature dicts (for warm-up rows kept in the manifest)."""
+    names = [*schema.numeric, *schema.categorical]
+    out = []
+    for row in np.asarray(X, dtype=object):
+        out.append(
+            {
+                n: (float(v) if n in schema.numeric else str(v))
+                for n, v in zip(names, row, strict=True)
+            }
+        )
+    return out

@@ -1,0 +1,183 @@
+"""Every Prometheus metric driftd exports, on an injected ``CollectorRegistry``.
+
+Names follow ``driftd_<subsystem>_<name>_<unit>``; counters end in ``_total``, durations are in
+seconds. Labelled series whose values are known in advance (sources, rejection reasons,
+features) are created at start so that they export zeros rather than go missing. Gauges that
+mirror live state (detector states, the store size) are read at scrape time by a collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from driftd import __version__
+
+__all__ = ["REJECT_REASONS", "SOURCES", "Metrics"]
+
+SOURCES = ("predict", "records", "demo", "replay")
+REJECT_REASONS = (
+    "invalid_record",
+    "malformed_json",
+    "body_too_large",
+    "batch_too_large",
+    "unsupported_media_type",
+    "unauthorized",
+    "no_model",
+)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+_DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
+
+StateReader = Callable[[], Iterable[tuple[str, str, int, float]]]
+
+
+class _LiveCollector(Collector):
+    """Gauges computed at scrape time from the daemon's live state."""
+
+    def __init__(self) -> None:
+        self.detectors: StateReader = lambda: ()
+        self.store_records: Callable[[], int] = lambda: 0
+        self.live_score: Callable[[], tuple[str, float | None]] = lambda: ("accuracy", None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "driftd_drift_state",
+            "Detector state: 0 stable, 1 warning, 2 drift.",
+            labels=["signal", "feature"],
+        )
+        estimate = GaugeMetricFamily(
+            "driftd_detector_estimate",
+            "The detector's current estimate of its input (e.g. ADWIN's window mean).",
+            labels=["signal", "feature"],
+        )
+        for signal, feature, level, value in self.detectors():
+            state.add_metric([signal, feature], level)
+            estimate.add_metric([signal, feature], value)
+        yield state
+        yield estimate
+        yield GaugeMetricFamily(
+            "driftd_store_records", "Records held in the store.", value=self.store_records()
+        )
+        metric, value = self.live_score()
+        score = GaugeMetricFamily(
+            "driftd_live_score",
+            "Windowed score of the serving model on labelled traffic (NaN until enough labels).",
+            labels=["metric"],
+        )
+        score.add_metric([metric], float("nan") if value is None else value)
+        yield score
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class Metrics:
+    """The daemon's metrics. Tests build one on a fresh registry and read ``get_sample_value``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.build_info = Gauge("driftd_build_info", "driftd build.", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        # ingest
+        self.records = Counter("driftd_records", "Records accepted.", ["source"], registry=r)
+        self.rejected = Counter(
+            "driftd_records_rejected",
+            "Requests or records refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "driftd_records_duplicate",
+            "Records or labels re-sent for an id already stored.",
+            registry=r,
+        )
+        self.labels = Counter("driftd_labels", "Delayed labels accepted.", registry=r)
+        self.label_delay = Histogram(
+            "driftd_label_delay_seconds",
+            "Time from a record to its label.",
+            buckets=_DELAY_BUCKETS,
+            registry=r,
+        )
+        # serving
+        self.predictions = Counter("driftd_predictions", "Predictions served.", registry=r)
+        self.predict_duration = Histogram(
+            "driftd_predict_duration_seconds",
+            "Time to answer POST /v1/predict, storage included.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "driftd_model_version", "Version of the serving model (0: none).", registry=r
+        )
+        self.model_info = Gauge(
+            "driftd_model_info", "The serving model.", ["version", "estimator"], registry=r
+        )
+        self.model_load_failures = Counter(
+            "driftd_model_load_failures",
+            "Model versions refused at load (integrity, trust, warm-up).",
+            registry=r,
+        )
+        # monitor
+        self.drift_detected = Counter(
+            "driftd_drift_detected", "Detector firings.", ["signal", "feature"], registry=r
+        )
+        self.drift_alarms = Counter(
+            "driftd_drift_alarms", "Drift alarms raised.", ["kind"], registry=r
+        )
+        self.unseen_categories = Counter(
+            "driftd_unseen_categories",
+            "Categories not seen in the reference.",
+            ["feature"],
+            registry=r,
+        )
+        self.live = _LiveCollector()
+        r.register(self.live)
+        for source in SOURCES:
+            self.records.labels(source)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for kind in ("data_drift", "concept_drift"):
+            self.drift_alarms.labels(kind)
+
+    def declare_features(
+        self, signals: Iterable[tuple[str, str]], categorical: Iterable[str]
+    ) -> None:
+        """Create the per-feature series so that they export zeros from the start."""
+        for signal, feature in signals:
+            self.drift_detected.labels(signal, feature)
+        for feature in categorical:
+            self.unseen_categories.labels(feature)
+
+    def set_model(self, version: int, manifest: dict[str, Any]) -> None:
+        self.model_version.set(version)
+        self.model_info.clear()
+        self.model_info.labels(str(version), str(manifest.get("estimator", "unknown"))).set(1)

@@ -1,0 +1,253 @@
+"""The model registry: immutable version directories, champion/previous aliases, integrity checks.
+
+A version is published by writing ``model.skops`` and then ``manifest.json`` (holding the
+artifact's sha256) into a temporary directory beside the others, fsyncing both, and renaming
+the directory into place: a version is either whole or absent. The aliases live in one small
+file replaced atomically (temp file in the same directory, fsync, ``os.replace``, fsync the
+directory). A crash at any instant therefore leaves a registry whose champion loads; temporary
+leftovers are swept at start.
+
+Artifacts are loaded with skops and a trusted-type list pinned here: a model file is never a
+way to run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftd.errors import IntegrityError
+
+__all__ = [
+    "TRUSTED_TYPES",
+    "Aliases",
+    "Registry",
+    "Version",
+    "atomic_write",
+    "load_artifact",
+]
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "model.skops"
+MANIFEST = "manifest.json"
+ALIASES = "aliases.json"
+_VERSION_DIR = re.compile(r"^v(\d{6})$")
+_TMP_PREFIX = ".tmp-"
+
+#: Types beyond skops' own defaults that a driftd model may contain. skops trusts scikit-learn's
+#: public estimators and numpy containers by default; these are the compiled internals of
+#: estimators driftd builds. Anything else in an artifact refuses to load unless the operator
+#: lists it in ``model.trusted_types``.
+TRUSTED_TYPES: frozenset[str] = frozenset(
+    {
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.link.MultinomialLogit",
+        "sklearn._loss.link.IdentityLink",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss.loss.HalfMultinomialLoss",
+        "sklearn._loss.loss.HalfSquaredError",
+        "sklearn.tree._tree.Tree",
+        "sklearn.utils._bunch.Bunch",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    number: int
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number:06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Aliases:
+    champion: int | None = None
+    previous: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {"champion": self.champion, "previous": self.previous}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, whole."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_artifact(data: bytes, *, extra_trusted: Iterable[str] = ()) -> Any:
+    """Load skops bytes, refusing any type outside the pinned list (and ``extra_trusted``)."""
+    import skops.io as sio
+
+    allowed = TRUSTED_TYPES | frozenset(extra_trusted)
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # a corrupt or foreign file: skops raises many kinds
+        raise IntegrityError(
+            f"not a readable skops artifact ({type(exc).__name__}: {exc})"
+        ) from exc
+    refused = sorted(set(untrusted) - allowed)
+    if refused:
+        raise IntegrityError(
+            "artifact contains untrusted types: "
+            + ", ".join(refused[:10])
+            + (" ..." if len(refused) > 10 else "")
+            + " (list them in model.trusted_types only if you trust where the file came from)"
+        )
+    try:
+        return sio.loads(data, trusted=list(untrusted))
+    except Exception as exc:
+        raise IntegrityError(
+            f"skops could not load the artifact ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class Registry:
+    """Versions under ``root`` (``models/`` in the state dir)."""
+
+    def __init__(self, root: Path, *, extra_trusted: Iterable[str] = ()) -> None:
+        self.root = root
+        self.extra_trusted = tuple(extra_trusted)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def sweep(self) -> list[str]:
+        """Remove temporary leftovers of interrupted writes; returns what was removed."""
+        removed = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_TMP_PREFIX):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+        if removed:
+            fsync_dir(self.root)
+            log.info("swept %d temporary file(s) left by an interrupted write", len(removed))
+        return removed
+
+    # -- versions --------------------------------------------------------------------------
+    def numbers(self) -> list[int]:
+        out = []
+        for entry in self.root.iterdir():
+            m = _VERSION_DIR.match(entry.name)
+            if m and entry.is_dir():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def get(self, number: int) -> Version:
+        path = self.root / f"v{number:06d}"
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"v{number:06d}: manifest unreadable ({exc})") from exc
+        return Version(number, path, manifest)
+
+    def versions(self) -> list[Version]:
+        out = []
+        for n in self.numbers():
+            try:
+                out.append(self.get(n))
+            except IntegrityError as exc:
+                log.warning("skipping a version with an unreadable manifest: %s", exc)
+        return out
+
+    def publish(self, artifact: bytes, manifest: dict[str, Any]) -> Version:
+        """Write a new immutable version; the manifest (with the artifact's sha256) goes last."""
+        numbers = self.numbers()
+        number = (numbers[-1] if numbers else 0) + 1
+        final = self.root / f"v{number:06d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}.", dir=self.root))
+        try:
+            full = {
+                **manifest,
+                "version": number,
+                "sha256": hashlib.sha256(artifact).hexdigest(),
+                "size": len(artifact),
+            }
+            _write_synced(tmp / ARTIFACT, artifact)
+            _write_synced(tmp / MANIFEST, json.dumps(full, indent=2, sort_keys=True).encode())
+            fsync_dir(tmp)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(self.root)
+        return Version(number, final, full)
+
+    def load(self, number: int) -> tuple[Version, Any]:
+        """Verify and load a version: the manifest reads, the sha256 matches, the types are trusted."""
+        version = self.get(number)
+        try:
+            data = (version.path / ARTIFACT).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"{version.name}: artifact unreadable ({exc.strerror})") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != version.manifest.get("sha256"):
+            raise IntegrityError(
+                f"{version.name}: sha256 mismatch (artifact changed after publish)"
+            )
+        try:
+            model = load_artifact(data, extra_trusted=self.extra_trusted)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{version.name}: {exc}") from exc
+        return version, model
+
+    # -- aliases ---------------------------------------------------------------------------
+    def aliases(self) -> Aliases:
+        path = self.root / ALIASES
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Aliases()
+        except (OSError, ValueError) as exc:
+            # Written atomically, so this is damage from outside; the versions still stand.
+            log.error("aliases file unreadable (%s); falling back to the newest valid version", exc)
+            return Aliases()
+        return Aliases(data.get("champion"), data.get("previous"))
+
+    def set_champion(self, number: int) -> Aliases:
+        """Make ``number`` the champion and the current champion the previous one, atomically."""
+        current = self.aliases()
+        previous = current.champion if current.champion != number else current.previous
+        new = Aliases(champion=number, previous=previous)
+        atomic_write(self.root / ALIASES, json.dumps(new.as_dict()).encode())
+        return new
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())

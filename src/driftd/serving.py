@@ -1,0 +1,78 @@
+"""The live model: one reference, read once per request, replaced only by a warmed-up model.
+
+A new model is loaded and answers a few real predictions before :meth:`Serving.swap` moves the
+reference, so no request ever sees a half-loaded model: a request holds the
+:class:`LiveModel` it read for its whole life, and the swap is a single assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from driftd.schema import Label, Schema
+from driftd.training import rows_to_matrix
+
+__all__ = ["LiveModel", "Serving", "WarmupError"]
+
+log = logging.getLogger(__name__)
+
+
+class WarmupError(RuntimeError):
+    """The model failed to answer its warm-up predictions."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveModel:
+    version: int
+    model: Any
+    manifest: dict[str, Any]
+    loaded_at: float
+
+    def predict(self, X: npt.NDArray[Any]) -> list[Label]:
+        out: npt.NDArray[Any] = self.model.predict(X)
+        return [v.item() if isinstance(v, np.generic) else v for v in out]
+
+
+class Serving:
+    """Holds the live model. ``current`` is None until the first model is loaded."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.current: LiveModel | None = None
+        self.fallback_reason: str | None = None
+
+    def warm_up(self, model: LiveModel, rows: npt.NDArray[Any]) -> float:
+        """Predict ``rows`` with ``model``; raise :class:`WarmupError` on any failure. Returns the
+        slowest single-row latency in seconds."""
+        worst = 0.0
+        try:
+            for i in range(len(rows)):
+                start = time.perf_counter()
+                out = model.predict(rows[i : i + 1])
+                worst = max(worst, time.perf_counter() - start)
+                if len(out) != 1:
+                    raise WarmupError(
+                        f"v{model.version}: predict returned {len(out)} values for 1 row"
+                    )
+        except WarmupError:
+            raise
+        except Exception as exc:
+            raise WarmupError(
+                f"v{model.version}: warm-up prediction failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        return worst
+
+    def swap(self, model: LiveModel) -> LiveModel | None:
+        """Make ``model`` live; returns the model it replaced."""
+        old, self.current = self.current, model
+        return old
+
+    def matrix(self, rows: Sequence[dict[str, float | str]]) -> npt.NDArray[Any]:
+        return rows_to_matrix(self.schema, rows)

@@ -1,0 +1,609 @@
+"""The durable store: records, predictions, delayed labels, events and small state, in SQLite (WAL).
+
+A write returns only after its transaction has committed, so whatever the API acknowledges
+survives a crash of the process. Numeric features are kept as one packed float64 row per record
+so that training snapshots load as a single array; categorical features as a JSON array.
+
+All writes go through one connection that the caller uses from one thread at a time (the
+daemon's ingest worker); reads open their own short-lived connections, which WAL lets run
+beside a writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from driftd.errors import StoreVersionError
+from driftd.schema import Label, Schema
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Event",
+    "IngestResult",
+    "Joined",
+    "LabelResult",
+    "Row",
+    "Snapshot",
+    "Store",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    idx INTEGER PRIMARY KEY AUTOINCREMENT,
+    rid TEXT NOT NULL UNIQUE,
+    ts REAL NOT NULL,
+    received REAL NOT NULL,
+    source TEXT NOT NULL,
+    num BLOB NOT NULL,
+    cat TEXT,
+    prediction TEXT,
+    model_version INTEGER,
+    label TEXT,
+    label_ts REAL
+);
+CREATE INDEX IF NOT EXISTS records_labelled ON records (idx) WHERE label IS NOT NULL;
+CREATE TABLE IF NOT EXISTS pending_labels (
+    rid TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    record_idx INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record to store. ``label`` is set when the label came with the record."""
+
+    rid: str
+    ts: float
+    features: Mapping[str, float | str]
+    prediction: Label | None = None
+    model_version: int | None = None
+    label: Label | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A label that met its prediction: the record's index and time, both values, and the delay."""
+
+    idx: int
+    prediction: Label
+    label: Label
+    delay: float
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What a committed batch of records became."""
+
+    first_idx: int
+    accepted: int
+    duplicates: list[str] = field(default_factory=list)
+    inserted_idx: list[int] = field(default_factory=list)
+    joined: list[Joined] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LabelResult:
+    """What a committed batch of labels became: joined now, kept until their record, duplicates."""
+
+    joined: list[Joined] = field(default_factory=list)
+    pending: int = 0
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    ts: float
+    kind: str
+    record_idx: int | None
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.ts,
+            "kind": self.kind,
+            "record_index": self.record_idx,
+            **self.data,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A frozen, time-ordered set of labelled rows, with a hash of exactly what it holds."""
+
+    idx: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.float64]
+    numeric: npt.NDArray[np.float64]
+    categorical: list[list[str]]
+    labels: list[Label]
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def window(self) -> dict[str, Any]:
+        if not len(self):
+            return {"rows": 0}
+        return {
+            "rows": len(self),
+            "first_index": int(self.idx[0]),
+            "last_index": int(self.idx[-1]),
+            "first_time": float(self.ts[0]),
+            "last_time": float(self.ts[-1]),
+            "sha256": self.sha256,
+        }
+
+    def split(self, holdout: int) -> tuple[Snapshot, Snapshot]:
+        """The oldest rows for training and the most recent ``holdout`` rows, never overlapping."""
+        cut = max(0, len(self) - holdout)
+        return self._slice(0, cut), self._slice(cut, len(self))
+
+    def _slice(self, lo: int, hi: int) -> Snapshot:
+        return Snapshot(
+            idx=self.idx[lo:hi],
+            ts=self.ts[lo:hi],
+            numeric=self.numeric[lo:hi],
+            categorical=self.categorical[lo:hi],
+            labels=self.labels[lo:hi],
+            sha256=_hash(
+                self.idx[lo:hi], self.numeric[lo:hi], self.categorical[lo:hi], self.labels[lo:hi]
+            ),
+        )
+
+
+class Store:
+    """SQLite store for one daemon. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(
+        self, path: Path, schema: Schema, *, synchronous: Literal["normal", "full"] = "normal"
+    ) -> None:
+        self.path = path
+        self.schema = schema
+        self.synchronous = synchronous
+        self._numeric = schema.numeric
+        self._categorical = schema.categorical
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pending = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> Store:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.execute("PRAGMA foreign_keys=ON")
+        version = self._check_version(db)
+        if version is None:
+            with _tx(db):
+                for stmt in _statements(_DDL):
+                    db.execute(stmt)
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('features', ?)",
+                    (self.schema.fingerprint(),),
+                )
+        self._db = db
+        self._pending = db.execute("SELECT count(*) FROM pending_labels").fetchone()[0]
+        return self
+
+    def _check_version(self, db: sqlite3.Connection) -> int | None:
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            return None
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise StoreVersionError(
+                f"{self.path} was written by a newer driftd (store schema {version}; this driftd "
+                f"reads up to {SCHEMA_VERSION}); upgrade driftd or point state.dir elsewhere"
+            )
+        return version
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    self._db.close()
+                    self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of its own, for use from any thread."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        with closing(conn):
+            yield conn
+
+    # -- writes ----------------------------------------------------------------------------
+    def add_records(self, rows: Sequence[Row], *, source: str, received: float) -> IngestResult:
+        """Insert records in one transaction. A record whose id is already stored is a duplicate
+        (an idempotent re-send) and is skipped; a label waiting for an id is joined on arrival."""
+        num_cols, cat_cols = self._numeric, self._categorical
+        params = []
+        for r in rows:
+            f = r.features
+            num = np.array([f[c] for c in num_cols], dtype=np.float64).tobytes()
+            cat = json.dumps([f[c] for c in cat_cols]) if cat_cols else None
+            params.append(
+                (
+                    r.rid,
+                    r.ts,
+                    received,
+                    source,
+                    num,
+                    cat,
+                    None if r.prediction is None else json.dumps(r.prediction),
+                    r.model_version,
+                    None if r.label is None else json.dumps(r.label),
+                    None if r.label is None else received,
+                )
+            )
+        with self._lock, _tx(self.db) as db:
+            fresh = self._insert(db, params)
+            first = self._next_idx(db) - sum(fresh)
+            positions: list[int | None] = []
+            n = 0
+            for keep in fresh:
+                positions.append(first + n if keep else None)
+                n += keep
+            result = IngestResult(first_idx=first, accepted=n)
+            result.inserted_idx = [p for p in positions if p is not None]
+            result.duplicates = [r.rid for r, p in zip(rows, positions, strict=True) if p is None]
+            result.joined = [
+                Joined(p, r.prediction, r.label, 0.0)
+                for r, p in zip(rows, positions, strict=True)
+                if p is not None and r.label is not None and r.prediction is not None
+            ]
+            if self._pending:
+                result.joined += self._join_pending(db, [r.rid for r in rows], received)
+        return result
+
+    _INSERT = (
+        "INSERT INTO records (rid, ts, received, source, num, cat, prediction, model_version,"
+        " label, label_ts) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    )
+
+    def _insert(self, db: sqlite3.Connection, params: list[tuple[Any, ...]]) -> list[bool]:
+        """Insert the rows whose id is new, so that they get consecutive indices; returns, per
+        row, whether it was inserted. The common case (no re-sent ids) is one executemany."""
+        db.execute("SAVEPOINT fast")
+        try:
+            db.executemany(self._INSERT, params)
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK TO fast")
+        else:
+            db.execute("RELEASE fast")
+            return [True] * len(params)
+        db.execute("RELEASE fast")
+        ids = [p[0] for p in params]
+        stored: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT rid FROM records WHERE rid IN ({marks})"  # noqa: S608 - placeholders only
+            stored.update(r[0] for r in db.execute(sql, chunk))
+        keep = []
+        for rid in ids:
+            keep.append(rid not in stored)
+            stored.add(rid)
+        db.executemany(self._INSERT, [p for p, k in zip(params, keep, strict=True) if k])
+        return keep
+
+    @staticmethod
+    def _next_idx(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+        return (row[0] if row else 0) + 1
+
+    def _join_pending(self, db: sqlite3.Connection, ids: list[str], now: float) -> list[Joined]:
+        joined: list[Joined] = []
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            waiting = db.execute(
+                f"DELETE FROM pending_labels WHERE rid IN ({marks}) RETURNING rid, label, ts",  # noqa: S608
+                chunk,
+            ).fetchall()
+            for rid, label, ts in waiting:
+                self._pending -= 1
+                joined.extend(self._apply_label(db, rid, label, ts))
+        return joined
+
+    def _apply_label(self, db: sqlite3.Connection, rid: str, label: str, ts: float) -> list[Joined]:
+        row = db.execute(
+            "UPDATE records SET label=?, label_ts=? WHERE rid=? AND label IS NULL"
+            " RETURNING idx, ts, prediction",
+            (label, ts, rid),
+        ).fetchone()
+        if row is None or row[2] is None:
+            return []
+        return [Joined(row[0], json.loads(row[2]), json.loads(label), max(0.0, ts - row[1]))]
+
+    def add_labels(self, labels: Sequence[tuple[str, Label, float]]) -> LabelResult:
+        """Attach delayed labels ``(id, label, time)`` to their records in one transaction.
+
+        A label for an id not stored yet is kept until its record arrives; a second label for an
+        id that already has one is a duplicate and changes nothing.
+        """
+        result = LabelResult()
+        with self._lock, _tx(self.db) as db:
+            for rid, label, ts in labels:
+                text = json.dumps(label)
+                row = db.execute(
+                    "UPDATE records SET label=?, label_ts=? WHERE rid=? AND label IS NULL"
+                    " RETURNING idx, ts, prediction",
+                    (text, ts, rid),
+                ).fetchone()
+                if row is not None:
+                    if row[2] is not None:
+                        result.joined.append(
+                            Joined(row[0], json.loads(row[2]), label, max(0.0, ts - row[1]))
+                        )
+                    continue
+                exists = db.execute("SELECT 1 FROM records WHERE rid=?", (rid,)).fetchone()
+                if exists:
+                    result.duplicates.append(rid)
+                    continue
+                cur = db.execute(
+                    "INSERT INTO pending_labels VALUES (?,?,?) ON CONFLICT(rid) DO NOTHING",
+                    (rid, text, ts),
+                )
+                if cur.rowcount:
+                    self._pending += 1
+                    result.pending += 1
+                else:
+                    result.duplicates.append(rid)
+        return result
+
+    def add_event(
+        self, kind: str, data: Mapping[str, Any], *, ts: float, record_idx: int | None = None
+    ) -> int:
+        return self.add_events([(kind, data, ts, record_idx)])[0]
+
+    def add_events(
+        self, events: Sequence[tuple[str, Mapping[str, Any], float, int | None]]
+    ) -> list[int]:
+        ids = []
+        with self._lock, _tx(self.db) as db:
+            for kind, data, ts, idx in events:
+                cur = db.execute(
+                    "INSERT INTO events (ts, kind, record_idx, data) VALUES (?,?,?,?)",
+                    (ts, kind, idx, json.dumps(data, allow_nan=False, default=_jsonable)),
+                )
+                ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def put_state(self, key: str, value: Any) -> None:
+        with self._lock, _tx(self.db) as db:
+            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = (
+            self.db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+            if self._db
+            else None
+        )
+        if row is None:
+            with self.reader() as conn:
+                row = conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def trim(
+        self, *, max_rows: int | None, max_age: float | None, now: float, chunk: int = 5000
+    ) -> int:
+        """Delete the oldest records beyond retention, ``chunk`` rows per transaction so that
+        ingest never waits long. Returns the number of rows deleted."""
+        deleted = 0
+        while True:
+            with self._lock:
+                db = self.db
+                cutoff = None
+                if max_rows is not None:
+                    row = db.execute(
+                        "SELECT idx FROM records ORDER BY idx DESC LIMIT 1 OFFSET ?", (max_rows,)
+                    ).fetchone()
+                    cutoff = row[0] if row else None
+                if max_age is not None:
+                    row = db.execute(
+                        "SELECT max(idx) FROM records WHERE ts < ?", (now - max_age,)
+                    ).fetchone()
+                    if row and row[0] is not None:
+                        cutoff = max(cutoff or 0, row[0])
+                if cutoff is None:
+                    return deleted
+                with _tx(db):
+                    cur = db.execute(
+                        "DELETE FROM records WHERE idx IN (SELECT idx FROM records WHERE idx <= ?"
+                        " ORDER BY idx LIMIT ?)",
+                        (cutoff, chunk),
+                    )
+                n = cur.rowcount
+            deleted += n
+            if n < chunk:
+                return deleted
+            time.sleep(0)  # let a waiting ingest batch take the lock between chunks
+
+    # -- reads -----------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self.reader() as conn:
+            total, labelled, first, last = conn.execute(
+                "SELECT count(*), count(label), min(idx), max(idx) FROM records"
+            ).fetchone()
+            pending = conn.execute("SELECT count(*) FROM pending_labels").fetchone()[0]
+        return {
+            "records": total,
+            "labelled": labelled,
+            "pending_labels": pending,
+            "first_index": first or 0,
+            "last_index": last or 0,
+        }
+
+    def last_index(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+        return int(row[0]) if row else 0
+
+    def labelled_count(self, *, since_idx: int = 0) -> int:
+        with self.reader() as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM records WHERE label IS NOT NULL AND idx > ?", (since_idx,)
+                ).fetchone()[0]
+            )
+
+    def snapshot(
+        self, *, limit: int, since_idx: int = 0, since_ts: float | None = None
+    ) -> Snapshot:
+        """The most recent ``limit`` labelled rows after ``since_idx`` (and ``since_ts``), in
+        time order, read in one consistent transaction."""
+        with self.reader() as conn:
+            sql = "SELECT idx, ts, num, cat, label FROM records WHERE label IS NOT NULL AND idx > ?"
+            args: list[Any] = [since_idx]
+            if since_ts is not None:
+                sql += " AND ts >= ?"
+                args.append(since_ts)
+            sql = f"SELECT * FROM ({sql} ORDER BY idx DESC LIMIT ?) ORDER BY ts, idx"
+            rows = conn.execute(sql, [*args, limit]).fetchall()
+        return self._to_snapshot(rows)
+
+    def _to_snapshot(self, rows: list[tuple[Any, ...]]) -> Snapshot:
+        k = len(self._numeric)
+        idx = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ts = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+        numeric = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float64).reshape(
+            len(rows), k
+        )
+        categorical = [json.loads(r[3]) for r in rows] if self._categorical else [[] for _ in rows]
+        labels = [json.loads(r[4]) for r in rows]
+        return Snapshot(
+            idx, ts, numeric, categorical, labels, _hash(idx, numeric, categorical, labels)
+        )
+
+    def records_after(
+        self, idx: int, *, limit: int = 10_000
+    ) -> list[tuple[int, dict[str, float | str], Label | None]]:
+        """Records after ``idx`` in index order, as ``(idx, features, prediction)``: what the
+        monitor replays after a restart to catch up with its checkpoint."""
+        with self.reader() as conn:
+            rows = conn.execute(
+                "SELECT idx, num, cat, prediction FROM records WHERE idx > ? ORDER BY idx LIMIT ?",
+                (idx, limit),
+            ).fetchall()
+        out = []
+        for i, num, cat, pred in rows:
+            feats: dict[str, float | str] = dict(
+                zip(self._numeric, np.frombuffer(num, dtype=np.float64).tolist(), strict=True)
+            )
+            if cat is not None:
+                feats.update(zip(self._categorical, json.loads(cat), strict=True))
+            out.append((i, feats, None if pred is None else json.loads(pred)))
+        return out
+
+    def events(
+        self, *, kind: str | None = None, before: int | None = None, limit: int = 100
+    ) -> list[Event]:
+        """Events newest first; page with ``before`` (an event id)."""
+        sql = "SELECT id, ts, kind, record_idx, data FROM events WHERE 1=1"
+        args: list[Any] = []
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self.reader() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def integrity_check(self) -> str:
+        with self.reader() as conn:
+            return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@contextmanager
+def _tx(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One IMMEDIATE transaction: committed on success, rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _statements(ddl: str) -> list[str]:
+    return [s.strip() for s in ddl.split(";") if s.strip()]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _hash(
+    idx: npt.NDArray[np.int64],
+    numeric: npt.NDArray[np.float64],
+    categorical: list[list[str]],
+    labels: list[Label],
+) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(idx).tobytes())
+    h.update(np.ascontiguousarray(numeric).tobytes())
+    h.update(json.dumps(categorical).encode())
+    h.update(json.dumps(labels).encode())
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

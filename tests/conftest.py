@@ -1,0 +1,201 @@
+"""Shared fixtures: a real daemon subprocess on a free loopback port with a temporary state dir."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+FEATURES = [("x0", "numeric"), ("x1", "numeric"), ("x2", "numeric"), ("color", "categorical")]
+COLORS = ("red", "green", "blue")
+
+
+def make_rows(n: int, seed: int = 0, *, flip: bool = False) -> list[dict[str, Any]]:
+    """A simple labelled stream: the label is x0 + x1 > 1 (reversed when ``flip``)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        x = {"x0": rng.random(), "x1": rng.random(), "x2": rng.gauss(0, 1), "color": rng.choice(COLORS)}
+        y = int((x["x0"] + x["x1"] > 1) != flip)
+        rows.append({"features": x, "label": y})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([name for name, _ in FEATURES] + ["label"])
+        for r in rows:
+            w.writerow([r["features"][name] for name, _ in FEATURES] + [r["label"]])
+    return path
+
+
+def config_text(state: Path, *, bootstrap: str | None, extra: str = "") -> str:
+    feats = ", ".join(f'{{ name = "{n}", kind = "{k}" }}' for n, k in FEATURES)
+    boot = f'data = "{bootstrap}"' if bootstrap else ""
+    return f"""
+[server]
+port = 0
+max_body_bytes = 1048576
+max_batch_size = 2000
+
+[state]
+dir = "{state}"
+
+[schema]
+task = "classification"
+features = [{feats}]
+
+[model]
+estimator = "sklearn.linear_model.LogisticRegression"
+params = {{ max_iter = 200 }}
+
+[bootstrap]
+{boot}
+min_rows = 200
+rows = 1000
+
+[training]
+timeout_seconds = 120
+
+[log]
+format = "json"
+{extra}
+"""
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; skip without it, unless CI demands it (then fail)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
+            pytest.fail(f"{name} is required here (DRIFTD_REQUIRE_EXTERNAL is set) but not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+class DaemonProcess:
+    """``driftd run`` in a subprocess; its JSON log lines are collected from stderr."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[dict[str, Any]] = []
+        self.port: int | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> DaemonProcess:
+        self.lines = []
+        self.port = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "driftd", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while self.port is None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"daemon did not listen in time: {self.log_text()}")
+            time.sleep(0.05)
+        if wait_ready:
+            self.wait_ready(timeout=deadline - time.monotonic())
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"message": line.rstrip(), "level": "raw"}
+            self.lines.append(entry)
+            m = re.search(r"listening on http://[^:]+:(\d+)", str(entry.get("message", "")))
+            if m:
+                self.port = int(m.group(1))
+
+    def log_text(self) -> str:
+        return "\n".join(str(e.get("message")) for e in self.lines[-40:])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                if c.get("/readyz").status_code == 200:
+                    return
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited: {self.log_text()}")
+                time.sleep(0.1)
+        raise TimeoutError(f"daemon not ready: {self.log_text()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def bootstrap_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "bootstrap.csv", make_rows(1000, seed=1))
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, state_dir: Path, bootstrap_csv: Path) -> Path:
+    path = tmp_path / "driftd.toml"
+    path.write_text(config_text(state_dir, bootstrap=str(bootstrap_csv)))
+    return path
+
+
+@pytest.fixture
+def daemon(daemon_config: Path) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(daemon_config).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,91 @@
+"""The registry: immutable versions, atomic aliases, integrity and trusted-type checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+
+from driftd.errors import IntegrityError
+from driftd.registry import Registry, load_artifact
+
+
+@pytest.fixture
+def artifact() -> bytes:
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    return sio.dumps(LogisticRegression().fit(X, [0, 0, 1, 1]))
+
+
+def test_publish_writes_an_immutable_version_with_its_sha256(tmp_path: Path, artifact: bytes) -> None:
+    reg = Registry(tmp_path)
+    v1 = reg.publish(artifact, {"reason": "test"})
+    v2 = reg.publish(artifact, {"reason": "again"})
+    assert (v1.number, v2.number) == (1, 2)
+    manifest = json.loads((tmp_path / "v000001" / "manifest.json").read_text())
+    assert manifest["reason"] == "test" and len(manifest["sha256"]) == 64
+    version, model = reg.load(1)
+    assert model.predict(np.array([[3.0]]))[0] == 1
+
+
+def test_aliases_move_atomically_and_keep_the_previous(tmp_path: Path, artifact: bytes) -> None:
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.publish(artifact, {})
+    reg.set_champion(1)
+    reg.set_champion(3)
+    assert reg.aliases().as_dict() == {"champion": 3, "previous": 1}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_sweep_removes_leftovers_of_interrupted_writes(tmp_path: Path, artifact: bytes) -> None:
+    reg = Registry(tmp_path)
+    reg.publish(artifact, {})
+    (tmp_path / ".tmp-v000002.abc").mkdir()
+    (tmp_path / ".tmp-v000002.abc" / "model.skops").write_bytes(b"half")
+    (tmp_path / ".tmp-aliases.json.xyz").write_bytes(b"{")
+    assert sorted(reg.sweep()) == [".tmp-aliases.json.xyz", ".tmp-v000002.abc"]
+    assert reg.numbers() == [1]
+
+
+def test_a_tampered_artifact_is_refused(tmp_path: Path, artifact: bytes) -> None:
+    reg = Registry(tmp_path)
+    v = reg.publish(artifact, {})
+    path = v.path / "model.skops"
+    os.chmod(path, 0o600)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        reg.load(1)
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch /nonexistent-driftd-marker",))
+
+
+def test_a_pickle_payload_is_not_a_loadable_artifact(tmp_path: Path) -> None:
+    with pytest.raises(IntegrityError, match="not a readable skops artifact"):
+        load_artifact(pickle.dumps(_Payload()))
+
+
+def test_a_skops_file_naming_an_untrusted_callable_is_refused(tmp_path: Path, artifact: bytes) -> None:
+    """Rewrite a real artifact's schema so that a node names os.system: it must be refused
+    before anything is constructed."""
+    src = zipfile.ZipFile(io.BytesIO(artifact))
+    schema = json.loads(src.read("schema.json"))
+    schema["__module__"], schema["__class__"] = "os", "system"
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, json.dumps(schema) if name == "schema.json" else src.read(name))
+    with pytest.raises(IntegrityError, match="untrusted types"):
+        load_artifact(out.getvalue())
