@@ -29,7 +29,12 @@ def make_rows(n: int, seed: int = 0, *, flip: bool = False) -> list[dict[str, An
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        x = {"x0": rng.random(), "x1": rng.random(), "x2": rng.gauss(0, 1), "color": rng.choice(COLORS)}
+        x = {
+            "x0": rng.random(),
+            "x1": rng.random(),
+            "x2": rng.gauss(0, 1),
+            "color": rng.choice(COLORS),
+        }
         y = int((x["x0"] + x["x1"] > 1) != flip)
         rows.append({"features": x, "label": y})
     return rows
@@ -83,7 +88,9 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
-            pytest.fail(f"{name} is required here (DRIFTD_REQUIRE_EXTERNAL is set) but not installed")
+            pytest.fail(
+                f"{name} is required here (DRIFTD_REQUIRE_EXTERNAL is set) but not installed"
+            )
         pytest.skip(f"{name} is not installed")
     return path
 
@@ -161,16 +168,28 @@ class DaemonProcess:
 
     def wait(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self.close()
+        return code
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self.close()
+
+    def close(self) -> None:
+        """Release the pipe once the process is gone (after ``wait``, ``stop`` or a kill)."""
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 @pytest.fixture

@@ -26,7 +26,11 @@ def test_a_minimal_config_gets_documented_defaults() -> None:
 
 
 def test_environment_overrides_the_file_and_is_typed() -> None:
-    env = {"DRIFTD_SERVER_PORT": "9100", "DRIFTD_SERVER_TOKEN": "0123456789abcdef0", "DRIFTD_LOG_LEVEL": "debug"}
+    env = {
+        "DRIFTD_SERVER_PORT": "9100",
+        "DRIFTD_SERVER_TOKEN": "0123456789abcdef0",
+        "DRIFTD_LOG_LEVEL": "debug",
+    }
     cfg = load_text(MINIMAL, env=env)
     assert cfg.server.port == 9100
     assert cfg.server.token == "0123456789abcdef0"
@@ -96,6 +100,8 @@ def test_unreadable_and_invalid_files_are_config_errors(tmp_path: Path) -> None:
         load(bad)
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("daemon").glob("*.toml")))
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.joinpath("daemon").glob("*.toml"))
+)
 def test_shipped_configs_load(path: Path) -> None:
     load(path, env={})

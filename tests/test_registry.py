@@ -24,14 +24,16 @@ def artifact() -> bytes:
     return sio.dumps(LogisticRegression().fit(X, [0, 0, 1, 1]))
 
 
-def test_publish_writes_an_immutable_version_with_its_sha256(tmp_path: Path, artifact: bytes) -> None:
+def test_publish_writes_an_immutable_version_with_its_sha256(
+    tmp_path: Path, artifact: bytes
+) -> None:
     reg = Registry(tmp_path)
     v1 = reg.publish(artifact, {"reason": "test"})
     v2 = reg.publish(artifact, {"reason": "again"})
     assert (v1.number, v2.number) == (1, 2)
     manifest = json.loads((tmp_path / "v000001" / "manifest.json").read_text())
     assert manifest["reason"] == "test" and len(manifest["sha256"]) == 64
-    version, model = reg.load(1)
+    _, model = reg.load(1)
     assert model.predict(np.array([[3.0]]))[0] == 1
 
 
@@ -77,7 +79,9 @@ def test_a_pickle_payload_is_not_a_loadable_artifact(tmp_path: Path) -> None:
         load_artifact(pickle.dumps(_Payload()))
 
 
-def test_a_skops_file_naming_an_untrusted_callable_is_refused(tmp_path: Path, artifact: bytes) -> None:
+def test_a_skops_file_naming_an_untrusted_callable_is_refused(
+    tmp_path: Path, artifact: bytes
+) -> None:
     """Rewrite a real artifact's schema so that a node names os.system: it must be refused
     before anything is constructed."""
     src = zipfile.ZipFile(io.BytesIO(artifact))

@@ -22,7 +22,10 @@ def store(tmp_path: Path) -> Store:
 
 
 def rows(n: int, start: int = 0, **kw: object) -> list[Row]:
-    return [Row(f"r{i}", float(i), {"a": float(i), "b": -float(i), "c": f"k{i % 3}"}, **kw) for i in range(start, start + n)]  # type: ignore[arg-type]
+    return [
+        Row(f"r{i}", float(i), {"a": float(i), "b": -float(i), "c": f"k{i % 3}"}, **kw)
+        for i in range(start, start + n)
+    ]  # type: ignore[arg-type]
 
 
 def test_records_get_consecutive_indices_and_resends_are_duplicates(store: Store) -> None:
@@ -40,8 +43,13 @@ def test_labels_join_predictions_in_any_order(store: Store) -> None:
     early = store.add_labels([("r9", 0, 6.0)])
     assert early.pending == 1 and not early.joined
     res = store.add_labels([("r0", 1, 7.0), ("r1", 0, 8.0)])
-    assert [(j.idx, j.prediction, j.label, j.delay) for j in res.joined] == [(1, 1, 1, 7.0), (2, 1, 0, 7.0)]
-    late = store.add_records([Row("r9", 9.0, {"a": 1.0, "b": 1.0, "c": "x"}, 0)], source="predict", received=9.5)
+    assert [(j.idx, j.prediction, j.label, j.delay) for j in res.joined] == [
+        (1, 1, 1, 7.0),
+        (2, 1, 0, 7.0),
+    ]
+    late = store.add_records(
+        [Row("r9", 9.0, {"a": 1.0, "b": 1.0, "c": "x"}, 0)], source="predict", received=9.5
+    )
     assert [(j.prediction, j.label) for j in late.joined] == [(0, 0)]
     dup = store.add_labels([("r0", 0, 10.0)])
     assert dup.duplicates == ["r0"]
@@ -75,7 +83,10 @@ def test_retention_trims_the_oldest_rows(store: Store) -> None:
 def test_records_after_replays_features_and_predictions(store: Store) -> None:
     store.add_records(rows(3, prediction=1), source="predict", received=1.0)
     replay = store.records_after(1)
-    assert replay == [(2, {"a": 1.0, "b": -1.0, "c": "k1"}, 1), (3, {"a": 2.0, "b": -2.0, "c": "k2"}, 1)]
+    assert replay == [
+        (2, {"a": 1.0, "b": -1.0, "c": "k1"}, 1),
+        (3, {"a": 2.0, "b": -2.0, "c": "k2"}, 1),
+    ]
 
 
 def test_events_page_newest_first(store: Store) -> None:

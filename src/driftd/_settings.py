@@ -140,7 +140,7 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         return dict(value)
     if dataclasses.is_dataclass(tp):
         before = len(errors)
-        out = build(tp, value, path, errors)  # type: ignore[type-var]
+        out = build(typing.cast(type[Any], tp), value, path, errors)
         return _BAD if len(errors) != before or out is None else out
     raise TypeError(f"unsupported setting type {tp!r} at {path}")  # a bug in a dataclass, not input
 

@@ -174,7 +174,7 @@ def create_app(engine: Engine, *, lifespan: Any = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error in a request")
+        log.error("unhandled error in a request", exc_info=exc)
         return _json(
             {"error": "internal", "message": "internal error; see the daemon's log", "errors": []},
             500,
@@ -268,7 +268,7 @@ def create_app(engine: Engine, *, lifespan: Any = None) -> FastAPI:
         response_model=PredictResponse,
         responses={**_ERRORS, 503: {"model": ErrorBody, "description": "No model is serving yet"}},
         openapi_extra=body_doc(validators.predict, ndjson=False),
-        summary="Predict one or many instances; the inputs and predictions are stored for monitoring",
+        summary="Predict one or many instances; inputs and predictions are stored for monitoring",
     )
     async def predict(request: Request) -> Response:
         start = time.perf_counter()

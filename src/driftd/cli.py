@@ -32,7 +32,7 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="driftd",
-        description="Serve a scikit-learn model, watch its traffic for drift, retrain and redeploy it.",
+        description="Serve a scikit-learn model, watch it for drift, retrain and redeploy it.",
     )
     p.add_argument("--version", action="version", version=f"driftd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -155,7 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
         def started(daemon: Daemon) -> None:
             source = DemoSource(daemon.engine, config.demo)
             sources.append(source)
-            source.start()
+            daemon.attach(source)
             print(
                 f"driftd demo: http://{config.server.host}:{daemon.port}  (metrics at /metrics,"
                 f" status at /v1/status; state in {state}); Ctrl-C to stop",
@@ -171,13 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
                 timer.daemon = True
                 timer.start()
 
-        daemon = Daemon(config, on_started=started)
-        try:
-            code = daemon.run()
-        finally:
-            for s in sources:
-                s.stop.set()
-                s.join(5)
+        code = Daemon(config, on_started=started).run()
         if sources:
             print(sources[0].progress(), file=sys.stderr)
         return code

@@ -96,14 +96,20 @@ class SchemaConfig:
         if not self.features:
             errors.append("features: got an empty list, expected at least one feature")
         names = [f.name for f in self.features]
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            errors.append(f"features: feature {name!r} is declared more than once")
-        for name in names:
-            if not name or len(name) > 128:
-                errors.append(f"features: got name {name!r}, expected 1 to 128 characters")
-        reserved = {self.target, self.id_field, self.timestamp_field} - {None}
-        for name in sorted(reserved & set(names)):
-            errors.append(f"features: {name!r} is also the target, id or timestamp field")
+        errors += [
+            f"features: feature {name!r} is declared more than once"
+            for name in sorted({n for n in names if names.count(n) > 1})
+        ]
+        errors += [
+            f"features: got name {name!r}, expected 1 to 128 characters"
+            for name in names
+            if not name or len(name) > 128
+        ]
+        reserved = {n for n in (self.target, self.id_field, self.timestamp_field) if n}
+        errors += [
+            f"features: {name!r} is also the target, id or timestamp field"
+            for name in sorted(reserved & set(names))
+        ]
         return errors
 
     def build(self) -> Schema:
@@ -175,7 +181,8 @@ class DemoConfig:
         bad = [c for c in self.concepts if not 0 <= c <= top]
         if not self.concepts or bad:
             return [
-                f"concepts: got {self.concepts!r}, expected a non-empty list of 0..{top} for {self.stream}"
+                f"concepts: got {self.concepts!r}, expected a non-empty list of 0..{top}"
+                f" for {self.stream}"
             ]
         return []
 

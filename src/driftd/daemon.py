@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,9 +32,17 @@ from driftd.errors import ConfigError
 from driftd.metrics import Metrics
 from driftd.sdnotify import Notifier, Watchdog
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "Source"]
 
 log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """Traffic fed into the engine from inside the process (the demo stream; later, brokers)."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _Server(uvicorn.Server):
@@ -77,7 +85,7 @@ class _Server(uvicorn.Server):
 
 
 class Daemon:
-    """One driftd process. ``Daemon(config).run()`` blocks until shutdown and returns an exit code."""
+    """One driftd process. ``Daemon(config).run()`` blocks until shutdown, returns an exit code."""
 
     def __init__(
         self,
@@ -101,6 +109,7 @@ class Daemon:
         self._job: Future[Any] | None = None
         self._last_tick = time.monotonic()
         self.server: _Server | None = None
+        self.sources: list[Source] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -124,7 +133,14 @@ class Daemon:
             f"serving model v{live.version:06d}" if live else "no model yet",
         )
 
+    def attach(self, source: Source) -> None:
+        """Start a traffic source (the demo stream) that feeds the engine until shutdown."""
+        self.sources.append(source)
+        source.start()
+
     def shutdown(self) -> None:
+        for source in self.sources:
+            source.close()
         self.jobs.shutdown(wait=False, cancel_futures=True)
         self.engine.cancel.set()
         self.engine.close()

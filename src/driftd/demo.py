@@ -57,7 +57,9 @@ class DemoSource:
         self._thread = threading.Thread(target=self._run, name="driftd-demo", daemon=True)
         self._thread.start()
 
-    def join(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop sending and wait for the thread (called by the daemon before the engine closes)."""
+        self.stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -90,7 +92,7 @@ class DemoSource:
                     next_send = time.monotonic()
                     continue
                 self.stats.sent += len(batch)
-                preds = [int(p) for p in result.predictions]  # type: ignore[arg-type]
+                preds = [int(p) for p in result.predictions]
                 pending.append(
                     (now + cfg.label_delay_seconds, result.ids, [y for _, y in batch], preds)
                 )
@@ -107,6 +109,7 @@ class DemoSource:
         score = "n/a" if value is None else f"{value:.3f}"
         concept = self.stream.concept_at(max(0, self.stats.sent - 1))
         return (
-            f"demo: {self.stats.sent} records sent (concept {concept}), {self.stats.labelled} labelled,"
-            f" model {'v%06d' % live.version if live else 'none'}, live {metric} {score}"
+            f"demo: {self.stats.sent} records sent (concept {concept}),"
+            f" {self.stats.labelled} labelled, model {f'v{live.version:06d}' if live else 'none'},"
+            f" live {metric} {score}"
         )

@@ -97,13 +97,14 @@ class Engine:
         for leftover in self.state_dir.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
         self.metrics.declare_features(
-            ((s.signal, s.feature) for s in self.monitor.detector_states()), self.schema.categorical
+            ((s.signal, s.feature or "") for s in self.monitor.detector_states()),
+            self.schema.categorical,
         )
         self._restore_monitor()
         self.load_champion()
         m = self.metrics.live
         m.detectors = lambda: (
-            (s.signal, s.feature, s.state, s.estimate) for s in self.monitor.detector_states()
+            (s.signal, s.feature or "", s.state, s.estimate) for s in self.monitor.detector_states()
         )
         m.store_records = lambda: self._store_records
         m.live_score = lambda: self.monitor.live_score
@@ -136,8 +137,6 @@ class Engine:
             n for n in reversed(numbers) if n != aliases.champion
         ]
         for number in candidates:
-            if number is None:
-                continue
             try:
                 live = self._load(number)
             except (IntegrityError, WarmupError) as exc:
@@ -396,7 +395,7 @@ class Engine:
         try:
             X, y, window = self._bootstrap_data()
             version = self.train_and_deploy(X, y, reason="bootstrap", window=window)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a first fit is reported, not raised
             self.bootstrap_state = "failed"
             self.bootstrap_error = str(exc)
             log.error("bootstrap failed: %s", exc)
@@ -516,12 +515,7 @@ class Engine:
 def _rows(schema: Schema, X: Any) -> list[dict[str, Any]]:
     """Matrix rows back to feature dicts (for warm-up rows kept in the manifest)."""
     names = [*schema.numeric, *schema.categorical]
-    out = []
-    for row in np.asarray(X, dtype=object):
-        out.append(
-            {
-                n: (float(v) if n in schema.numeric else str(v))
-                for n, v in zip(names, row, strict=True)
-            }
-        )
-    return out
+    return [
+        {n: (float(v) if n in schema.numeric else str(v)) for n, v in zip(names, row, strict=True)}
+        for row in np.asarray(X, dtype=object)
+    ]

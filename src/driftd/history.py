@@ -67,8 +67,7 @@ def _csv_rows(path: Path, schema: Schema) -> Iterator[tuple[int, dict[str, Any]]
         missing = [c for c in (*schema.names, schema.target) if c not in header]
         if missing:
             raise HistoryError(f"{path}: line 1: missing column(s) {', '.join(map(repr, missing))}")
-        for i, row in enumerate(reader, start=2):
-            yield i, row
+        yield from enumerate(reader, start=2)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

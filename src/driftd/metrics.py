@@ -83,13 +83,13 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "driftd_store_records", "Records held in the store.", value=self.store_records()
         )
-        metric, value = self.live_score()
+        metric, live = self.live_score()
         score = GaugeMetricFamily(
             "driftd_live_score",
             "Windowed score of the serving model on labelled traffic (NaN until enough labels).",
             labels=["metric"],
         )
-        score.add_metric([metric], float("nan") if value is None else value)
+        score.add_metric([metric], float("nan") if live is None else live)
         yield score
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

@@ -207,7 +207,7 @@ class Registry:
         return Version(number, final, full)
 
     def load(self, number: int) -> tuple[Version, Any]:
-        """Verify and load a version: the manifest reads, the sha256 matches, the types are trusted."""
+        """Verify and load a version: manifest readable, sha256 matching, types trusted."""
         version = self.get(number)
         try:
             data = (version.path / ARTIFACT).read_bytes()

@@ -12,12 +12,12 @@ checked in one pass in compiled code, and the same types document the API in Ope
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypedDict, Union
 
 import typing_extensions
-
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -74,7 +74,7 @@ class Schema:
         return tuple(f.name for f in self.features if f.kind == "categorical")
 
     def fingerprint(self) -> str:
-        """A short stable description of the schema; checkpoints written under another refuse to load."""
+        """A stable description of the schema; a checkpoint written under another is refused."""
         cols = ",".join(f"{f.name}:{f.kind}" for f in self.features)
         return f"{self.task}|{self.target}|{cols}"
 
@@ -99,7 +99,7 @@ class LabelRecord(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class FieldError:
-    """One problem in a request body: which record (``index``), which ``field``, and what was wrong."""
+    """One problem in a request body: which record (``index``), which ``field``, what was wrong."""
 
     index: int | None
     field: str
@@ -143,12 +143,12 @@ class Validators:
     schema: Schema
     features_type: Any = field(init=False)
     label_type: Any = field(init=False)
-    records: TypeAdapter[list[Record]] = field(init=False)
-    record: TypeAdapter[Record] = field(init=False)
-    instances: TypeAdapter[list[dict[str, Value]]] = field(init=False)
-    labels: TypeAdapter[list[LabelRecord]] = field(init=False)
-    label_record: TypeAdapter[LabelRecord] = field(init=False)
-    predict: TypeAdapter[dict[str, Any]] = field(init=False)
+    records: TypeAdapter[Any] = field(init=False)
+    record: TypeAdapter[Any] = field(init=False)
+    instances: TypeAdapter[Any] = field(init=False)
+    labels: TypeAdapter[Any] = field(init=False)
+    label_record: TypeAdapter[Any] = field(init=False)
+    predict: TypeAdapter[Any] = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.schema
@@ -157,8 +157,7 @@ class Validators:
         columns: dict[str, Any] = {
             f.name: (number if f.kind == "numeric" else category) for f in s.features
         }
-        features: Any = typing_extensions.TypedDict("Features", columns)  # type: ignore[operator]
-        features.__pydantic_config__ = ConfigDict(extra="forbid")
+        features = _typed_dict("Features", columns)
         if s.task == "classification":
             label: Any = Union[  # noqa: UP007 - a runtime type expression built from the schema
                 Annotated[int, Field(strict=True)],
@@ -167,7 +166,7 @@ class Validators:
         else:
             label = number
         ident = Annotated[str, Field(strict=True, min_length=1, max_length=s.max_id_length)]
-        record: Any = typing_extensions.TypedDict(  # type: ignore[operator]
+        record = _typed_dict(
             "Record",
             {
                 "id": NotRequired[ident],
@@ -177,28 +176,24 @@ class Validators:
                 "label": NotRequired[label | None],
             },
         )
-        record.__pydantic_config__ = ConfigDict(extra="forbid")
-        label_record: Any = typing_extensions.TypedDict(  # type: ignore[operator]
-            "LabelRecord",
-            {"id": ident, "label": label, "timestamp": NotRequired[number]},
+        label_record = _typed_dict(
+            "LabelRecord", {"id": ident, "label": label, "timestamp": NotRequired[number]}
         )
-        label_record.__pydantic_config__ = ConfigDict(extra="forbid")
-        predict: Any = typing_extensions.TypedDict(  # type: ignore[operator]
+        predict = _typed_dict(
             "PredictRequest",
             {
-                "instances": Annotated[list[features], Field(min_length=1)],  # type: ignore[valid-type]
-                "ids": NotRequired[list[ident]],
+                "instances": Annotated[_list(features), Field(min_length=1)],
+                "ids": NotRequired[_list(ident)],
             },
         )
-        predict.__pydantic_config__ = ConfigDict(extra="forbid")
-        self.predict = TypeAdapter(predict)
         self.features_type = features
         self.label_type = label
+        self.predict = TypeAdapter(predict)
         self.record = TypeAdapter(record)
-        self.records = TypeAdapter(list[record])  # type: ignore[valid-type]
-        self.instances = TypeAdapter(list[features])  # type: ignore[valid-type]
+        self.records = TypeAdapter(_list(record))
+        self.instances = TypeAdapter(_list(features))
         self.label_record = TypeAdapter(label_record)
-        self.labels = TypeAdapter(list[label_record])  # type: ignore[valid-type]
+        self.labels = TypeAdapter(_list(label_record))
 
     def parse(self, adapter: TypeAdapter[Any], body: bytes | str, *, prefix: str = "") -> Any:
         """Parse and validate a JSON document; raise :class:`InvalidInput` listing every error."""
@@ -231,30 +226,46 @@ class Validators:
             raise _invalid(exc, "") from None
 
 
+_TYPED_DICT: Any = typing_extensions.TypedDict  # built at run time from the schema's columns
+
+
+def _typed_dict(name: str, fields: dict[str, Any]) -> Any:
+    """A TypedDict that refuses unknown keys, for pydantic to validate against."""
+    td = _TYPED_DICT(name, fields)
+    td.__pydantic_config__ = ConfigDict(extra="forbid")
+    return td
+
+
+def _list(item: Any) -> Any:
+    """``list[item]`` for an item type built at run time."""
+    return types.GenericAlias(list, (item,))
+
+
 def _lines(body: bytes) -> list[bytes]:
     return [line for line in body.split(b"\n") if line.strip()]
 
 
-_TOP_FIELDS = {"id", "timestamp", "prediction", "label", "features", "instances", "ids"}
-
-
 def _field_name(loc: tuple[int | str, ...]) -> tuple[int | None, str]:
-    """Map a pydantic error location to (record index, dotted field name), dropping union tags."""
+    """Map a pydantic error location to (record index, dotted field name), dropping union tags.
+
+    ``(3, "features", "age")`` -> ``(3, "features.age")``; ``("instances", 0, "x")`` ->
+    ``(0, "features.x")``; ``(2, "label", "int")`` -> ``(2, "label")``.
+    """
     parts = list(loc)
-    index: int | None = None
-    if parts and parts[0] == "instances":
+    in_instances = bool(parts) and parts[0] == "instances"
+    if in_instances:
         parts = parts[1:]
-        if parts and isinstance(parts[0], int):
-            index = parts.pop(0)
-        return index, "features." + str(parts[0]) if parts else "instances"
+    index: int | None = None
     if parts and isinstance(parts[0], int):
-        index = parts.pop(0)
+        index = parts[0]
+        parts = parts[1:]
+    if in_instances:
+        return index, f"features.{parts[0]}" if parts else "instances"
     if not parts:
         return index, "(record)" if index is not None else "(body)"
-    head = str(parts[0])
-    if head == "features" and len(parts) > 1:
+    if parts[0] == "features" and len(parts) > 1:
         return index, f"features.{parts[1]}"
-    return index, head if head in _TOP_FIELDS else head
+    return index, str(parts[0])
 
 
 _MESSAGES = {
@@ -303,7 +314,10 @@ def _json_message(err: ErrorDetails) -> str:
 def _label_message(err: ErrorDetails) -> str:
     if err["type"] == "finite_number":
         return _MESSAGES["finite_number"]
-    return "expected an integer or a non-empty string for a class label, or a finite number for a regression target"
+    return (
+        "expected an integer or a non-empty string for a class label,"
+        " or a finite number for a regression target"
+    )
 
 
 def coerce_row(
@@ -330,8 +344,9 @@ def coerce_row(
         label = None
     elif schema.task == "regression":
         label = _number(label, line, schema.target)
-    elif isinstance(label, bool) or isinstance(label, float):
-        raise ValueError(f"line {line}, column {schema.target!r}: expected a class label")
+    elif isinstance(label, bool | float):
+        msg = f"line {line}, column {schema.target!r}: expected a class label"
+        raise ValueError(msg)
     elif isinstance(label, str) and label.lstrip("-").isdigit():
         label = int(label)
     ident = row.get(schema.id_field) if schema.id_field else None

@@ -52,21 +52,16 @@ class Serving:
         """Predict ``rows`` with ``model``; raise :class:`WarmupError` on any failure. Returns the
         slowest single-row latency in seconds."""
         worst = 0.0
-        try:
-            for i in range(len(rows)):
-                start = time.perf_counter()
+        for i in range(len(rows)):
+            start = time.perf_counter()
+            try:
                 out = model.predict(rows[i : i + 1])
-                worst = max(worst, time.perf_counter() - start)
-                if len(out) != 1:
-                    raise WarmupError(
-                        f"v{model.version}: predict returned {len(out)} values for 1 row"
-                    )
-        except WarmupError:
-            raise
-        except Exception as exc:
-            raise WarmupError(
-                f"v{model.version}: warm-up prediction failed ({type(exc).__name__}: {exc})"
-            ) from exc
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                raise WarmupError(f"v{model.version}: warm-up prediction failed ({why})") from exc
+            worst = max(worst, time.perf_counter() - start)
+            if len(out) != 1:
+                raise WarmupError(f"v{model.version}: predict returned {len(out)} values for 1 row")
         return worst
 
     def swap(self, model: LiveModel) -> LiveModel | None:

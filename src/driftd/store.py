@@ -506,7 +506,7 @@ class Store:
             if since_ts is not None:
                 sql += " AND ts >= ?"
                 args.append(since_ts)
-            sql = f"SELECT * FROM ({sql} ORDER BY idx DESC LIMIT ?) ORDER BY ts, idx"
+            sql = f"SELECT * FROM ({sql} ORDER BY idx DESC LIMIT ?) ORDER BY ts, idx"  # noqa: S608
             rows = conn.execute(sql, [*args, limit]).fetchall()
         return self._to_snapshot(rows)
 

@@ -52,7 +52,7 @@ HIGHER_IS_BETTER = {
 
 
 def matrix(
-    schema: Schema, numeric: npt.NDArray[np.float64], categorical: Sequence[Sequence[str]]
+    schema: Schema, numeric: npt.NDArray[np.float64], categorical: Sequence[Sequence[Any]]
 ) -> npt.NDArray[Any]:
     """The model's input: numeric columns first, then categorical ones, in schema order."""
     if not schema.categorical:
@@ -86,11 +86,13 @@ def build_pipeline(config: ModelConfig, schema: Schema) -> Any:
     estimator = clone(estimator)
     if schema.task == "classification" and not is_classifier(estimator):
         raise ValueError(
-            f"model: {type(estimator).__name__} is not a classifier, expected one for task 'classification'"
+            f"model: {type(estimator).__name__} is not a classifier,"
+            " expected one for task 'classification'"
         )
     if schema.task == "regression" and not is_regressor(estimator):
         raise ValueError(
-            f"model: {type(estimator).__name__} is not a regressor, expected one for task 'regression'"
+            f"model: {type(estimator).__name__} is not a regressor,"
+            " expected one for task 'regression'"
         )
     if not schema.categorical:
         return Pipeline([("model", estimator)])
@@ -131,7 +133,7 @@ def score(metric: str, model: Any, X: npt.NDArray[Any], y: Sequence[Label]) -> f
         if metric == "f1":
             average = "binary" if len(set(y_true.tolist()) | set(pred.tolist())) <= 2 else "macro"
             if average == "binary":
-                pos = sorted(set(y_true.tolist()) | set(pred.tolist()), key=str)[-1]
+                pos = max(set(y_true.tolist()) | set(pred.tolist()), key=str)
                 return float(m.f1_score(y_true, pred, pos_label=pos, zero_division=0.0))
             return float(m.f1_score(y_true, pred, average="macro", zero_division=0.0))
         if metric == "mae":
@@ -212,7 +214,7 @@ def _child(job: FitJob, conn: Any) -> None:
                 logs=logs,
             )
         )
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - the child reports every failure to the parent
         conn.send(
             FitResult(
                 False,

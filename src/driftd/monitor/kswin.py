@@ -77,7 +77,8 @@ class KSWIN:
             raise ValueError(f"alpha: got {alpha!r}, expected a value in [0, 1]")
         if not 0 < stat_size < window_size:
             raise ValueError(
-                f"stat_size: got {stat_size!r}, expected 0 < stat_size < window_size ({window_size})"
+                f"stat_size: got {stat_size!r}, expected 0 < stat_size < window_size"
+                f" ({window_size})"
             )
         self.alpha = alpha
         self.window_size = window_size
@@ -142,7 +143,7 @@ class KSWIN:
         self._window = buf[-(ws - 1) :].copy()
         return None
 
-    def _after(
+    def _after(  # noqa: PLR0917 - private helper of _run
         self,
         buf: npt.NDArray[np.float64],
         end: int,
@@ -225,7 +226,7 @@ def _tables(
     return decide, p_values, statistic
 
 
-_PREFIX_ROWS = 1 << 12  # rows shared per (seed, n, k): about 4 MB
+_PREFIX_ROWS = 1 << 17  # rows shared per (seed, n, k): about 4 MB
 
 
 class _Prefix:
@@ -282,7 +283,9 @@ class _Sampler:
     def take(self, count: int) -> npt.NDArray[np.intp]:
         if self._rng is not None:
             rng = self._rng
-            return np.array([rng.sample(range(self.n), self.k) for _ in range(count)], dtype=np.intp)
+            return np.array(
+                [rng.sample(range(self.n), self.k) for _ in range(count)], dtype=np.intp
+            )
         have = len(self._rows)
         if have < count:
             parts = [self._rows]

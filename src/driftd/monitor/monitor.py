@@ -1,0 +1,422 @@
+"""The drift monitor: river detectors on every feature, the predictions and the errors.
+
+It owns detector state, the alarm policy and the live score, and turns a batch of records
+(or of joined outcomes) into :class:`MonitorEvent` values. It never blocks on I/O and never
+reads the clock: ``now`` is passed in, so tests and replays run at full speed.
+
+Work is done column by column: each detector gets the whole batch's column in one call, and
+alarm bookkeeping happens once per detection, not once per record.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from driftd.monitor._index import IndexMap
+from driftd.monitor.alarms import AlarmPolicy
+from driftd.monitor.categories import CategoryWatch
+from driftd.monitor.checkpoint import frame, unframe
+from driftd.monitor.config import MonitorConfig
+from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
+from driftd.monitor.live import LiveScore
+from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
+from driftd.schema import Schema
+
+__all__ = ["Monitor"]
+
+Value = float | str
+Label = int | str | float
+
+
+class Monitor:
+    """Drift detectors for one model's traffic, with the alarm policy and a live score.
+
+    Parameters
+    ----------
+    schema
+        The record schema: one detector per numeric feature, a category-frequency watch per
+        categorical feature, a prediction and an error stream shaped by the task.
+    config
+        Detector kinds and parameters, the live-score window and the alarm policy.
+
+    Examples
+    --------
+    >>> import random
+    >>> from driftd.schema import Feature, Schema
+    >>> rng = random.Random(0)
+    >>> schema = Schema(features=(Feature("x"), Feature("colour", "categorical")))
+    >>> monitor = Monitor(schema, MonitorConfig())
+    >>> def batch(mean, colours):
+    ...     return [{"x": rng.gauss(mean, 1), "colour": rng.choice(colours)} for _ in range(3000)]
+    >>> monitor.update(0, batch(0, "rgb"), None, now=1.0)
+    []
+    >>> events = monitor.update(3000, batch(3, "rgbbbb"), None, now=2.0)
+    >>> for e in events[:3]:
+    ...     print(e.kind, e.alarm, e.signal, e.feature, e.index, e.change_point)
+    detection None feature x 3039 2984
+    detection None category colour 3135 2048
+    alarm data_drift category colour 3135 2048
+
+    """
+
+    def __init__(self, schema: Schema, config: MonitorConfig | None = None) -> None:
+        self.schema = schema
+        self.config = config if config is not None else MonitorConfig()
+        unknown = sorted(set(self.config.per_feature) - set(schema.numeric))
+        if unknown:
+            raise ValueError(
+                f"monitor.per_feature: got {', '.join(unknown)}, expected numeric features of the"
+                f" schema ({', '.join(schema.numeric)})"
+            )
+        self._build()
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg = self.config
+        schema = self.schema
+        n_features = len(schema.features)
+        factor = n_features if cfg.alarm.correct_for_features else 1
+        self._numeric = {
+            name: Watch(kind, self._params(kind, factor))
+            for name in schema.numeric
+            for kind in [cfg.per_feature.get(name, cfg.numeric_detector)]
+        }
+        self._categorical = {
+            name: CategoryWatch(
+                cfg.top_categories, cfg.category_reference, self._params("adwin", factor)
+            )
+            for name in schema.categorical
+        }
+        self._prediction: Watch | CategoryWatch
+        if schema.task == "classification":
+            self._prediction = CategoryWatch(
+                cfg.top_categories, cfg.category_reference, self._params("adwin", 1)
+            )
+            kind = cfg.error_detector
+        else:
+            self._prediction = Watch(cfg.numeric_detector, self._params(cfg.numeric_detector, 1))
+            kind = cfg.regression_error_detector
+        self._error = Watch(kind, self._params(kind, 1))
+        self._features_map = IndexMap()
+        self._prediction_map = IndexMap()
+        self._error_map = IndexMap()
+        self._policy = AlarmPolicy(
+            cfg.alarm.features, cfg.alarm.window, cfg.alarm.suppress, n_features
+        )
+        metric = "accuracy" if schema.task == "classification" else "mae"
+        self._live = LiveScore(metric, cfg.live_window, cfg.live_min_labels)
+        self._next_index = 0
+        self._baseline = 0
+        self._last_drift: dict[tuple[str, str | None], int] = {}
+        self._change: dict[str, int] = {}
+        self._counts = {"detection": 0, "warning": 0, "alarm": 0, "suppressed": 0}
+        self._labels = 0
+        self._last_alarm: dict[str, Any] | None = None
+
+    def _params(self, kind: str, factor: int) -> dict[str, Any]:
+        params = dict(self.config.detector_params.get(kind, {}))
+        if kind == "kswin":
+            params["seed"] = self.config.seed
+        if kind in CONFIDENCE and factor > 1:
+            name, default = CONFIDENCE[kind]
+            params[name] = float(params.get(name, default)) / factor
+        return params
+
+    # -- feeding ------------------------------------------------------------------------------
+
+    def update(
+        self,
+        start_index: int,
+        features: Sequence[Mapping[str, Value]],
+        predictions: Sequence[Label | None] | None,
+        now: float,
+    ) -> list[MonitorEvent]:
+        """Feed records ``start_index, start_index + 1, ...``; return what they revealed.
+
+        Records below the next expected index were already seen (a replay after a restart)
+        and are skipped. Predictions of records before the last :meth:`rebaseline` are
+        ignored: they came from the previous model.
+        """
+        skip = self._next_index - start_index
+        if skip > 0:
+            features = features[skip:]
+            predictions = predictions[skip:] if predictions is not None else None
+            start_index += skip
+        n = len(features)
+        if n == 0:
+            return []
+        raw: list[tuple[int, int, Signal, str | None, Hit]] = []
+        fmap = self._features_map
+        fmap.extend_range(start_index, n)
+        order = 0
+        for name, watch in self._numeric.items():
+            column = list(map(operator.itemgetter(name), features))
+            raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
+            order += 1
+        for name, cats in self._categorical.items():
+            column = list(map(operator.itemgetter(name), features))
+            raw.extend((fmap.index_at(h.at), order, "category", name, h) for h in cats.feed(column))
+            order += 1
+        if predictions is not None:
+            raw.extend(self._feed_predictions(start_index, predictions, order))
+        self._next_index = start_index + n
+        return self._events(raw, now)
+
+    def _feed_predictions(
+        self, start: int, predictions: Sequence[Label | None], order: int
+    ) -> list[tuple[int, int, Signal, str | None, Hit]]:
+        offset = max(0, self._baseline - start)
+        if offset == 0 and None not in predictions:
+            values = list(predictions)
+            self._prediction_map.extend_range(start, len(values))
+        else:
+            pairs = [
+                (start + i, p) for i, p in enumerate(predictions) if p is not None and i >= offset
+            ]
+            values = [p for _, p in pairs]
+            self._prediction_map.extend([i for i, _ in pairs])
+        if not values:
+            return []
+        if isinstance(self._prediction, Watch):
+            values = [float(v) for v in values if v is not None]
+        pmap = self._prediction_map
+        return [
+            (pmap.index_at(h.at), order, "prediction", None, h)
+            for h in self._prediction.feed(values)
+        ]
+
+    def update_outcomes(
+        self,
+        indices: Sequence[int],
+        predictions: Sequence[Label],
+        labels: Sequence[Label],
+        now: float,
+    ) -> list[MonitorEvent]:
+        """Feed joined (prediction, label) pairs in label-arrival order.
+
+        Classification feeds 0/1 errors, regression absolute errors, to the error detector
+        and the live score. Outcomes of records before the last :meth:`rebaseline` are
+        ignored: they judge the previous model.
+        """
+        if not (len(indices) == len(predictions) == len(labels)):
+            raise ValueError(
+                f"update_outcomes: got {len(indices)} indices, {len(predictions)} predictions and"
+                f" {len(labels)} labels, expected equal lengths"
+            )
+        keep = [i for i, index in enumerate(indices) if index >= self._baseline]
+        if len(keep) < len(indices):
+            indices = [indices[i] for i in keep]
+            predictions = [predictions[i] for i in keep]
+            labels = [labels[i] for i in keep]
+        if not indices:
+            return []
+        errors: list[float]
+        if self.schema.task == "classification":
+            wrong = [1.0 if p != y else 0.0 for p, y in zip(predictions, labels, strict=True)]
+            self._live.extend([1.0 - w for w in wrong])
+            # FHDDM detects a fall of its input's mean, so it watches correctness, not errors.
+            errors = [1.0 - w for w in wrong] if self._error.kind == "fhddm" else wrong
+        else:
+            errors = [abs(float(p) - float(y)) for p, y in zip(predictions, labels, strict=True)]
+            self._live.extend(errors)
+        self._labels += len(indices)
+        self._error_map.extend(indices)
+        raw: list[tuple[int, int, Signal, str | None, Hit]] = [
+            (self._error_map.index_at(hit.at), 0, "error", None, hit)
+            for hit in self._error.feed(errors)
+        ]
+        return self._events(raw, now)
+
+    def rebaseline(self, index: int, now: float) -> None:
+        """A new model serves from record ``index``: every detector and the live score start over.
+
+        The alarm policy forgets pending detections too, so the swap itself raises nothing.
+        ``now`` is accepted for symmetry with the other calls (and future use in stats).
+        """
+        del now
+        for watch in self._numeric.values():
+            watch.reset()
+        for cats in self._categorical.values():
+            cats.reset()
+        self._prediction.reset()
+        self._error.reset()
+        self._live.reset()
+        self._policy.reset()
+        self._last_drift.clear()
+        self._change.clear()
+        self._baseline = max(self._baseline, index)
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def _events(
+        self, raw: list[tuple[int, int, Signal, str | None, Hit]], now: float
+    ) -> list[MonitorEvent]:
+        if not raw:
+            return []
+        raw.sort(key=lambda r: (r[0], r[1]))
+        maps = {
+            "feature": self._features_map,
+            "category": self._features_map,
+            "prediction": self._prediction_map,
+            "error": self._error_map,
+        }
+        events: list[MonitorEvent] = []
+        for index, _, signal, feature, hit in raw:
+            change = maps[signal].index_at(hit.change)
+            stats = dict(hit.stats)
+            if signal == "error":
+                stats["detector"] = self._error.kind
+            elif signal == "feature" and feature is not None:
+                stats["detector"] = self._numeric[feature].kind
+            if hit.level != DRIFT:
+                self._counts["warning"] += 1
+                events.append(
+                    MonitorEvent("warning", None, signal, feature, index, now, change, stats)
+                )
+                continue
+            key = (signal, feature, stats.get("category"))
+            if not self._policy.admit(key, index):
+                self._counts["suppressed"] += 1
+                continue
+            self._counts["detection"] += 1
+            self._last_drift[(signal, feature)] = index
+            events.append(
+                MonitorEvent("detection", None, signal, feature, index, now, change, stats)
+            )
+            if signal in ("feature", "category") and feature is not None:
+                self._change[feature] = change
+                group = self._policy.feature_drift(feature, index)
+                if group:
+                    first = min(self._change.get(f, change) for f in group)
+                    alarm_stats = {"features": list(group), "needed": self._policy.needed}
+                    events.append(
+                        self._alarm("data_drift", signal, feature, index, now, first, alarm_stats)
+                    )
+            elif signal == "error" and self._policy.concept_drift(index):
+                events.append(self._alarm("concept_drift", signal, None, index, now, change, stats))
+        return events
+
+    def _alarm(  # noqa: PLR0917 - an event's fields, in MonitorEvent's order
+        self,
+        kind: str,
+        signal: Signal,
+        feature: str | None,
+        index: int,
+        now: float,
+        change: int,
+        stats: dict[str, Any],
+    ) -> MonitorEvent:
+        self._counts["alarm"] += 1
+        alarm: AlarmKind = "data_drift" if kind == "data_drift" else "concept_drift"
+        event = MonitorEvent("alarm", alarm, signal, feature, index, now, change, dict(stats))
+        self._last_alarm = event.as_dict()
+        return event
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _state(self, signal: str, feature: str | None, warning: bool) -> int:
+        last = self._last_drift.get((signal, feature))
+        if last is not None and self._next_index - last <= self.config.alarm.window:
+            return 2
+        return 1 if warning else 0
+
+    def detector_states(self) -> list[DetectorState]:
+        """One state per detector group: each feature, the predictions, the errors."""
+        out = [
+            DetectorState("feature", name, self._state("feature", name, False), w.estimate)
+            for name, w in self._numeric.items()
+        ]
+        out += [
+            DetectorState("category", name, self._state("category", name, False), c.estimate)
+            for name, c in self._categorical.items()
+        ]
+        out.append(
+            DetectorState(
+                "prediction",
+                None,
+                self._state("prediction", None, False),
+                self._prediction.estimate,
+            )
+        )
+        out.append(
+            DetectorState(
+                "error", None, self._state("error", None, self._error.warning), self._error.estimate
+            )
+        )
+        return out
+
+    @property
+    def live_score(self) -> tuple[str, float | None]:
+        """``("accuracy", value)`` or ``("mae", value)``; the value is None until enough labels."""
+        return self._live.metric, self._live.value
+
+    @property
+    def unseen_categories(self) -> dict[str, int]:
+        """Records per categorical feature whose category was not in the current reference."""
+        return {name: c.unseen for name, c in self._categorical.items()}
+
+    @property
+    def next_index(self) -> int:
+        """The index of the next record the monitor expects (replays below it are skipped)."""
+        return self._next_index
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for ``GET /v1/status``."""
+        metric, value = self.live_score
+        return {
+            "records": self._next_index,
+            "labels": self._labels,
+            "baseline_index": self._baseline,
+            "live_score": {"metric": metric, "value": value, "count": self._live.count},
+            "detectors": [s.as_dict() for s in self.detector_states()],
+            "numeric_detectors": {name: w.kind for name, w in self._numeric.items()},
+            "error_detector": self._error.kind,
+            "unseen_categories": self.unseen_categories,
+            "unseen_examples": {n: list(c.unseen_examples) for n, c in self._categorical.items()},
+            "drifting_features": self._policy.drifting(),
+            "counts": dict(self._counts),
+            "last_alarm": self._last_alarm,
+        }
+
+    # -- checkpoint ---------------------------------------------------------------------------
+
+    def dumps(self) -> bytes:
+        """The monitor's full state, for :meth:`loads` after a restart."""
+        header = {"schema": self.schema.fingerprint(), "config": self.config.fingerprint()}
+        return frame(self, header)
+
+    @classmethod
+    def loads(cls, data: bytes, schema: Schema, config: MonitorConfig | None = None) -> Monitor:
+        """Restore a monitor; raise :class:`CheckpointMismatch` if it was written under another
+        schema or detector configuration. Alarm policy and live-window settings are taken from
+        ``config`` (they may change between runs without losing detector state)."""
+        config = config if config is not None else MonitorConfig()
+        expected = {"schema": schema.fingerprint(), "config": config.fingerprint()}
+        monitor = unframe(data, expected)
+        if not isinstance(monitor, cls):
+            from driftd.monitor.checkpoint import CheckpointMismatch
+
+            raise CheckpointMismatch("checkpoint does not hold a monitor")
+        monitor.schema = schema
+        monitor.config = config
+        policy = monitor._policy
+        policy.features, policy.window, policy.suppress = (
+            config.alarm.features,
+            config.alarm.window,
+            config.alarm.suppress,
+        )
+        monitor._live.min_count = config.live_min_labels
+        if monitor._live.window != config.live_window:
+            monitor._live.resize(config.live_window)
+        return monitor
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["schema"], state["config"]  # passed back in by loads()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)

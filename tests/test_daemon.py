@@ -1,0 +1,266 @@
+"""The daemon as a process: crashes, signals, bootstrap, model integrity, and swaps under load."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from driftd.config import load
+from driftd.daemon import Daemon
+from driftd.registry import Registry
+from tests.conftest import DaemonProcess, config_text, make_rows
+
+
+def post_batches(client: httpx.Client, n_batches: int, size: int, prefix: str) -> list[str]:
+    """Post labelled batches with explicit ids; return the ids the daemon acknowledged."""
+    acked: list[str] = []
+    for b in range(n_batches):
+        batch = [{**r, "id": f"{prefix}-{b}-{i}"} for i, r in enumerate(make_rows(size, seed=b))]
+        r = client.post("/v1/records", json=batch)
+        assert r.status_code == 200, r.text
+        acked += [rec["id"] for rec in batch]
+    return acked
+
+
+def stored_ids(state: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(state / "driftd.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return [r[0] for r in db.execute("SELECT rid FROM records")]
+
+
+def test_kill_9_right_after_an_acknowledged_batch_loses_nothing(
+    daemon: DaemonProcess, state_dir: Path
+) -> None:
+    with daemon.client() as c:
+        acked = post_batches(c, 5, 200, "k")
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    ids = stored_ids(state_dir)
+    assert set(acked) <= set(ids)
+    assert len(ids) == len(set(ids))
+    daemon.start()
+    with daemon.client() as c:
+        assert c.get("/v1/status").json()["store"]["records"] == len(acked)
+        assert (
+            c.post("/v1/predict", json={"instances": [make_rows(1)[0]["features"]]}).status_code
+            == 200
+        )
+
+
+def test_sigterm_during_a_stream_of_requests_loses_no_acknowledged_record(
+    daemon: DaemonProcess, state_dir: Path
+) -> None:
+    acked: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def producer(k: int) -> None:
+        with daemon.client() as c:
+            b = 0
+            while not stop.is_set():
+                batch = [{**r, "id": f"t{k}-{b}-{i}"} for i, r in enumerate(make_rows(50, seed=b))]
+                try:
+                    r = c.post("/v1/records", json=batch)
+                except httpx.HTTPError:
+                    return  # the daemon stopped listening: this batch was never acknowledged
+                if r.status_code == 200:
+                    acked.extend(x["id"] for x in batch)
+                else:
+                    errors.append(r.text)
+                b += 1
+
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    start = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait(30)
+    took = time.monotonic() - start
+    stop.set()
+    for t in threads:
+        t.join()
+    assert code == 0
+    assert took < 15, "shutdown must finish within the drain timeout"
+    assert acked, "the producers got some batches acknowledged before the signal"
+    assert not errors
+    assert set(acked) <= set(stored_ids(state_dir))
+    assert any("driftd stopped" in str(e.get("message")) for e in daemon.lines)
+
+
+def test_without_bootstrap_data_predict_is_503_until_enough_labelled_rows(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(config_text(state_dir, bootstrap=None))
+    proc = DaemonProcess(cfg).start(wait_ready=False)
+    try:
+        with proc.client() as c:
+            r = c.post("/v1/predict", json={"instances": [make_rows(1)[0]["features"]]})
+            assert r.status_code == 503
+            assert "waiting for 200 labelled records" in r.json()["message"]
+            assert c.get("/readyz").status_code == 503
+            c.post("/v1/records", json=make_rows(250, seed=4))
+            proc.wait_ready(60)
+            assert (
+                c.post("/v1/predict", json={"instances": [make_rows(1)[0]["features"]]}).status_code
+                == 200
+            )
+            models = c.get("/v1/models").json()
+            assert models["aliases"]["champion"] == 1
+            assert models["versions"][0]["reason"] == "bootstrap"
+    finally:
+        proc.stop()
+
+
+def _second_version(state: Path) -> None:
+    """Publish a copy of v1 as v2 and make it champion, as a deploy would."""
+    reg = Registry(state / "models")
+    v1 = reg.get(1)
+    manifest = {k: v for k, v in v1.manifest.items() if k not in ("version", "sha256", "size")}
+    reg.publish((v1.path / "model.skops").read_bytes(), {**manifest, "reason": "test"})
+    reg.set_champion(2)
+
+
+def test_a_tampered_champion_is_refused_and_the_previous_version_served(
+    daemon: DaemonProcess, state_dir: Path
+) -> None:
+    daemon.stop()
+    _second_version(state_dir)
+    art = state_dir / "models" / "v000002" / "model.skops"
+    os.chmod(art, 0o600)
+    data = bytearray(art.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    art.write_bytes(bytes(data))
+    daemon.start()
+    with daemon.client() as c:
+        status = c.get("/v1/status").json()
+        assert status["model"]["version"] == 1
+        assert "v000002 failed to load" in status["model"]["fallback"]
+        assert "driftd_model_load_failures_total 1.0" in c.get("/metrics").text
+        kinds = [e["kind"] for e in c.get("/v1/events").json()["events"]]
+        assert "model_load_failed" in kinds and "model_fallback" in kinds
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_model_file_with_a_pickled_os_system_payload_never_runs(
+    daemon: DaemonProcess, state_dir: Path, tmp_path: Path
+) -> None:
+    """Even with a manifest whose sha256 matches, the file is refused before anything runs."""
+    import hashlib
+
+    daemon.stop()
+    _second_version(state_dir)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    v2 = state_dir / "models" / "v000002"
+    os.chmod(v2 / "model.skops", 0o600)
+    (v2 / "model.skops").write_bytes(payload)
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(payload).hexdigest()
+    os.chmod(v2 / "manifest.json", 0o600)
+    (v2 / "manifest.json").write_text(json.dumps(manifest))
+    daemon.start()
+    with daemon.client() as c:
+        assert c.get("/v1/status").json()["model"]["version"] == 1
+    assert not marker.exists(), "the payload ran"
+
+
+def test_sighup_reloads_and_reports_what_needs_a_restart(
+    daemon: DaemonProcess, daemon_config: Path
+) -> None:
+    daemon_config.write_text(
+        daemon_config.read_text().replace("max_batch_size = 2000", "max_batch_size = 1000")
+    )
+    daemon.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any("take effect after a restart" in str(e.get("message")) for e in daemon.lines):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("no reload log line: " + daemon.log_text())
+    with daemon.client() as c:
+        events = c.get("/v1/events", params={"kind": "config_reloaded"}).json()["events"]
+        assert events[0]["needs_restart"] == ["server"]
+        assert c.get("/healthz").status_code == 200
+
+
+# -- swaps under load, in-process so that the test can drive the swap primitive ------------
+
+
+@pytest.fixture
+def inproc(daemon_config: Path) -> Iterator[Daemon]:
+    config = load(daemon_config)
+    started = threading.Event()
+    d = Daemon(config, on_started=lambda _: started.set())
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    assert started.wait(60)
+    while d.engine.serving.current is None:
+        time.sleep(0.05)
+    try:
+        yield d
+    finally:
+        d.should_exit = True
+        t.join(30)
+
+
+def test_concurrent_predictions_during_50_swaps_never_fail_or_go_backwards(inproc: Daemon) -> None:
+    engine = inproc.engine
+    v1 = engine.reg.get(1)
+    artifact = (v1.path / "model.skops").read_bytes()
+    manifest = {k: v for k, v in v1.manifest.items() if k not in ("version", "sha256", "size")}
+    warm = np.array([[0.5, 0.5, 0.0, "red"]], dtype=object)
+    failures: list[str] = []
+    backwards: list[tuple[int, int]] = []
+    seen = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        last = 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{inproc.port}", timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/v1/predict", json={"instances": [make_rows(1)[0]["features"]]})
+                if r.status_code != 200:
+                    failures.append(r.text)
+                    continue
+                v = r.json()["model_version"]
+                if v < last:
+                    backwards.append((last, v))
+                last = v
+                seen[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(50):
+        engine.deploy(artifact, {**manifest, "reason": "swap-test"}, warm)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert not backwards
+    assert seen[0] > 50
+    assert engine.serving.current is not None and engine.serving.current.version == 51
+    assert engine.reg.aliases().as_dict() == {"champion": 51, "previous": 50}

@@ -1,0 +1,142 @@
+"""The same checks over every detector kind the monitor offers (river's contract-suite style)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+from river import drift
+
+from driftd.monitor import DETECTORS, Monitor, MonitorConfig, Watch
+from driftd.monitor.checkpoint import frame, unframe
+from driftd.monitor.config import BINARY_DETECTORS, NUMERIC_DETECTORS
+from driftd.schema import Feature, Schema
+from tests import streams
+
+KINDS = sorted(DETECTORS)
+
+
+def stream(kind: str, seed: int) -> list[float]:
+    """A stream with a few changes, binary for the error-stream detectors."""
+    rng = np.random.default_rng(seed)
+    if kind in BINARY_DETECTORS:
+        rates = np.repeat([0.1, 0.4, 0.1, 0.5], 3000)
+        return (rng.random(len(rates)) < rates).astype(float).tolist()
+    means = np.repeat([0.0, 2.0, -1.0, 3.0], 3000)
+    return (rng.normal(0.0, 1.0, len(means)) + means).tolist()
+
+
+def params(kind: str) -> dict[str, object]:
+    return {"seed": 3} if kind == "kswin" else {}
+
+
+def hits(watch: Watch, values: list[float], batch: int = 700) -> list[tuple[int, int, int]]:
+    out = []
+    for start in range(0, len(values), batch):
+        out += [(h.at, h.level, h.change) for h in watch.feed(values[start : start + batch])]
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_detector_detects_the_changes_of_the_contract_stream(kind: str) -> None:
+    found = hits(Watch(kind, params(kind)), stream(kind, 0))
+    drifts = [at for at, level, _ in found if level == 2]
+    assert any(3000 <= at < 6000 for at in drifts)
+    assert all(change <= at for at, _, change in found)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_seeded_repeatability_and_batch_size_independence(kind: str) -> None:
+    values = stream(kind, 1)
+    first = hits(Watch(kind, params(kind)), values, batch=700)
+    assert first == hits(Watch(kind, params(kind)), values, batch=700)
+    assert (
+        first == hits(Watch(kind, params(kind)), values, batch=1)[: len(first)] or kind == "kswin"
+    )
+    assert first == hits(Watch(kind, params(kind)), values, batch=4096)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cut", [1500, 4000])
+def test_pickle_round_trip_gives_identical_future_decisions(kind: str, cut: int) -> None:
+    values = stream(kind, 2)
+    watch = Watch(kind, params(kind))
+    hits(watch, values[:cut])
+    clone = pickle.loads(pickle.dumps(watch))
+    restricted = unframe(frame(watch, {}), {})
+    deep = copy.deepcopy(watch)
+    expected = hits(watch, values[cut:])
+    assert expected == hits(clone, values[cut:])
+    assert expected == hits(restricted, values[cut:])
+    assert expected == hits(deep, values[cut:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reset_forgets_the_reference(kind: str) -> None:
+    values = stream(kind, 3)
+    watch = Watch(kind, params(kind))
+    hits(watch, values[:5000])
+    watch.reset()
+    assert watch.origin == watch.pos == 5000
+    fresh = Watch(kind, params(kind))
+    fresh.pos = fresh.origin = fresh.warning_start = 5000
+    fresh._low = fresh._high = 5000
+    assert hits(watch, values[5000:]) == hits(fresh, values[5000:])
+
+
+def test_adwin_fast_path_takes_river_adwin_decisions() -> None:
+    values = stream("adwin", 4) + stream("adwin", 5)
+    river_adwin = drift.ADWIN()
+    expected = []
+    for i, x in enumerate(values):
+        river_adwin.update(x)
+        if river_adwin.drift_detected:
+            expected.append((i, river_adwin.width))
+    watch = Watch("adwin")
+    got = [(h.at, h.stats["width"]) for h in watch.feed(values)]
+    assert got == expected
+    assert len(expected) >= 3
+
+
+@pytest.mark.parametrize("kind", NUMERIC_DETECTORS)
+def test_monitor_round_trip_per_numeric_detector(kind: str) -> None:
+    schema = Schema(features=(Feature("a"), Feature("b")), task="regression")
+    config = MonitorConfig(numeric_detector=kind, regression_error_detector="page_hinkley")
+    rows = streams.records({"a": np.array(stream("adwin", 6)), "b": np.array(stream("adwin", 7))})
+    preds, targets = streams.regression_outcomes(len(rows), 6000, 8)
+    monitor = Monitor(schema, config)
+    monitor.update(0, rows[:5000], preds[:5000], now=0.0)
+    monitor.update_outcomes(list(range(5000)), preds[:5000], targets[:5000], now=0.0)
+    restored = Monitor.loads(monitor.dumps(), schema, config)
+    tail = (5000, rows[5000:], preds[5000:])
+    expected = monitor.update(*tail, now=1.0)
+    expected += monitor.update_outcomes(
+        list(range(5000, len(rows))), preds[5000:], targets[5000:], now=1.0
+    )
+    got = restored.update(*tail, now=1.0)
+    got += restored.update_outcomes(
+        list(range(5000, len(rows))), preds[5000:], targets[5000:], now=1.0
+    )
+    assert got == expected
+    assert any(e.kind == "detection" for e in expected)
+
+
+@pytest.mark.parametrize(
+    "kind", ["ddm", "eddm", "hddm_a", "hddm_w", "fhddm", "adwin", "page_hinkley"]
+)
+def test_monitor_round_trip_and_rebaseline_per_error_detector(kind: str) -> None:
+    schema = Schema(features=(Feature("a"),))
+    config = MonitorConfig(error_detector=kind)  # type: ignore[arg-type]
+    preds, labels = streams.error_bits(12_000, 6000, 9, 0.1, 0.4)
+    monitor = Monitor(schema, config)
+    monitor.update_outcomes(list(range(5000)), preds[:5000], labels[:5000], now=0.0)
+    restored = Monitor.loads(monitor.dumps(), schema, config)
+    idx = list(range(5000, 12_000))
+    expected = monitor.update_outcomes(idx, preds[5000:], labels[5000:], now=1.0)
+    assert expected == restored.update_outcomes(idx, preds[5000:], labels[5000:], now=1.0)
+    assert any(e.kind == "alarm" and e.alarm == "concept_drift" for e in expected)
+    monitor.rebaseline(12_000, now=2.0)
+    assert monitor._error.origin == monitor._error.pos
+    assert monitor.detector_states()[-1].state == 0
