@@ -105,3 +105,34 @@ def test_unreadable_and_invalid_files_are_config_errors(tmp_path: Path) -> None:
 )
 def test_shipped_configs_load(path: Path) -> None:
     load(path, env={})
+
+
+def test_example_toml_documents_every_key() -> None:
+    """Every setting (section and key) appears in daemon/example.toml, set or commented."""
+    import dataclasses
+    import re
+    import typing
+
+    from driftd.config import Config
+
+    text = Path(__file__).parent.parent.joinpath("daemon", "example.toml").read_text()
+    missing = []
+
+    def walk(cls: type, section: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name == "source":
+                continue
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                name = f"{section}.{f.name}" if section else f.name
+                if f"[{name}]" not in text:
+                    missing.append(f"[{name}]")
+                walk(tp, name)  # type: ignore[arg-type]
+            elif not re.search(
+                rf"^#? ?{re.escape(f.name)} = ", text, re.MULTILINE
+            ) and not re.search(rf"{{ ?{re.escape(f.name)} = ", text):
+                missing.append(f"{section}.{f.name}")
+
+    walk(Config, "")
+    assert not missing, missing

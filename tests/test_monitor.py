@@ -220,6 +220,11 @@ def test_rebaseline_resets_every_detector_and_the_swap_raises_nothing() -> None:
     assert events == []
 
 
+def test_predictions_must_match_the_records() -> None:
+    with pytest.raises(ValueError, match="2 predictions for 3 records"):
+        Monitor(numeric_schema()).update(0, [{"x0": 1.0}] * 3, [1, 0], now=0.0)
+
+
 def test_replayed_records_are_skipped() -> None:
     monitor = Monitor(numeric_schema())
     rows = streams.records({"x0": streams.mean_shift(1000, 1000, 0)})

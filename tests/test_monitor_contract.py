@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import doctest
+import importlib
 import pickle
 
 import numpy as np
@@ -16,6 +18,16 @@ from driftd.schema import Feature, Schema
 from tests import streams
 
 KINDS = sorted(DETECTORS)
+MODULES = ["alarms", "categories", "events", "_index", "kswin", "live", "monitor", "watch"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_hold(name: str) -> None:
+    """Every component's seeded docstring example prints exactly what it shows."""
+    module = importlib.import_module(f"driftd.monitor.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0
 
 
 def stream(kind: str, seed: int) -> list[float]:
@@ -23,7 +35,9 @@ def stream(kind: str, seed: int) -> list[float]:
     rng = np.random.default_rng(seed)
     if kind in BINARY_DETECTORS:
         rates = np.repeat([0.1, 0.4, 0.1, 0.5], 3000)
-        return (rng.random(len(rates)) < rates).astype(float).tolist()
+        errors = rng.random(len(rates)) < rates
+        # FHDDM detects a fall of its input's mean: the monitor feeds it correctness
+        return (~errors if kind == "fhddm" else errors).astype(float).tolist()
     means = np.repeat([0.0, 2.0, -1.0, 3.0], 3000)
     return (rng.normal(0.0, 1.0, len(means)) + means).tolist()
 
@@ -52,9 +66,7 @@ def test_seeded_repeatability_and_batch_size_independence(kind: str) -> None:
     values = stream(kind, 1)
     first = hits(Watch(kind, params(kind)), values, batch=700)
     assert first == hits(Watch(kind, params(kind)), values, batch=700)
-    assert (
-        first == hits(Watch(kind, params(kind)), values, batch=1)[: len(first)] or kind == "kswin"
-    )
+    assert first == hits(Watch(kind, params(kind)), values, batch=1)
     assert first == hits(Watch(kind, params(kind)), values, batch=4096)
 
 
@@ -64,7 +76,7 @@ def test_pickle_round_trip_gives_identical_future_decisions(kind: str, cut: int)
     values = stream(kind, 2)
     watch = Watch(kind, params(kind))
     hits(watch, values[:cut])
-    clone = pickle.loads(pickle.dumps(watch))
+    clone = pickle.loads(pickle.dumps(watch))  # noqa: S301 - bytes this test just wrote
     restricted = unframe(frame(watch, {}), {})
     deep = copy.deepcopy(watch)
     expected = hits(watch, values[cut:])

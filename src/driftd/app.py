@@ -21,12 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from driftd import __version__
 from driftd.engine import Engine, NoModel
+from driftd.errors import IntegrityError
+from driftd.retrain import Retrainer
 from driftd.schema import FieldError, InvalidInput
+from driftd.serving import WarmupError
 
 __all__ = ["ApiError", "create_app"]
 
@@ -128,7 +131,29 @@ def _error_response(exc: ApiError) -> Response:
     return _json(body, exc.status, exc.headers)
 
 
-def create_app(engine: Engine, *, lifespan: Any = None) -> FastAPI:
+class RetrainAccepted(BaseModel):
+    job: str | None = Field(
+        description="The job that will run (a waiting job absorbs new requests)"
+    )
+    outcome: str = Field(description="queued, or merged into the waiting job")
+
+
+class RollbackRequest(BaseModel):
+    version: int | None = Field(None, ge=1, description="Version to serve (default: the previous)")
+
+
+class RollbackDone(BaseModel):
+    version: int
+    previous: int | None
+    reason: str
+
+
+def create_app(
+    engine: Engine,
+    *,
+    lifespan: Any = None,
+    retrainer: Callable[[], Retrainer | None] = lambda: None,
+) -> FastAPI:
     config = engine.config
     server = config.server
     metrics = engine.metrics
@@ -341,9 +366,76 @@ def create_app(engine: Engine, *, lifespan: Any = None) -> FastAPI:
         check_batch(len(batch))
         return _json(await on_worker(engine.add_labels, batch, time.time()))
 
-    @app.get("/v1/status", summary="Serving model, store, detectors, bootstrap, recent events")
+    def need_retrainer() -> Retrainer:
+        loop = retrainer()
+        if loop is None:
+            raise ApiError(503, "starting", "the daemon is still starting")
+        return loop
+
+    @app.post(
+        "/v1/retrain",
+        status_code=202,
+        response_model=RetrainAccepted,
+        responses={401: _ERRORS[401], 503: {"model": ErrorBody}},
+        summary="Ask for a retrain now (single flight: merged into a waiting job if there is one)",
+    )
+    async def retrain(request: Request) -> Response:
+        check_token(request)
+        loop = need_retrainer()
+        decision = await asyncio.to_thread(loop.request, "operator", operator=True)
+        return _json({"job": decision.job_id, "outcome": decision.outcome}, 202)
+
+    @app.post(
+        "/v1/rollback",
+        response_model=RollbackDone,
+        responses={
+            **_ERRORS,
+            409: {
+                "model": ErrorBody,
+                "description": "Nothing to roll back to, or it fails to load",
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": RollbackRequest.model_json_schema()}},
+            }
+        },
+        summary="Serve the previous (or a named) version again",
+    )
+    async def rollback(request: Request) -> Response:
+        check_token(request)
+        loop = need_retrainer()
+        body = await read_body(request)
+        version = None
+        if body.strip():
+            media_type(request, ndjson=False)
+            try:
+                version = RollbackRequest.model_validate_json(body).version
+            except ValidationError as exc:
+                errors = [
+                    FieldError(None, ".".join(map(str, e["loc"])) or "(body)", e["msg"], e["type"])
+                    for e in exc.errors(include_input=False, include_url=False)
+                ]
+                code = 400 if errors and errors[0].type == "json_invalid" else 422
+                raise ApiError(
+                    code, "invalid_request", "invalid rollback request", errors
+                ) from None
+        try:
+            done = await asyncio.to_thread(loop.rollback, version, reason="operator")
+        except (ValueError, IntegrityError, WarmupError) as exc:
+            raise ApiError(409, "rollback_refused", str(exc)) from None
+        return _json(done)
+
+    @app.get("/v1/status", summary="Serving model, store, detectors, retraining, recent events")
     async def status() -> Response:
-        return _json(await asyncio.to_thread(engine.status))
+        def collect() -> dict[str, Any]:
+            out = engine.status()
+            loop = retrainer()
+            out["retrain"] = loop.status() if loop is not None else None
+            return out
+
+        return _json(await asyncio.to_thread(collect))
 
     @app.get("/v1/models", summary="Registry versions and aliases")
     async def models() -> Response:

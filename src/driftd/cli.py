@@ -71,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
         if name == "events":
             s.add_argument("--kind", default=None, help="only events of this kind")
             s.add_argument("--limit", type=int, default=20)
+    for name, text in (
+        ("retrain", "ask a running daemon to retrain now"),
+        ("rollback", "make a running daemon serve its previous (or a named) version"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument(
+            "--url", default=os.environ.get("DRIFTD_URL", DEFAULT_URL), help="daemon URL"
+        )
+        s.add_argument(
+            "--token",
+            default=os.environ.get("DRIFTD_TOKEN") or os.environ.get("DRIFTD_SERVER_TOKEN"),
+            help="bearer token (default: $DRIFTD_TOKEN or $DRIFTD_SERVER_TOKEN)",
+        )
+        if name == "rollback":
+            s.add_argument("--version", type=int, default=None, help="version to serve")
     return p
 
 
@@ -83,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args.config)
         if args.command == "demo":
             return _demo(args)
+        if args.command in ("retrain", "rollback"):
+            return _act(args)
         return _show(args)
     except KeyboardInterrupt:
         return 130
@@ -177,20 +194,28 @@ def _demo(args: argparse.Namespace) -> int:
         return code
 
 
-def _show(args: argparse.Namespace) -> int:
-    path = {"status": "/v1/status", "models": "/v1/models", "events": "/v1/events"}[args.command]
-    if args.command == "events":
-        query = {"limit": args.limit, **({"kind": args.kind} if args.kind else {})}
-        path += "?" + urllib.parse.urlencode(query)
-    url = args.url.rstrip("/") + path
+def _act(args: argparse.Namespace) -> int:
+    path = "/v1/retrain" if args.command == "retrain" else "/v1/rollback"
+    body = {"version": args.version} if args.command == "rollback" and args.version else {}
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    req = urllib.request.Request(  # noqa: S310 - the operator's URL
+        args.url.rstrip("/") + path, data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
+    return _request(req)
+
+
+def _request(req: urllib.request.Request) -> int:
+    url = req.full_url
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the operator's URL
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's URL
             data = json.load(resp)
     except urllib.error.HTTPError as exc:
-        print(
-            f"driftd: {url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}",
-            file=sys.stderr,
-        )
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("message", detail)
+        print(f"driftd: {url}: HTTP {exc.code}: {detail}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"driftd: cannot reach {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
@@ -198,6 +223,14 @@ def _show(args: argparse.Namespace) -> int:
     json.dump(data, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    path = {"status": "/v1/status", "models": "/v1/models", "events": "/v1/events"}[args.command]
+    if args.command == "events":
+        query = {"limit": args.limit, **({"kind": args.kind} if args.kind else {})}
+        path += "?" + urllib.parse.urlencode(query)
+    return _request(urllib.request.Request(args.url.rstrip("/") + path))  # noqa: S310
 
 
 if __name__ == "__main__":  # pragma: no cover

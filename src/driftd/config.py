@@ -19,18 +19,24 @@ from typing import Any, Literal
 
 from driftd._settings import build
 from driftd.errors import ConfigError
+from driftd.gate import GateConfig
 from driftd.monitor.config import MonitorConfig
 from driftd.schema import Feature, Schema
+from driftd.triggers import PolicyConfig
 
 __all__ = [
     "CLASSIFICATION_METRICS",
     "REGRESSION_METRICS",
+    "AlertsConfig",
     "BootstrapConfig",
     "Config",
     "DemoConfig",
     "FeatureConfig",
+    "GateConfig",
+    "GuardConfig",
     "LogConfig",
     "ModelConfig",
+    "RetrainConfig",
     "SchemaConfig",
     "ServerConfig",
     "StateConfig",
@@ -162,8 +168,43 @@ class BootstrapConfig:
 class TrainingConfig:
     timeout_seconds: float = field(default=600.0, metadata={"min": 1})
     memory_limit_mb: int | None = field(default=4096, metadata={"min": 64})
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainConfig(PolicyConfig):
+    interval_seconds: float | None = field(default=None, metadata={"min": 1})
+    cron: str | None = None
+    misfire_grace_seconds: float = field(default=60.0, metadata={"min": 1})
+    max_age_seconds: float | None = field(default=None, metadata={"min": 1})
     holdout_fraction: float = field(default=0.2, metadata={"min": 0.01, "max": 0.9})
-    window_rows: int = field(default=20_000, metadata={"min": 10})
+    keep_rejected: int = field(default=5, metadata={"min": 0, "max": 1000})
+
+    def validate(self) -> list[str]:
+        if self.interval_seconds is not None and self.cron is not None:
+            return ["cron: set either interval_seconds or cron, not both"]
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                return [f"cron: got {self.cron!r}, expected a crontab expression ({exc})"]
+        return []
+
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(
+            cooldown_seconds=self.cooldown_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+            min_new_labels=self.min_new_labels,
+            min_rows_after_drift=self.min_rows_after_drift,
+            window_rows=self.window_rows,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    records: int = field(default=300, metadata={"min": 0})
+    margin: float = field(default=0.1, metadata={"min": 0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +229,27 @@ class DemoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    webhook_url: str | None = None
+    alertmanager_url: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    dedupe_seconds: float = field(default=600.0, metadata={"min": 0})
+    timeout_seconds: float = field(default=5.0, metadata={"min": 0.1})
+    retries: int = field(default=3, metadata={"min": 0, "max": 20})
+    backoff_seconds: float = field(default=1.0, metadata={"min": 0})
+    resolve_after_seconds: float = field(default=3600.0, metadata={"min": 60})
+    escalate_after: int = field(default=3, metadata={"min": 1})
+
+    def validate(self) -> list[str]:
+        errors = []
+        for key in ("webhook_url", "alertmanager_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith(("http://", "https://")):
+                errors.append(f"{key}: got {url!r}, expected an http:// or https:// URL")
+        return errors
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
@@ -205,7 +267,11 @@ class Config:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = field(default="<memory>", compare=False)
 

@@ -22,15 +22,21 @@ from types import FrameType
 from typing import Any, Protocol
 
 import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from fastapi import FastAPI
 
 from driftd import logs
+from driftd.alerts import Alerter
 from driftd.app import create_app
 from driftd.config import Config, load
 from driftd.engine import Engine
 from driftd.errors import ConfigError
 from driftd.metrics import Metrics
+from driftd.retrain import Retrainer
 from driftd.sdnotify import Notifier, Watchdog
+from driftd.triggers import Job
 
 __all__ = ["Daemon", "Source"]
 
@@ -99,14 +105,23 @@ class Daemon:
         self.engine = Engine(config, self.metrics)
         self.notifier = Notifier.from_environ()
         self.watchdog = Watchdog.from_environ(self.notifier)
-        self.jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-jobs")
+        # Training jobs and the periodic chores (checkpoint, retention) each get a thread, so
+        # that a long fit never delays a checkpoint.
+        self.training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-train")
+        self.chores = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-chores")
+        self.alerter = Alerter(
+            config.alerts, self.metrics, instance=f"{config.server.host}:{config.server.port}"
+        )
+        self.retrainer: Retrainer | None = None
+        self.scheduler: AsyncIOScheduler | None = None
         self.on_started = on_started
         self.should_exit = False
         self._ready_sent = False
         self._reload_requested = False
         self._next_checkpoint = 0.0
         self._next_trim = 0.0
-        self._job: Future[Any] | None = None
+        self._train: Future[Any] | None = None
+        self._chore: Future[Any] | None = None
         self._last_tick = time.monotonic()
         self.server: _Server | None = None
         self.sources: list[Source] = []
@@ -115,14 +130,45 @@ class Daemon:
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(self.startup)
+        self.scheduler = self._schedule()
         try:
             yield
         finally:
             self.notifier.stopping()
+            if self.scheduler is not None:
+                self.scheduler.shutdown(wait=False)
             await asyncio.to_thread(self.shutdown)
+
+    def _schedule(self) -> AsyncIOScheduler | None:
+        """Scheduled retrains (interval or cron) from ``[retrain]``; None when not configured."""
+        cfg = self.config.retrain
+        trigger: Any
+        if cfg.interval_seconds is not None:
+            trigger = IntervalTrigger(seconds=cfg.interval_seconds)
+        elif cfg.cron is not None:
+            trigger = CronTrigger.from_crontab(cfg.cron)
+        else:
+            return None
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self._scheduled_retrain,
+            trigger,
+            id="retrain",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(cfg.misfire_grace_seconds),
+        )
+        scheduler.start()
+        log.info("scheduled retrains: %s", trigger)
+        return scheduler
+
+    async def _scheduled_retrain(self) -> None:
+        if self.retrainer is not None:
+            await asyncio.to_thread(self.retrainer.request, "schedule")
 
     def startup(self) -> None:
         self.engine.open()
+        self.retrainer = Retrainer(self.engine, alerter=self.alerter)
         now = time.monotonic()
         self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
         self._next_trim = now
@@ -141,14 +187,16 @@ class Daemon:
     def shutdown(self) -> None:
         for source in self.sources:
             source.close()
-        self.jobs.shutdown(wait=False, cancel_futures=True)
         self.engine.cancel.set()
+        self.training.shutdown(wait=True, cancel_futures=True)
+        self.chores.shutdown(wait=True, cancel_futures=True)
         self.engine.close()
+        self.alerter.close(timeout=2.0)
         log.info("driftd stopped")
 
     def run(self) -> int:
         config = uvicorn.Config(
-            create_app(self.engine, lifespan=self.lifespan),
+            create_app(self.engine, lifespan=self.lifespan, retrainer=lambda: self.retrainer),
             host=self.config.server.host,
             port=self.config.server.port,
             lifespan="on",
@@ -195,22 +243,41 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        idle = self._job is None or self._job.done()
-        if idle and self.engine.bootstrap_due():
-            self._job = self.jobs.submit(self._bootstrap)
-        elif idle and now >= self._next_checkpoint:
-            self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
-            self._job = self.jobs.submit(self.engine.checkpoint)
-        elif idle and now >= self._next_trim:
-            self._next_trim = now + self.config.store.retention_interval_seconds
-            self._job = self.jobs.submit(self.engine.trim)
+        self._start_training()
+        if self._chore is None or self._chore.done():
+            if now >= self._next_checkpoint:
+                self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
+                self._chore = self.chores.submit(self.engine.checkpoint)
+            elif now >= self._next_trim:
+                self._next_trim = now + self.config.store.retention_interval_seconds
+                self._chore = self.chores.submit(self.engine.trim)
+
+    def _start_training(self) -> None:
+        retrainer = self.retrainer
+        if retrainer is None or (self._train is not None and not self._train.done()):
+            return
+        if self.engine.bootstrap_due():
+            self._train = self.training.submit(self._bootstrap)
+            return
+        if self.engine.serving.current is None:
+            return
+        job = retrainer.poll()
+        if job is not None:
+            self.notifier.status(f"{self.status_line()}; retraining ({', '.join(job.reasons)})")
+            self._train = self.training.submit(self._retrain, job)
+
+    def _retrain(self, job: Job) -> None:
+        assert self.retrainer is not None
+        self.retrainer.run(job)
+        self.notifier.status(self.status_line())
 
     def _healthy(self) -> bool:
         return not self.engine.worker._shutdown
 
     def _bootstrap(self) -> None:
+        assert self.retrainer is not None
         self.notifier.status("training the first model")
-        self.engine.bootstrap()
+        self.retrainer.bootstrap()
         self.notifier.status(self.status_line())
 
     def status_line(self) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import secrets
 import threading
@@ -20,8 +19,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import numpy as np
 
 from driftd.config import Config
 from driftd.errors import IntegrityError
@@ -32,12 +29,7 @@ from driftd.schema import Label, LabelRecord, Record, Schema, Validators
 from driftd.serving import LiveModel, Serving, WarmupError
 from driftd.store import IngestResult, Joined, Row, Store
 from driftd.training import (
-    FitJob,
-    fit_isolated,
-    library_versions,
-    matrix,
     rows_to_matrix,
-    score,
 )
 
 __all__ = ["Engine", "NoModel", "PredictResult"]
@@ -79,6 +71,8 @@ class Engine:
         self.monitor_index = 0
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-ingest")
         self.cancel = threading.Event()
+        self.on_alarm: Callable[[MonitorEvent], None] | None = None
+        self.on_joined: Callable[[list[Joined]], None] | None = None
         self.bootstrap_state = "idle"
         self.bootstrap_error: str | None = None
         self.started = clock()
@@ -192,18 +186,31 @@ class Engine:
         up, then (on the worker) move the champion alias, swap the reference and rebaseline."""
         version = self.reg.publish(artifact, manifest)
         live = self._load(version.number, warmup)
+        self._switch(live, "deploy", {"reason": manifest.get("reason"), "job": manifest.get("job")})
+        log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
+        return version
 
-        def activate() -> None:
-            aliases = self.reg.set_champion(version.number)
+    def activate(self, number: int, *, event: str, details: dict[str, Any]) -> LiveModel:
+        """Serve an existing version again (rollback): verify, warm up, switch."""
+        live = self._load(number)
+        self._switch(live, event, details)
+        return live
+
+    def _switch(self, live: LiveModel, event: str, details: dict[str, Any]) -> None:
+        """On the worker, in order with ingest: move the alias, swap the reference, rebaseline."""
+
+        def switch() -> None:
+            aliases = self.reg.set_champion(live.version)
             self.serving.fallback_reason = None
-            self._activate(
-                live, event={"previous": aliases.previous, "reason": manifest.get("reason")}
+            self._activate(live, event=None)
+            self.store.add_event(
+                event,
+                {**details, "version": live.version, "previous": aliases.previous},
+                ts=self.clock(),
             )
             self.monitor.rebaseline(self.monitor_index, self.clock())
 
-        self.run(activate)
-        log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
-        return version
+        self.run(switch)
 
     # -- traffic (on the worker) -----------------------------------------------------------
     def _new_ids(self, n: int) -> list[str]:
@@ -268,6 +275,8 @@ class Engine:
             self._record_events(events, now)
         if result.joined:
             self._outcomes(result.joined, now)
+        if self.on_joined is not None and result.joined:
+            self.on_joined(result.joined)
 
     def add_labels(self, labels: Sequence[LabelRecord], now: float) -> dict[str, Any]:
         result = self.store.add_labels(
@@ -278,6 +287,8 @@ class Engine:
         if result.duplicates:
             self.metrics.duplicates.inc(len(result.duplicates))
         self._outcomes(result.joined, now)
+        if self.on_joined is not None and result.joined:
+            self.on_joined(result.joined)
         return {
             "accepted": accepted,
             "joined": len(result.joined),
@@ -304,6 +315,8 @@ class Engine:
                 self.metrics.drift_detected.labels(e.signal, e.feature or "").inc()
             elif e.kind == "alarm" and e.alarm is not None:
                 self.metrics.drift_alarms.labels(e.alarm).inc()
+                if self.on_alarm is not None:
+                    self.on_alarm(e)
                 log.warning(
                     "drift alarm (%s) at record %d, change point %d",
                     e.alarm,
@@ -389,82 +402,6 @@ class Engine:
             return True
         return self.store.labelled_count() >= self.config.bootstrap.min_rows
 
-    def bootstrap(self) -> Version | None:
-        """Train and deploy the first model (blocking: call it off the event loop)."""
-        self.bootstrap_state = "training"
-        try:
-            X, y, window = self._bootstrap_data()
-            version = self.train_and_deploy(X, y, reason="bootstrap", window=window)
-        except Exception as exc:  # noqa: BLE001 - any failure of a first fit is reported, not raised
-            self.bootstrap_state = "failed"
-            self.bootstrap_error = str(exc)
-            log.error("bootstrap failed: %s", exc)
-            self.store.add_event("bootstrap_failed", {"error": str(exc)}, ts=self.clock())
-            return None
-        self.bootstrap_state = "done"
-        return version
-
-    def _bootstrap_data(self) -> tuple[Any, list[Label], dict[str, Any]]:
-        cfg = self.config.bootstrap
-        if cfg.data is None:
-            snap = self.store.snapshot(limit=max(cfg.rows, cfg.min_rows))
-            return matrix(self.schema, snap.numeric, snap.categorical), snap.labels, snap.window()
-        if cfg.data == "synth":
-            from driftd.streams import SyntheticStream
-
-            demo = self.config.demo
-            stream = SyntheticStream(demo.stream, (demo.concepts[0],), cfg.rows, cfg.seed)
-            pairs = stream.take(cfg.rows)
-            X = rows_to_matrix(self.schema, [p[0] for p in pairs])
-            return X, [p[1] for p in pairs], {"rows": cfg.rows, "source": f"synth:{demo.stream}"}
-        from driftd.history import read_history
-
-        path = self.config.resolve(cfg.data)
-        rows = [r for r in read_history(path, self.schema) if r.label is not None][-cfg.rows :]
-        if len(rows) < cfg.min_rows:
-            raise ValueError(
-                f"{path}: {len(rows)} labelled rows, bootstrap.min_rows is {cfg.min_rows}"
-            )
-        X = rows_to_matrix(self.schema, [r.features for r in rows])
-        return (
-            X,
-            [r.label for r in rows if r.label is not None],
-            {"rows": len(rows), "source": str(path)},
-        )
-
-    def train_and_deploy(
-        self, X: Any, y: list[Label], *, reason: str, window: dict[str, Any]
-    ) -> Version:
-        """Fit in a child process, score on the most recent slice, publish and swap."""
-        cfg = self.config.training
-        n_hold = max(1, int(len(y) * cfg.holdout_fraction))
-        X_train, y_train, X_hold, y_hold = X[:-n_hold], y[:-n_hold], X[-n_hold:], y[-n_hold:]
-        mem = cfg.memory_limit_mb * 1024 * 1024 if cfg.memory_limit_mb else None
-        job = FitJob(self.config.model, self.schema, X_train, list(y_train), mem)
-        result = fit_isolated(job, timeout=cfg.timeout_seconds, cancel=self.cancel)
-        if not result.ok:
-            raise RuntimeError(result.error or "training failed")
-        from driftd.registry import load_artifact
-
-        candidate = load_artifact(result.artifact, extra_trusted=self.config.model.trusted_types)
-        value = score(self.config.model.metric, candidate, X_hold, y_hold)
-        if math.isnan(value):
-            raise RuntimeError(f"holdout {self.config.model.metric} could not be computed")
-        warm = X_hold[: self.config.model.warmup_rows]
-        manifest = {
-            "created": self.clock(),
-            "reason": reason,
-            "estimator": self.config.model.factory or self.config.model.estimator,
-            "params": self.config.model.params,
-            "schema": self.schema.fingerprint(),
-            "training": {**window, "train_rows": len(y_train), "holdout_rows": len(y_hold)},
-            "metrics": {self.config.model.metric: value},
-            "fit_seconds": round(result.seconds, 3),
-            "libraries": library_versions(),
-            "warmup": _rows(self.schema, warm),
-        }
-        return self.deploy(result.artifact, manifest, warm)
-
     # -- reads -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         live = self.serving.current
@@ -510,12 +447,3 @@ class Engine:
         if deleted:
             self._store_records = self.store.counts()["records"]
         return deleted
-
-
-def _rows(schema: Schema, X: Any) -> list[dict[str, Any]]:
-    """Matrix rows back to feature dicts (for warm-up rows kept in the manifest)."""
-    names = [*schema.numeric, *schema.categorical]
-    return [
-        {n: (float(v) if n in schema.numeric else str(v)) for n, v in zip(names, row, strict=True)}
-        for row in np.asarray(X, dtype=object)
-    ]

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from driftd import __version__
 
-__all__ = ["REJECT_REASONS", "SOURCES", "Metrics"]
+__all__ = ["ALERT_KINDS", "REJECT_REASONS", "SOURCES", "Metrics"]
 
 SOURCES = ("predict", "records", "demo", "replay")
 REJECT_REASONS = (
@@ -35,6 +35,17 @@ REJECT_REASONS = (
     "unsupported_media_type",
     "unauthorized",
     "no_model",
+)
+TRIGGER_REASONS = ("drift", "drift_growth", "schedule", "operator", "bootstrap")
+SKIP_REASONS = ("cooldown", "backoff", "too_few_new_labels", "too_few_rows", "single_class")
+OUTCOMES = ("deployed", "rejected", "failed", "timeout")
+ALERT_KINDS = (
+    "candidate_rejected",
+    "training_failed",
+    "training_timeout",
+    "model_load_failed",
+    "rolled_back",
+    "consecutive_rejections",
 )
 _LATENCY_BUCKETS = (
     0.0005,
@@ -159,6 +170,64 @@ class Metrics:
             ["feature"],
             registry=r,
         )
+        # retraining
+        self.retrain_triggers = Counter(
+            "driftd_retrain_triggers", "Retrain requests, by reason.", ["reason"], registry=r
+        )
+        self.retrain_skipped = Counter(
+            "driftd_retrain_skipped",
+            "Retrain requests or jobs skipped, by why.",
+            ["reason"],
+            registry=r,
+        )
+        self.retrain_runs = Counter(
+            "driftd_retrain_runs", "Finished retrain jobs, by outcome.", ["outcome"], registry=r
+        )
+        self.retrain_duration = Histogram(
+            "driftd_retrain_duration_seconds",
+            "Wall time of a retrain job: snapshot, fit, evaluation, gate and deploy.",
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.retrain_pending = Gauge(
+            "driftd_retrain_pending",
+            "Retrain jobs waiting (0 or 1) or running (counted apart).",
+            ["state"],
+            registry=r,
+        )
+        self.gate_score = Gauge(
+            "driftd_gate_score",
+            "Last holdout score at the gate, by model.",
+            ["model", "metric"],
+            registry=r,
+        )
+        self.deployed_at = Gauge(
+            "driftd_model_deployed_timestamp_seconds",
+            "When the serving model was deployed.",
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "driftd_rollbacks", "Rollbacks, by reason.", ["reason"], registry=r
+        )
+        for reason in TRIGGER_REASONS:
+            self.retrain_triggers.labels(reason)
+        for reason in SKIP_REASONS:
+            self.retrain_skipped.labels(reason)
+        for outcome in OUTCOMES:
+            self.retrain_runs.labels(outcome)
+        for state in ("waiting", "running"):
+            self.retrain_pending.labels(state)
+        for reason in ("operator", "guard"):
+            self.rollbacks.labels(reason)
+        # alerts
+        self.alerts_sent = Counter(
+            "driftd_alerts_sent", "Alerts delivered to a receiver, by kind.", ["kind"], registry=r
+        )
+        self.alerts_failed = Counter(
+            "driftd_alerts_failed", "Alert deliveries that failed after every retry.", registry=r
+        )
+        for kind in ALERT_KINDS:
+            self.alerts_sent.labels(kind)
         self.live = _LiveCollector()
         r.register(self.live)
         for source in SOURCES:

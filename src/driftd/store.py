@@ -97,6 +97,7 @@ class Joined:
     prediction: Label
     label: Label
     delay: float
+    model_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -298,7 +299,7 @@ class Store:
             result.inserted_idx = [p for p in positions if p is not None]
             result.duplicates = [r.rid for r, p in zip(rows, positions, strict=True) if p is None]
             result.joined = [
-                Joined(p, r.prediction, r.label, 0.0)
+                Joined(p, r.prediction, r.label, 0.0, r.model_version)
                 for r, p in zip(rows, positions, strict=True)
                 if p is not None and r.label is not None and r.prediction is not None
             ]
@@ -357,12 +358,14 @@ class Store:
     def _apply_label(self, db: sqlite3.Connection, rid: str, label: str, ts: float) -> list[Joined]:
         row = db.execute(
             "UPDATE records SET label=?, label_ts=? WHERE rid=? AND label IS NULL"
-            " RETURNING idx, ts, prediction",
+            " RETURNING idx, ts, prediction, model_version",
             (label, ts, rid),
         ).fetchone()
         if row is None or row[2] is None:
             return []
-        return [Joined(row[0], json.loads(row[2]), json.loads(label), max(0.0, ts - row[1]))]
+        return [
+            Joined(row[0], json.loads(row[2]), json.loads(label), max(0.0, ts - row[1]), row[3])
+        ]
 
     def add_labels(self, labels: Sequence[tuple[str, Label, float]]) -> LabelResult:
         """Attach delayed labels ``(id, label, time)`` to their records in one transaction.
@@ -376,13 +379,13 @@ class Store:
                 text = json.dumps(label)
                 row = db.execute(
                     "UPDATE records SET label=?, label_ts=? WHERE rid=? AND label IS NULL"
-                    " RETURNING idx, ts, prediction",
+                    " RETURNING idx, ts, prediction, model_version",
                     (text, ts, rid),
                 ).fetchone()
                 if row is not None:
                     if row[2] is not None:
                         result.joined.append(
-                            Joined(row[0], json.loads(row[2]), label, max(0.0, ts - row[1]))
+                            Joined(row[0], json.loads(row[2]), label, max(0.0, ts - row[1]), row[3])
                         )
                     continue
                 exists = db.execute("SELECT 1 FROM records WHERE rid=?", (rid,)).fetchone()

@@ -140,6 +140,11 @@ class Monitor:
         and are skipped. Predictions of records before the last :meth:`rebaseline` are
         ignored: they came from the previous model.
         """
+        if predictions is not None and len(predictions) != len(features):
+            raise ValueError(
+                f"update: got {len(predictions)} predictions for {len(features)} records,"
+                " expected one per record (None where there is none)"
+            )
         skip = self._next_index - start_index
         if skip > 0:
             features = features[skip:]

@@ -1,0 +1,231 @@
+"""The retrain trigger policy: turning drift alarms, schedule ticks and operator requests into at
+most one running and one waiting retrain.
+
+Pure, with time passed in (the APScheduler way: nothing here reads the clock), so that tests
+use a fake clock and replay runs at full speed. The state round-trips through
+:meth:`RetrainPolicy.to_dict` so that a restart keeps the cooldown and cannot set off a burst.
+
+Rules, in order, for a request:
+
+* single flight: one job runs, at most one waits; a request while one waits is merged into it
+  (its reason recorded);
+* cooldown after every attempt, doubled after each consecutive rejection up to a cap
+  (exponential backoff); operator requests are exempt;
+* at least ``min_new_labels`` labelled rows since the last training; operator requests are exempt.
+
+Drift opens a *regime* at the alarm's change point: the first retrain waits until
+``min_rows_after_drift`` labelled rows exist after it, and retrains follow whenever that count
+doubles since the last one, until it reaches ``window_rows``.
+
+>>> from driftd.triggers import RetrainPolicy, PolicyConfig
+>>> p = RetrainPolicy(PolicyConfig(cooldown_seconds=60, min_new_labels=100))
+>>> p.request("schedule", now=0.0, new_labels=500).outcome
+'queued'
+>>> job = p.start(now=1.0); job.reasons
+['schedule']
+>>> p.request("schedule", now=2.0, new_labels=500)
+Decision(outcome='skipped', job_id=None, reason='cooldown')
+>>> p.request("operator", now=3.0, new_labels=0, operator=True).outcome
+'queued'
+>>> p.request("drift", now=4.0, new_labels=0).outcome
+'merged'
+>>> p.finish(job, "deployed", now=10.0, trained_until=900)
+>>> p.start(now=11.0).reasons  # an operator's job is exempt from the cooldown
+['operator', 'drift']
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Decision", "DriftRegime", "Job", "PolicyConfig", "RetrainPolicy"]
+
+Outcome = Literal["deployed", "rejected", "failed", "timeout", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    cooldown_seconds: float = field(default=120.0, metadata={"min": 0})
+    backoff_max_seconds: float = field(default=3600.0, metadata={"min": 0})
+    min_new_labels: int = field(default=200, metadata={"min": 0})
+    min_rows_after_drift: int = field(default=400, metadata={"min": 10})
+    window_rows: int = field(default=20_000, metadata={"min": 10})
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    reasons: list[str]
+    requested: float
+    started: float | None = None
+    drift_point: int | None = None
+    prior_attempt: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Literal["queued", "merged", "skipped"]
+    job_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class DriftRegime:
+    point: int
+    opened: float
+    trained_rows: int = 0
+
+
+class RetrainPolicy:
+    """Single-flight retrain policy with cooldown, backoff and drift regimes."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.running: Job | None = None
+        self.pending: Job | None = None
+        self.last_attempt: float | None = None
+        self.consecutive_rejections = 0
+        self.trained_until = 0
+        self.regime: DriftRegime | None = None
+        self._ids = itertools.count(1)
+
+    # -- requests --------------------------------------------------------------------------
+    def cooldown_until(self) -> float:
+        """When the next non-operator job may start."""
+        if self.last_attempt is None:
+            return float("-inf")
+        factor = 2 ** min(self.consecutive_rejections, 30)
+        wait = min(
+            self.config.cooldown_seconds * factor,
+            max(self.config.backoff_max_seconds, self.config.cooldown_seconds),
+        )
+        return float(self.last_attempt + wait)
+
+    def request(
+        self,
+        reason: str,
+        *,
+        now: float,
+        new_labels: int,
+        operator: bool = False,
+        drift_point: int | None = None,
+    ) -> Decision:
+        """Ask for a retrain; ``new_labels`` is the labelled rows since the last training."""
+        if self.pending is not None:
+            if reason not in self.pending.reasons:
+                self.pending.reasons.append(reason)
+            if drift_point is not None:
+                self.pending.drift_point = drift_point
+            return Decision("merged", self.pending.id)
+        if not operator:
+            if now < self.cooldown_until():
+                why = "backoff" if self.consecutive_rejections else "cooldown"
+                return Decision("skipped", reason=why)
+            if new_labels < self.config.min_new_labels:
+                return Decision("skipped", reason="too_few_new_labels")
+        self.pending = Job(f"job-{self._next_id()}", [reason], now, drift_point=drift_point)
+        return Decision("queued", self.pending.id)
+
+    def start(self, now: float) -> Job | None:
+        """The waiting job, if it may start now (nothing running, cooldown over or operator)."""
+        job = self.pending
+        if job is None or self.running is not None:
+            return None
+        if "operator" not in job.reasons and now < self.cooldown_until():
+            return None
+        self.pending, self.running = None, job
+        job.started = now
+        job.prior_attempt, self.last_attempt = self.last_attempt, now
+        return job
+
+    def finish(
+        self,
+        job: Job,
+        outcome: Outcome,
+        *,
+        now: float,
+        trained_until: int | None = None,
+        trained_rows: int = 0,
+    ) -> None:
+        """Record how a job ended; the cooldown runs from its start."""
+        if self.running is not None and self.running.id == job.id:
+            self.running = None
+        if outcome == "rejected":
+            self.consecutive_rejections += 1
+        elif outcome == "deployed":
+            self.consecutive_rejections = 0
+        if outcome == "skipped":
+            # Nothing was trained: this job does not start a cooldown.
+            self.last_attempt = job.prior_attempt
+        if trained_until is not None and outcome in ("deployed", "rejected"):
+            self.trained_until = max(self.trained_until, trained_until)
+        if (
+            self.regime is not None
+            and job.drift_point == self.regime.point
+            and outcome == "deployed"
+        ):
+            self.regime.trained_rows = max(self.regime.trained_rows, trained_rows)
+            if self.regime.trained_rows >= self.config.window_rows:
+                self.regime = None
+
+    # -- drift regimes ---------------------------------------------------------------------
+    def on_drift(self, change_point: int, now: float) -> None:
+        """A drift alarm: train on data since ``change_point`` from now on."""
+        self.regime = DriftRegime(change_point, now)
+
+    def drift_due(self, labelled_since_point: int, now: float) -> str | None:
+        """The reason to request a drift retrain now, given the labelled rows since the point.
+
+        None while a job for this regime waits or runs, and during the cooldown: the regime
+        remembers the drift, so nothing is lost by asking later rather than being refused now.
+        """
+        regime = self.regime
+        if regime is None or now < self.cooldown_until():
+            return None
+        if any(
+            j is not None and j.drift_point == regime.point for j in (self.running, self.pending)
+        ):
+            return None
+        if regime.trained_rows == 0:
+            return "drift" if labelled_since_point >= self.config.min_rows_after_drift else None
+        if labelled_since_point >= 2 * regime.trained_rows:
+            return "drift_growth"
+        return None
+
+    # -- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending.as_dict() if self.pending else None,
+            "interrupted": self.running.as_dict() if self.running else None,
+            "last_attempt": self.last_attempt,
+            "consecutive_rejections": self.consecutive_rejections,
+            "trained_until": self.trained_until,
+            "regime": asdict(self.regime) if self.regime else None,
+            "next_id": self._peek_id(),
+        }
+
+    @classmethod
+    def from_dict(cls, config: PolicyConfig, data: dict[str, Any]) -> RetrainPolicy:
+        """Restore; a job that was running when the process died is not resumed (its start
+        counts as an attempt, so the cooldown holds)."""
+        p = cls(config)
+        p.pending = Job(**data["pending"]) if data.get("pending") else None
+        p.last_attempt = data.get("last_attempt")
+        p.consecutive_rejections = int(data.get("consecutive_rejections", 0))
+        p.trained_until = int(data.get("trained_until", 0))
+        p.regime = DriftRegime(**data["regime"]) if data.get("regime") else None
+        p._ids = itertools.count(int(data.get("next_id", 1)))
+        return p
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def _peek_id(self) -> int:
+        n = next(self._ids)
+        self._ids = itertools.count(n)
+        return n
