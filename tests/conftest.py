@@ -49,38 +49,24 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def config_text(state: Path, *, bootstrap: str | None, extra: str = "") -> str:
+def config_text(
+    state: Path, *, bootstrap: str | None, extra: str = "", sections: dict[str, str] | None = None
+) -> str:
+    """A test config; ``sections`` replaces or adds whole sections (``{"retrain": "k = 1"}``)."""
     feats = ", ".join(f'{{ name = "{n}", kind = "{k}" }}' for n, k in FEATURES)
-    boot = f'data = "{bootstrap}"' if bootstrap else ""
-    return f"""
-[server]
-port = 0
-max_body_bytes = 1048576
-max_batch_size = 2000
-
-[state]
-dir = "{state}"
-
-[schema]
-task = "classification"
-features = [{feats}]
-
-[model]
-estimator = "sklearn.linear_model.LogisticRegression"
-params = {{ max_iter = 200 }}
-
-[bootstrap]
-{boot}
-min_rows = 200
-rows = 1000
-
-[training]
-timeout_seconds = 120
-
-[log]
-format = "json"
-{extra}
-"""
+    body = {
+        "server": "port = 0\nmax_body_bytes = 1048576\nmax_batch_size = 2000",
+        "state": f'dir = "{state}"',
+        "schema": f'task = "classification"\nfeatures = [{feats}]',
+        "model": 'estimator = "sklearn.linear_model.LogisticRegression"\n'
+        "params = { max_iter = 200 }",
+        "bootstrap": (f'data = "{bootstrap}"\n' if bootstrap else "")
+        + "min_rows = 200\nrows = 1000",
+        "training": "timeout_seconds = 120",
+        "log": 'format = "json"',
+        **(sections or {}),
+    }
+    return "\n".join(f"[{name}]\n{text}\n" for name, text in body.items()) + extra
 
 
 def require_tool(name: str) -> str:

@@ -391,9 +391,10 @@ class Retrainer:
             {"job": job.id, "reasons": job.reasons, "outcome": outcome, **details},
             ts=self.clock(),
         )
+        if outcome != "skipped":
+            self.metrics.retrain_runs.labels(outcome).inc()
         if outcome == "deployed":
             engine.bootstrap_state = "done"
-            self.metrics.retrain_runs.labels("deployed").inc()
         else:
             engine.bootstrap_state = "failed"
             engine.bootstrap_error = (

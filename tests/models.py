@@ -1,0 +1,19 @@
+"""Estimator factories for tests, imported by the training child through ``model.factory``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sklearn.linear_model import LogisticRegression
+
+
+def slow_when_flagged() -> Any:
+    """A plain logistic regression, but building it sleeps for a minute while the file named
+    by ``DRIFTD_TEST_SLOW_FLAG`` exists: a training run that overruns its timeout."""
+    flag = os.environ.get("DRIFTD_TEST_SLOW_FLAG")
+    if flag and Path(flag).exists():
+        time.sleep(60)
+    return LogisticRegression(max_iter=200)
