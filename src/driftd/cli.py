@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -86,6 +87,55 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "rollback":
             s.add_argument("--version", type=int, default=None, help="version to serve")
+
+    rp = sub.add_parser(
+        "replay",
+        help="replay a history file through the monitor, retraining, gate and swap (offline)",
+        description="Play a history file (CSV, JSONL; Parquet with pyarrow) through the daemon's"
+        " own monitor, trigger policy, training, gate and swap on a simulated clock, in a"
+        " temporary state directory. See docs/replay.md.",
+    )
+    rp.add_argument("data", type=Path, metavar="DATA", help="history file (.csv, .jsonl)")
+    rp.add_argument("--config", "-c", required=True, type=Path, help="path to the TOML config")
+    rp.add_argument("--report", type=Path, default=None, help="write the HTML report here")
+    rp.add_argument("--json", default=None, help="write the JSON result here ('-': stdout)")
+    rp.add_argument("--seed", type=int, default=None, help="seed of the monitor and the model")
+    lag = rp.add_mutually_exclusive_group()
+    lag.add_argument(
+        "--label-lag", type=float, default=None, help="seconds from a record to its label (0)"
+    )
+    lag.add_argument(
+        "--label-delay-column", default=None, help="column with each row's label delay (seconds)"
+    )
+    rp.add_argument(
+        "--inline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit in this process (default) rather than a spawned child per retrain",
+    )
+    rp.add_argument(
+        "--drift-points",
+        default=None,
+        help="comma-separated 0-based indices of true change points (default: the drift column)",
+    )
+    rp.add_argument("--drift-column", default="drift", help="column marking true change points")
+    rp.add_argument(
+        "--detection-delay",
+        type=int,
+        default=2000,
+        help="records after a true change point within which an alarm detects it (2000)",
+    )
+    rp.add_argument(
+        "--rate", type=float, default=1.0, help="records per second without timestamps (1)"
+    )
+    rp.add_argument("--batch", type=int, default=20, help="records per predict call (20)")
+    rp.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal)",
+    )
+    rp.add_argument("--verbose", "-v", action="store_true", help="log retrains and alarms")
     return p
 
 
@@ -100,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command in ("retrain", "rollback"):
             return _act(args)
+        if args.command == "replay":
+            return _replay(args)
         return _show(args)
     except KeyboardInterrupt:
         return 130
@@ -155,43 +207,151 @@ def _demo(args: argparse.Namespace) -> int:
     from driftd import logs
     from driftd.config import StateConfig
     from driftd.daemon import Daemon
-    from driftd.demo import DemoSource
+    from driftd.demo import DemoSource, LiveView, summary
 
     config = _load_or_exit(args.config or demo_config_path())
     with contextlib.ExitStack() as stack:
         state = args.state_dir
         if state is None:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="driftd-demo-")))
-        changes: dict[str, Any] = {"state": StateConfig(dir=str(Path(state).resolve()))}
+        state = Path(state).resolve()
+        changes: dict[str, Any] = {"state": StateConfig(dir=str(state))}
         if args.port is not None:
             changes["server"] = dataclasses.replace(config.server, port=args.port)
         config = dataclasses.replace(config, **changes)
-        logs.configure(config.log.level, config.log.format)
+        tty = sys.stderr.isatty() and config.log.format != "json"
+        if tty:
+            # The live view owns the terminal; the log goes to a file beside the state.
+            state.mkdir(parents=True, exist_ok=True)
+            logs.configure(config.log.level, "text", path=state / "driftd.log")
+        else:
+            logs.configure(config.log.level, config.log.format)
         sources: list[DemoSource] = []
+        views: list[LiveView] = []
 
         def started(daemon: Daemon) -> None:
-            source = DemoSource(daemon.engine, config.demo)
+            source = DemoSource(daemon.engine, config.demo, report=None if tty else _log_progress)
             sources.append(source)
             daemon.attach(source)
             print(
                 f"driftd demo: http://{config.server.host}:{daemon.port}  (metrics at /metrics,"
-                f" status at /v1/status; state in {state}); Ctrl-C to stop",
+                f" status at /v1/status; state in {state}"
+                + (f", log in {state / 'driftd.log'}" if tty else "")
+                + "); Ctrl-C to stop",
                 file=sys.stderr,
             )
+            if tty:
+                view = LiveView(source)
+                views.append(view)
+                view.start()
             if args.duration is not None:
-                import threading
-
-                def stop() -> None:
-                    daemon.should_exit = True
-
-                timer = threading.Timer(args.duration, stop)
+                timer = threading.Timer(args.duration, daemon.request_exit)
                 timer.daemon = True
                 timer.start()
 
-        code = Daemon(config, on_started=started).run()
+        daemon = Daemon(config, on_started=started)
+        code = daemon.run()
+        for view in views:
+            view.close()
+            view.draw()
         if sources:
-            print(sources[0].progress(), file=sys.stderr)
+            print(summary(daemon.engine, sources[0]), file=sys.stderr)
         return code
+
+
+def _log_progress(line: str) -> None:
+    import logging
+
+    logging.getLogger("driftd.demo").info("%s", line)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """``driftd replay``: exit 0 done, 1 the replay failed, 2 bad usage, config or file."""
+    import logging
+
+    from driftd import logs
+    from driftd.history import HistoryError
+    from driftd.replay import ReplayOptions, replay
+
+    config = _load_or_exit(args.config)
+    logs.configure("info" if args.verbose else "error", "text")
+    logging.getLogger("driftd.engine").setLevel(logging.INFO if args.verbose else logging.ERROR)
+    try:
+        points = (
+            None
+            if args.drift_points is None
+            else tuple(int(p) for p in args.drift_points.split(",") if p.strip())
+        )
+    except ValueError:
+        print(
+            f"driftd replay: --drift-points: expected integers, got {args.drift_points!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.rate <= 0 or args.batch < 1 or args.detection_delay < 0:
+        print(
+            "driftd replay: --rate must be > 0, --batch >= 1, --detection-delay >= 0",
+            file=sys.stderr,
+        )
+        return 2
+    if args.label_lag is not None and args.label_lag < 0:
+        print("driftd replay: --label-lag must be >= 0", file=sys.stderr)
+        return 2
+    options = ReplayOptions(
+        seed=args.seed,
+        label_lag=args.label_lag,
+        label_delay_column=args.label_delay_column,
+        inline=args.inline,
+        drift_points=points,
+        drift_column=args.drift_column,
+        detection_delay=args.detection_delay,
+        rate=args.rate,
+        batch=args.batch,
+        progress=args.progress,
+    )
+    if args.report is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "driftd replay: --report needs matplotlib: pip install 'driftd[report]'",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        result = replay(args.data, config, options)
+    except (HistoryError, OSError) as exc:
+        print(f"driftd replay: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"driftd replay: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(result, indent=2, allow_nan=False)
+    if args.json == "-":
+        print(text)
+    elif args.json is not None:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    if args.report is not None:
+        from driftd.report import write_report
+
+        write_report(result, args.report)
+    score = result["score"]
+    outcomes = [r["outcome"] for r in result["retrains"]]
+    drift = result["drift"]
+    print(
+        f"driftd replay: {result['input']['records']} records in"
+        f" {result['wall_clock']['seconds']:.1f} s; {score['metric']} {score['overall']:.4f};"
+        f" {len(result['alarms'])} alarm(s), {len(outcomes)} retrain(s),"
+        f" {outcomes.count('deployed')} deployed, {len(result['rollbacks'])} rollback(s)"
+        + (
+            ""
+            if drift is None
+            else f"; {len(drift['points']) - len(drift['missed'])}/{len(drift['points'])} drifts"
+            f" detected, {drift['false_alarms']} false alarm(s)"
+        ),
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _act(args: argparse.Namespace) -> int:

@@ -215,6 +215,8 @@ class DemoConfig:
     rate: float = field(default=400.0, metadata={"min": 1})
     batch: int = field(default=20, metadata={"min": 1})
     label_delay_seconds: float = field(default=1.0, metadata={"min": 0})
+    corrupt_start: int | None = field(default=None, metadata={"min": 0})
+    corrupt_rows: int = field(default=1500, metadata={"min": 1})
     seed: int = 7
 
     def validate(self) -> list[str]:

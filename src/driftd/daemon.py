@@ -179,6 +179,10 @@ class Daemon:
             f"serving model v{live.version:06d}" if live else "no model yet",
         )
 
+    def request_exit(self) -> None:
+        """Ask for a graceful shutdown, as SIGTERM does (thread-safe)."""
+        self.should_exit = True
+
     def attach(self, source: Source) -> None:
         """Start a traffic source (the demo stream) that feeds the engine until shutdown."""
         self.sources.append(source)

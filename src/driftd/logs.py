@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = ["JsonFormatter", "configure"]
@@ -34,10 +35,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(level: str = "info", fmt: Literal["auto", "json", "text"] = "auto") -> None:
-    """Send driftd's (and uvicorn's) logs to stderr in the chosen format."""
+def configure(
+    level: str = "info", fmt: Literal["auto", "json", "text"] = "auto", *, path: Path | None = None
+) -> None:
+    """Send driftd's (and uvicorn's) logs to stderr (or ``path``) in the chosen format."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    )
     if use_json:
         handler.setFormatter(JsonFormatter())
     else:
@@ -47,6 +52,7 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "text"] = "auto"
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):

@@ -370,9 +370,7 @@ class Retrainer:
         """Train the first model from the configured source (blocking; on the job thread)."""
         engine = self.engine
         engine.bootstrap_state = "training"
-        job = Job(
-            f"bootstrap-{int(self.clock())}", ["bootstrap"], self.clock(), started=self.clock()
-        )
+        job = Job("bootstrap", ["bootstrap"], self.clock(), started=self.clock())
         self.metrics.retrain_triggers.labels("bootstrap").inc()
         try:
             X, y, window = self._bootstrap_data()

@@ -49,9 +49,10 @@ class Serving:
         self.fallback_reason: str | None = None
 
     def warm_up(self, model: LiveModel, rows: npt.NDArray[Any]) -> float:
-        """Predict ``rows`` with ``model``; raise :class:`WarmupError` on any failure. Returns the
-        slowest single-row latency in seconds."""
-        worst = 0.0
+        """Predict ``rows`` one at a time with ``model``; raise :class:`WarmupError` on any
+        failure. Returns the slowest single-row latency in seconds after the first call, which
+        pays one-time costs (thread pools, caches) that warm-up exists to absorb."""
+        times = []
         for i in range(len(rows)):
             start = time.perf_counter()
             try:
@@ -59,10 +60,10 @@ class Serving:
             except Exception as exc:
                 why = f"{type(exc).__name__}: {exc}"
                 raise WarmupError(f"v{model.version}: warm-up prediction failed ({why})") from exc
-            worst = max(worst, time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
             if len(out) != 1:
                 raise WarmupError(f"v{model.version}: predict returned {len(out)} values for 1 row")
-        return worst
+        return max(times[1:], default=times[0] if times else 0.0)
 
     def swap(self, model: LiveModel) -> LiveModel | None:
         """Make ``model`` live; returns the model it replaced."""

@@ -130,11 +130,11 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **self.data,
             "id": self.id,
             "time": self.ts,
             "kind": self.kind,
             "record_index": self.record_idx,
-            **self.data,
         }
 
 
