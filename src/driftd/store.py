@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -193,6 +194,8 @@ class Store:
         self.synchronous = synchronous
         self._numeric = schema.numeric
         self._categorical = schema.categorical
+        # One packed native float64 row per record, as numpy reads it back (np.frombuffer).
+        self._pack = struct.Struct(f"={len(schema.numeric)}d").pack
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pending = 0
@@ -267,26 +270,22 @@ class Store:
     def add_records(self, rows: Sequence[Row], *, source: str, received: float) -> IngestResult:
         """Insert records in one transaction. A record whose id is already stored is a duplicate
         (an idempotent re-send) and is skipped; a label waiting for an id is joined on arrival."""
-        num_cols, cat_cols = self._numeric, self._categorical
-        params = []
-        for r in rows:
-            f = r.features
-            num = np.array([f[c] for c in num_cols], dtype=np.float64).tobytes()
-            cat = json.dumps([f[c] for c in cat_cols]) if cat_cols else None
-            params.append(
-                (
-                    r.rid,
-                    r.ts,
-                    received,
-                    source,
-                    num,
-                    cat,
-                    None if r.prediction is None else json.dumps(r.prediction),
-                    r.model_version,
-                    None if r.label is None else json.dumps(r.label),
-                    None if r.label is None else received,
-                )
+        pack, num_cols, cat_cols = self._pack, self._numeric, self._categorical
+        params = [
+            (
+                r.rid,
+                r.ts,
+                received,
+                source,
+                pack(*[r.features[c] for c in num_cols]),
+                json.dumps([r.features[c] for c in cat_cols]) if cat_cols else None,
+                _scalar(r.prediction),
+                r.model_version,
+                _scalar(r.label),
+                None if r.label is None else received,
             )
+            for r in rows
+        ]
         with self._lock, _tx(self.db) as db:
             fresh = self._insert(db, params)
             first = self._next_idx(db) - sum(fresh)
@@ -602,6 +601,15 @@ def _hash(
     h.update(json.dumps(categorical).encode())
     h.update(json.dumps(labels).encode())
     return h.hexdigest()
+
+
+def _scalar(value: Label | None) -> str | None:
+    """A label or prediction as JSON text (ints, the common case, without the encoder)."""
+    if value is None:
+        return None
+    if type(value) is int:
+        return str(value)
+    return json.dumps(value)
 
 
 def _jsonable(value: Any) -> Any:
