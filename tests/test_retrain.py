@@ -338,3 +338,29 @@ def test_kill_9_at_random_instants_of_retrains_leaves_a_champion_that_loads(tmp_
     finally:
         d.stop()
     assert os.path.exists(state / "driftd.sqlite3")
+
+
+def test_a_failed_bootstrap_is_retried_with_backoff(tmp_path: Path) -> None:
+    """The first model's data is not there yet: the bootstrap fails, says when it retries, and
+    serves once the file appears."""
+    late = tmp_path / "late.csv"
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(
+        config_text(
+            tmp_path / "state", bootstrap=str(late), sections={"retrain": "cooldown_seconds = 1"}
+        )
+    )
+    d = DaemonProcess(cfg).start(wait_ready=False)
+    try:
+        with d.client() as c:
+            status = wait_until(
+                lambda: (s := c.get("/v1/status").json())["bootstrap"]["state"] == "failed" and s,
+                what="the first failure",
+            )
+            assert "retrying in" in c.get("/readyz").json()["message"]
+            assert status["bootstrap"]["failures"] >= 1
+            write_csv(late, make_rows(1000, seed=1))
+            d.wait_ready(60)
+            assert c.get("/v1/status").json()["bootstrap"]["state"] == "done"
+    finally:
+        d.stop()

@@ -75,6 +75,8 @@ class Engine:
         self.on_joined: Callable[[list[Joined]], None] | None = None
         self.bootstrap_state = "idle"
         self.bootstrap_error: str | None = None
+        self.bootstrap_failures = 0
+        self.bootstrap_retry_at = 0.0
         self.started = clock()
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
@@ -386,7 +388,8 @@ class Engine:
         if self.bootstrap_state == "training":
             return "no model yet: the first model is being trained"
         if self.bootstrap_state == "failed":
-            return f"no model: bootstrap failed ({self.bootstrap_error})"
+            wait = max(0.0, self.bootstrap_retry_at - self.clock())
+            return f"no model: bootstrap failed ({self.bootstrap_error}); retrying in {wait:.0f} s"
         if self.config.bootstrap.data is None:
             have = self.store.labelled_count()
             return (
@@ -396,8 +399,11 @@ class Engine:
         return "no model yet"
 
     def bootstrap_due(self) -> bool:
-        """Whether the first model should be trained now (no model, and data to train on)."""
-        if self.serving.current is not None or self.bootstrap_state in ("training", "failed"):
+        """Whether the first model should be trained now (no model, and data to train on). A
+        failed bootstrap is retried after the retrain cooldown, doubled after each failure."""
+        if self.serving.current is not None or self.bootstrap_state == "training":
+            return False
+        if self.bootstrap_state == "failed" and self.clock() < self.bootstrap_retry_at:
             return False
         if self.config.bootstrap.data is not None:
             return True
@@ -422,7 +428,11 @@ class Engine:
             "ready": live is not None,
             "uptime_seconds": round(self.clock() - self.started, 3),
             "model": model,
-            "bootstrap": {"state": self.bootstrap_state, "error": self.bootstrap_error},
+            "bootstrap": {
+                "state": self.bootstrap_state,
+                "error": self.bootstrap_error,
+                "failures": self.bootstrap_failures,
+            },
             "store": self.store.counts(),
             "monitor": self.monitor.status(),
             "live_score": {"metric": metric, "value": value},

@@ -201,6 +201,12 @@ class Metrics:
             ["model", "metric"],
             registry=r,
         )
+        self.gate_threshold = Gauge(
+            "driftd_gate_threshold",
+            "The gate's absolute threshold on the metric (absent when none is set).",
+            ["metric"],
+            registry=r,
+        )
         self.deployed_at = Gauge(
             "driftd_model_deployed_timestamp_seconds",
             "When the serving model was deployed.",

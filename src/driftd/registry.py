@@ -237,6 +237,13 @@ class Registry:
             return Aliases()
         return Aliases(data.get("champion"), data.get("previous"))
 
+    def changed_at(self) -> float | None:
+        """When the aliases last changed (the file is replaced at every change), if ever."""
+        try:
+            return (self.root / ALIASES).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def set_champion(self, number: int) -> Aliases:
         """Make ``number`` the champion and the current champion the previous one, atomically."""
         current = self.aliases()

@@ -106,6 +106,13 @@ class Retrainer:
         self.rejected_dir = engine.state_dir / "rejected"
         engine.on_alarm = self.on_alarm
         engine.on_joined = self.on_joined
+        if self.config.gate.threshold is not None:
+            self.metrics.gate_threshold.labels(self.config.model.metric).set(
+                self.config.gate.threshold
+            )
+        changed = engine.reg.changed_at()
+        if engine.serving.current is not None and changed is not None:
+            self.metrics.deployed_at.set(changed)
         self._persist()
 
     # -- requests --------------------------------------------------------------------------
@@ -372,11 +379,11 @@ class Retrainer:
         engine.bootstrap_state = "training"
         job = Job("bootstrap", ["bootstrap"], self.clock(), started=self.clock())
         self.metrics.retrain_triggers.labels("bootstrap").inc()
+        start = time.monotonic()
         try:
             X, y, window = self._bootstrap_data()
         except (OSError, ValueError) as exc:
-            engine.bootstrap_state, engine.bootstrap_error = "failed", str(exc)
-            log.error("bootstrap failed: %s", exc)
+            self._bootstrap_failed(str(exc))
             engine.store.add_event("bootstrap_failed", {"error": str(exc)}, ts=self.clock())
             return "failed"
         n_hold = self._holdout_size(len(y))
@@ -391,15 +398,29 @@ class Retrainer:
         )
         if outcome != "skipped":
             self.metrics.retrain_runs.labels(outcome).inc()
+            self.metrics.retrain_duration.observe(time.monotonic() - start)
         if outcome == "deployed":
             engine.bootstrap_state = "done"
+            engine.bootstrap_failures = 0
         else:
-            engine.bootstrap_state = "failed"
-            engine.bootstrap_error = (
-                details.get("error") or details.get("skipped") or "the first model failed the gate"
-            )
-            log.error("bootstrap failed: %s", engine.bootstrap_error)
+            why = details.get("error") or details.get("skipped")
+            verdict = details.get("verdict")
+            if why is None and verdict is not None:
+                why = "; ".join(r["reason"] for r in verdict["rules"] if not r["passed"])
+            self._bootstrap_failed(why or "the first model failed the gate")
         return outcome
+
+    def _bootstrap_failed(self, why: str) -> None:
+        """Record a failed first fit and when it will be retried (backing off like retrains)."""
+        engine, cfg = self.engine, self.config.retrain
+        engine.bootstrap_failures += 1
+        wait = min(
+            cfg.cooldown_seconds * 2 ** (engine.bootstrap_failures - 1),
+            max(cfg.backoff_max_seconds, cfg.cooldown_seconds),
+        )
+        engine.bootstrap_state, engine.bootstrap_error = "failed", why
+        engine.bootstrap_retry_at = self.clock() + wait
+        log.error("bootstrap failed (%s); retrying in %.0f s", why, wait)
 
     def _bootstrap_data(self) -> tuple[Any, list[Label], dict[str, Any]]:
         cfg = self.config.bootstrap
