@@ -36,6 +36,7 @@ from driftd.errors import ConfigError
 from driftd.metrics import Metrics
 from driftd.retrain import Retrainer
 from driftd.sdnotify import Notifier, Watchdog
+from driftd.training import TrainingWorker
 from driftd.triggers import Job
 
 __all__ = ["Daemon", "Source"]
@@ -112,6 +113,8 @@ class Daemon:
         self.alerter = Alerter(
             config.alerts, self.metrics, instance=f"{config.server.host}:{config.server.port}"
         )
+        mem = config.training.memory_limit_mb
+        self.trainer = TrainingWorker(memory_limit_bytes=mem * 1024 * 1024 if mem else None)
         self.retrainer: Retrainer | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.on_started = on_started
@@ -168,7 +171,8 @@ class Daemon:
 
     def startup(self) -> None:
         self.engine.open()
-        self.retrainer = Retrainer(self.engine, alerter=self.alerter)
+        self.trainer.start()  # spawns and imports in the background, ahead of the first job
+        self.retrainer = Retrainer(self.engine, alerter=self.alerter, fit=self.trainer)
         now = time.monotonic()
         self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
         self._next_trim = now
@@ -193,6 +197,7 @@ class Daemon:
             source.close()
         self.engine.cancel.set()
         self.training.shutdown(wait=True, cancel_futures=True)
+        self.trainer.close()
         self.chores.shutdown(wait=True, cancel_futures=True)
         self.engine.close()
         self.alerter.close(timeout=2.0)

@@ -25,9 +25,7 @@ import math
 import queue
 import sys
 import tempfile
-import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +41,7 @@ from driftd.metrics import Metrics
 from driftd.retrain import Guard, Retrainer
 from driftd.schema import Label, LabelRecord, Schema, coerce_row
 from driftd.store import Event, Joined
-from driftd.training import FitJob, FitResult, build_pipeline, fit_isolated
+from driftd.training import FitResult, fit_inline, fit_isolated
 
 __all__ = [
     "FORMAT",
@@ -81,38 +79,6 @@ class SimClock:
 
     def advance(self, to: float) -> None:
         self.now = max(self.now, to)
-
-
-def fit_inline(job: FitJob, *, timeout: float, cancel: threading.Event | None = None) -> FitResult:
-    """Fit ``job`` in this process: the child's code path (build_pipeline, fit, skops) without
-    the process, so without its memory cap and wall-clock timeout.
-
-    Same signature and result as :func:`driftd.training.fit_isolated`; the artifact is
-    byte-identical for a deterministic estimator (tests/test_replay.py holds it to that).
-    """
-    del timeout, cancel  # nothing to interrupt: the replay loop waits for the fit anyway
-    import traceback
-
-    import skops.io as sio
-
-    start = time.monotonic()
-    logs: list[str] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pipe = build_pipeline(job.model, job.schema)
-            pipe.fit(job.X, np.asarray(job.y))
-        logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
-        artifact = sio.dumps(pipe)
-    except Exception as exc:  # noqa: BLE001 - reported like the child reports it
-        return FitResult(
-            False,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
-            seconds=time.monotonic() - start,
-            logs=logs,
-        )
-    return FitResult(True, artifact, seconds=time.monotonic() - start, logs=logs)
 
 
 class Progress:

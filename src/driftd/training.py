@@ -9,6 +9,7 @@ serving process never trains and never shares a GIL with training.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing as mp
@@ -26,29 +27,20 @@ import numpy.typing as npt
 
 from driftd.config import ModelConfig, import_object
 from driftd.schema import Label, Schema
-from driftd.store import Snapshot
 
 __all__ = [
     "FitJob",
     "FitResult",
+    "TrainingWorker",
     "build_pipeline",
+    "fit_and_dump",
+    "fit_inline",
     "fit_isolated",
     "matrix",
     "score",
 ]
 
 log = logging.getLogger(__name__)
-
-HIGHER_IS_BETTER = {
-    "accuracy": True,
-    "balanced_accuracy": True,
-    "f1": True,
-    "roc_auc": True,
-    "log_loss": False,
-    "mae": False,
-    "rmse": False,
-    "r2": True,
-}
 
 
 def matrix(
@@ -180,22 +172,21 @@ class _ListHandler(logging.Handler):
             self.sink.append(self.format(record))
 
 
-def _child(job: FitJob, conn: Any) -> None:
-    """Runs in the spawned process: cap memory, fit, serialise with skops, send the bytes back."""
+def fit_and_dump(job: FitJob) -> FitResult:
+    """Build, fit and serialise with skops, in this process; every failure becomes a result.
+
+    The one fitting code path: the warm worker, the one-shot child and replay's inline fit all
+    call it, so a model is the same whichever ran it.
+    """
     import warnings
 
     logs: list[str] = []
     handler = _ListHandler(logs)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when training stops
+    root = logging.getLogger()
+    root.addHandler(handler)
     start = time.monotonic()
     try:
-        if job.memory_limit_bytes:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
         import skops.io as sio
 
         with warnings.catch_warnings(record=True) as caught:
@@ -203,77 +194,173 @@ def _child(job: FitJob, conn: Any) -> None:
             pipe = build_pipeline(job.model, job.schema)
             pipe.fit(job.X, np.asarray(job.y))
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
-        artifact = sio.dumps(pipe)
-        conn.send(FitResult(True, artifact, seconds=time.monotonic() - start, logs=logs))
+        return FitResult(True, sio.dumps(pipe), seconds=time.monotonic() - start, logs=logs)
     except MemoryError:
-        conn.send(
-            FitResult(
-                False,
-                error="training exceeded the memory limit",
-                traceback=traceback.format_exc(),
-                logs=logs,
-            )
-        )
-    except BaseException as exc:  # noqa: BLE001 - the child reports every failure to the parent
-        conn.send(
-            FitResult(
-                False,
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
-                logs=logs,
-            )
-        )
+        why = "training exceeded the memory limit"
+        return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
+    except Exception as exc:  # noqa: BLE001 - every failure of user code is reported, not raised
+        why = f"{type(exc).__name__}: {exc}"
+        return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
     finally:
-        conn.close()
+        root.removeHandler(handler)
+
+
+def fit_inline(job: FitJob, *, timeout: float, cancel: threading.Event | None = None) -> FitResult:
+    """Fit in this process (replay): no memory cap and no timeout, same code and result."""
+    del timeout, cancel  # nothing to interrupt: the caller waits for the fit anyway
+    return fit_and_dump(job)
+
+
+def _serve_jobs(conn: Any, memory_limit_bytes: int | None) -> None:
+    """The worker process: cap memory, import the libraries once, then fit jobs until told to
+    stop (``None``) or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when training stops
+    logging.getLogger().setLevel(logging.INFO)
+    if memory_limit_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    import sklearn.ensemble  # noqa: F401 - paid once here, not in every retrain
+    import skops.io  # noqa: F401
+
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(fit_and_dump(job))
+
+
+class TrainingWorker:
+    """A spawned training process kept warm between jobs.
+
+    Spawning a Python process and importing scikit-learn costs over a second, more than most
+    fits: the worker pays it once, ahead of the first job. A job that overruns its timeout (or
+    is cancelled) gets the process SIGTERM then SIGKILL, and the next job starts a fresh one;
+    so does a job after ``max_jobs``, which bounds what one process can accumulate.
+
+    Blocking: call it from a worker thread, never from the event loop. Thread-safe.
+    """
+
+    def __init__(self, *, memory_limit_bytes: int | None = None, max_jobs: int = 50) -> None:
+        self.memory_limit_bytes = memory_limit_bytes
+        self.max_jobs = max_jobs
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Any = None
+        self._done = 0
+
+    def start(self) -> None:
+        """Spawn the process now (it warms up in the background)."""
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            return
+        self._stop(kill_grace=0.0)
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_serve_jobs,
+            args=(child, self.memory_limit_bytes),
+            name="driftd-train",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self._done = 0
+
+    def __call__(
+        self,
+        job: FitJob,
+        *,
+        timeout: float,
+        cancel: threading.Event | None = None,
+        kill_grace: float = 5.0,
+    ) -> FitResult:
+        """Fit ``job`` in the worker; the same contract as :func:`fit_isolated`."""
+        with self._lock:
+            self._ensure()
+            start = time.monotonic()
+            try:
+                self._conn.send(job)
+            except (OSError, ValueError) as exc:
+                self._stop(kill_grace)
+                return FitResult(False, error=f"could not hand the job to the worker ({exc})")
+            result = _wait(self._conn, self._proc, start + timeout, cancel)
+            elapsed = time.monotonic() - start
+            if result is None:
+                code = self._proc.exitcode
+                self._stop(kill_grace)
+                return _no_result(cancel, elapsed, timeout, code)
+            self._done += 1
+            if self._done >= self.max_jobs:
+                self._stop(kill_grace)
+            result.seconds = elapsed
+            return result
+
+    def close(self, kill_grace: float = 5.0) -> None:
+        with self._lock:
+            self._stop(kill_grace)
+
+    def _stop(self, kill_grace: float) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+            conn.close()
+        if proc is not None:
+            proc.join(kill_grace if proc.is_alive() else 0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(kill_grace)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _wait(
+    conn: Any, proc: Any, deadline: float, cancel: threading.Event | None
+) -> FitResult | None:
+    """The worker's answer, or None on timeout, cancellation or the worker's death."""
+    while (left := deadline - time.monotonic()) > 0 and not (cancel and cancel.is_set()):
+        if conn.poll(min(left, 0.2)):
+            try:
+                result: FitResult = conn.recv()
+            except (EOFError, OSError):
+                return None
+            return result
+        if not proc.is_alive() and not conn.poll():
+            return None
+    return None
+
+
+def _no_result(
+    cancel: threading.Event | None, elapsed: float, timeout: float, code: int | None
+) -> FitResult:
+    if cancel is not None and cancel.is_set():
+        return FitResult(False, error="training cancelled: the daemon is stopping", seconds=elapsed)
+    if elapsed >= timeout:
+        why = f"training timed out after {timeout:g} s"
+        return FitResult(False, error=why, timed_out=True, seconds=elapsed)
+    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return FitResult(False, error=f"the training process died ({how})", seconds=elapsed)
 
 
 def fit_isolated(
     job: FitJob, *, timeout: float, kill_grace: float = 5.0, cancel: threading.Event | None = None
 ) -> FitResult:
-    """Fit ``job`` in a spawned process; SIGTERM at ``timeout`` seconds (or when ``cancel`` is
-    set), SIGKILL after the grace.
-
-    Blocking: call it from a worker thread, never from the event loop.
-    """
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(job, child), name="driftd-train", daemon=True)
-    start = time.monotonic()
-    proc.start()
-    child.close()
-    result: FitResult | None = None
-    deadline = start + timeout
+    """Fit ``job`` in a fresh spawned process, used once (see :class:`TrainingWorker`)."""
+    worker = TrainingWorker(memory_limit_bytes=job.memory_limit_bytes, max_jobs=1)
     try:
-        while (left := deadline - time.monotonic()) > 0 and not (cancel and cancel.is_set()):
-            if parent.poll(min(left, 0.2)):
-                try:
-                    result = parent.recv()
-                except EOFError:
-                    result = None
-                break
-            if not proc.is_alive() and not parent.poll():
-                break
+        return worker(job, timeout=timeout, cancel=cancel, kill_grace=kill_grace)
     finally:
-        parent.close()
-        if result is None and proc.is_alive():
-            proc.terminate()
-            proc.join(kill_grace)
-            if proc.is_alive():
-                proc.kill()
-        proc.join(kill_grace)
-    elapsed = time.monotonic() - start
-    if result is not None:
-        result.seconds = elapsed
-        return result
-    if cancel is not None and cancel.is_set():
-        return FitResult(False, error="training cancelled: the daemon is stopping", seconds=elapsed)
-    if elapsed >= timeout:
-        return FitResult(
-            False, error=f"training timed out after {timeout:g} s", timed_out=True, seconds=elapsed
-        )
-    code = proc.exitcode
-    why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-    return FitResult(False, error=f"the training process died ({why})", seconds=elapsed)
+        worker.close(kill_grace)
 
 
 def library_versions() -> dict[str, str]:
@@ -286,7 +373,3 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "unknown"
     return out
-
-
-def snapshot_matrix(schema: Schema, snap: Snapshot) -> npt.NDArray[Any]:
-    return matrix(schema, snap.numeric, snap.categorical)
