@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--streams", default="agrawal,sea,stagger")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--windows", action="store_true", help="print accuracy per 2,500 records")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; {TOTAL:,} records per stream,", end=" ")
     print(f"first {BOOT:,} train the first model")
@@ -240,6 +241,10 @@ def main() -> None:
         for label, make in river_models().items():
             results[label] = run_river(xs, ys, make)
         base, _ = report(results["static"], drifts)
+        if args.windows:
+            for label, correct in results.items():
+                w = [sum(correct[k : k + 2500]) / 2500 for k in range(0, len(correct) - 2499, 2500)]
+                print(f"  {label:<10} " + " ".join(f"{a:.2f}" for a in w), file=sys.stderr)
         for label, correct in results.items():
             overall, after = report(correct, drifts)
             print(f"{name:<9} {label:<10} {overall:>9.4f} {after:>12.4f} {overall / base:>10.3f}")

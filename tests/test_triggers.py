@@ -84,12 +84,16 @@ def test_drift_regime_waits_for_rows_then_retrains_as_they_double() -> None:
     assert job is not None and job.drift_point == 10_000
     p.finish(job, "deployed", now=1, trained_rows=400)
     assert p.drift_due(799, now=100) is None
-    assert p.drift_due(800, now=30) is None, "not during the cooldown"
-    assert p.drift_due(800, now=100) == "drift_growth"
-    p.request("drift_growth", now=100, new_labels=400, drift_point=10_000)
-    job = p.start(100)
+    assert p.drift_due(800, now=2) == "drift_growth", "growth skips the cooldown"
+    assert p.request("drift_growth", now=2, new_labels=400, drift_point=10_000).outcome == "queued"
+    assert p.start(2) is not None
+    assert p.running is not None
+    p.finish(p.running, "rejected", now=3)
+    assert p.drift_due(800, now=4) is None, "but not the backoff after a rejection"
+    p.request("drift_growth", now=300, new_labels=400, drift_point=10_000)
+    job = p.start(300)
     assert job is not None
-    p.finish(job, "deployed", now=101, trained_rows=3000)
+    p.finish(job, "deployed", now=301, trained_rows=3000)
     assert p.regime is None, "the regime ends once the window is full"
 
 

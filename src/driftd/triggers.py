@@ -15,7 +15,10 @@ Rules, in order, for a request:
 
 Drift opens a *regime* at the alarm's change point: the first retrain waits until
 ``min_rows_after_drift`` labelled rows exist after it, and retrains follow whenever that count
-doubles since the last one, until it reaches ``window_rows``.
+doubles since the last one, until it reaches ``window_rows``. These growth retrains skip the
+cooldown (there are at most log2(window / min_rows) of them, and a model trained on a few
+hundred rows should be replaced as soon as twice as many exist), but not the backoff that
+follows a rejection.
 
 >>> from driftd.triggers import RetrainPolicy, PolicyConfig
 >>> p = RetrainPolicy(PolicyConfig(cooldown_seconds=60, min_new_labels=100))
@@ -122,8 +125,9 @@ class RetrainPolicy:
             if drift_point is not None:
                 self.pending.drift_point = drift_point
             return Decision("merged", self.pending.id)
+        exempt = operator or (reason == "drift_growth" and self.consecutive_rejections == 0)
         if not operator:
-            if now < self.cooldown_until():
+            if now < self.cooldown_until() and not exempt:
                 why = "backoff" if self.consecutive_rejections else "cooldown"
                 return Decision("skipped", reason=why)
             if new_labels < self.config.min_new_labels:
@@ -136,7 +140,10 @@ class RetrainPolicy:
         job = self.pending
         if job is None or self.running is not None:
             return None
-        if "operator" not in job.reasons and now < self.cooldown_until():
+        exempt = "operator" in job.reasons or (
+            job.reasons == ["drift_growth"] and self.consecutive_rejections == 0
+        )
+        if not exempt and now < self.cooldown_until():
             return None
         self.pending, self.running = None, job
         job.started = now
@@ -181,21 +188,25 @@ class RetrainPolicy:
     def drift_due(self, labelled_since_point: int, now: float) -> str | None:
         """The reason to request a drift retrain now, given the labelled rows since the point.
 
-        None while a job for this regime waits or runs, and during the cooldown: the regime
-        remembers the drift, so nothing is lost by asking later rather than being refused now.
+        None while a job for this regime waits or runs, and during the cooldown (growth
+        retrains excepted): the regime remembers the drift, so nothing is lost by asking later
+        rather than being refused now.
         """
         regime = self.regime
-        if regime is None or now < self.cooldown_until():
+        if regime is None:
             return None
         if any(
             j is not None and j.drift_point == regime.point for j in (self.running, self.pending)
         ):
             return None
         if regime.trained_rows == 0:
-            return "drift" if labelled_since_point >= self.config.min_rows_after_drift else None
-        if labelled_since_point >= 2 * regime.trained_rows:
-            return "drift_growth"
-        return None
+            due = labelled_since_point >= self.config.min_rows_after_drift
+            return "drift" if due and now >= self.cooldown_until() else None
+        if labelled_since_point < 2 * regime.trained_rows:
+            return None
+        if self.consecutive_rejections and now < self.cooldown_until():
+            return None
+        return "drift_growth"
 
     # -- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
