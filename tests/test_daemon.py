@@ -189,9 +189,8 @@ def test_a_model_file_with_a_pickled_os_system_payload_never_runs(
 def test_sighup_reloads_and_reports_what_needs_a_restart(
     daemon: DaemonProcess, daemon_config: Path
 ) -> None:
-    daemon_config.write_text(
-        daemon_config.read_text().replace("max_batch_size = 2000", "max_batch_size = 1000")
-    )
+    text = daemon_config.read_text().replace("max_batch_size = 2000", "max_batch_size = 1000")
+    daemon_config.write_text(text + "\n[gate]\nthreshold = 0.6\n")
     daemon.signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -203,6 +202,8 @@ def test_sighup_reloads_and_reports_what_needs_a_restart(
     with daemon.client() as c:
         events = c.get("/v1/events", params={"kind": "config_reloaded"}).json()["events"]
         assert events[0]["needs_restart"] == ["server"]
+        assert events[0]["applied"] == ["gate"]
+        assert 'driftd_gate_threshold{metric="accuracy"} 0.6' in c.get("/metrics").text
         assert c.get("/healthz").status_code == 200
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -39,7 +40,10 @@ from driftd.sdnotify import Notifier, Watchdog
 from driftd.training import TrainingWorker
 from driftd.triggers import Job
 
-__all__ = ["Daemon", "Source"]
+__all__ = ["LIVE_SECTIONS", "Daemon", "Source"]
+
+#: Config sections a SIGHUP applies without a restart.
+LIVE_SECTIONS = frozenset({"log", "gate", "guard", "alerts", "retrain"})
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +114,7 @@ class Daemon:
         # that a long fit never delays a checkpoint.
         self.training = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-train")
         self.chores = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-chores")
-        self.alerter = Alerter(
-            config.alerts, self.metrics, instance=f"{config.server.host}:{config.server.port}"
-        )
+        self.alerter = Alerter(config.alerts, self.metrics, instance=self._instance())
         mem = config.training.memory_limit_mb
         self.trainer = TrainingWorker(memory_limit_bytes=mem * 1024 * 1024 if mem else None)
         self.retrainer: Retrainer | None = None
@@ -299,6 +301,29 @@ class Daemon:
     def handle_reload(self, sig: int, frame: FrameType | None) -> None:
         self._reload_requested = True
 
+    def _apply(self, sections: list[str]) -> None:
+        """Put reloaded sections to work: log level, gate, guard, alert receivers, retrain policy
+        and schedule. Everything else is read once at start."""
+        cfg = self.config
+        self.engine.config = cfg
+        if "log" in sections:
+            logs.configure(cfg.log.level, cfg.log.format)
+        if "alerts" in sections:
+            old, self.alerter = (
+                self.alerter,
+                Alerter(cfg.alerts, self.metrics, instance=self._instance()),
+            )
+            threading.Thread(target=old.close, name="driftd-alerts-close", daemon=True).start()
+        if self.retrainer is not None:
+            self.retrainer.reconfigure(cfg, alerter=self.alerter)
+        if "retrain" in sections:
+            if self.scheduler is not None:
+                self.scheduler.shutdown(wait=False)
+            self.scheduler = self._schedule()
+
+    def _instance(self) -> str:
+        return f"{self.config.server.host}:{self.config.server.port}"
+
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply what can change live, report what needs a restart."""
         self.notifier.reloading("reloading configuration")
@@ -310,27 +335,28 @@ class Daemon:
             )
             self.notifier.ready(self.status_line())
             return
-        live_sections = {"log"}
-        restart = [
-            name
-            for name in (
-                "server",
-                "state",
-                "schema",
-                "store",
-                "model",
-                "bootstrap",
-                "monitor",
-                "training",
-            )
-            if getattr(new, name) != getattr(self.config, name) and name not in live_sections
+        changed = [
+            f.name
+            for f in dataclasses.fields(new)
+            if f.name != "source" and getattr(new, f.name) != getattr(self.config, f.name)
         ]
-        logs.configure(new.log.level, new.log.format)
+        applied = [name for name in changed if name in LIVE_SECTIONS]
+        restart = [name for name in changed if name not in LIVE_SECTIONS]
+        self.config = dataclasses.replace(
+            self.config, **{name: getattr(new, name) for name in applied}
+        )
+        self._apply(applied)
         if restart:
-            log.warning("reloaded; changes to [%s] take effect after a restart", ", ".join(restart))
+            log.warning(
+                "reloaded [%s]; changes to [%s] take effect after a restart",
+                ", ".join(applied) or "nothing",
+                ", ".join(restart),
+            )
         else:
-            log.info("configuration reloaded")
-        self.engine.store.add_event("config_reloaded", {"needs_restart": restart}, ts=time.time())
+            log.info("configuration reloaded: [%s] applied", ", ".join(applied) or "no changes")
+        self.engine.store.add_event(
+            "config_reloaded", {"applied": applied, "needs_restart": restart}, ts=time.time()
+        )
         self.notifier.ready(self.status_line())
 
 

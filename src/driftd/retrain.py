@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from driftd.alerts import Alerter
+from driftd.config import Config
 from driftd.engine import Engine
 from driftd.errors import IntegrityError
 from driftd.gate import HIGHER_IS_BETTER, Gate, Verdict
@@ -106,14 +107,26 @@ class Retrainer:
         self.rejected_dir = engine.state_dir / "rejected"
         engine.on_alarm = self.on_alarm
         engine.on_joined = self.on_joined
-        if self.config.gate.threshold is not None:
-            self.metrics.gate_threshold.labels(self.config.model.metric).set(
-                self.config.gate.threshold
-            )
+        self._export_threshold()
         changed = engine.reg.changed_at()
         if engine.serving.current is not None and changed is not None:
             self.metrics.deployed_at.set(changed)
         self._persist()
+
+    def reconfigure(self, config: Config, *, alerter: Alerter | None) -> None:
+        """Apply reloaded gate, guard, alert and retrain-policy settings (SIGHUP)."""
+        with self.lock:
+            self.config = config
+            self.alerter = alerter
+            self.gate = Gate(config.gate, config.model.metric)
+            self.policy.config = config.retrain.policy()
+            self._export_threshold()
+
+    def _export_threshold(self) -> None:
+        metric, threshold = self.config.model.metric, self.config.gate.threshold
+        self.metrics.gate_threshold.clear()
+        if threshold is not None:
+            self.metrics.gate_threshold.labels(metric).set(threshold)
 
     # -- requests --------------------------------------------------------------------------
     def request(
