@@ -153,6 +153,8 @@ def test_a_tampered_champion_is_refused_and_the_previous_version_served(
         assert "driftd_model_load_failures_total 1.0" in c.get("/metrics").text
         kinds = [e["kind"] for e in c.get("/v1/events").json()["events"]]
         assert "model_load_failed" in kinds and "model_fallback" in kinds
+    alerts = [str(e.get("message")) for e in daemon.lines if e.get("logger") == "driftd.alerts"]
+    assert any("model_load_failed" in a and "v000002" in a for a in alerts), alerts
 
 
 class _Payload:

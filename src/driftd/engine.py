@@ -78,6 +78,8 @@ class Engine:
         self.bootstrap_failures = 0
         self.bootstrap_retry_at = 0.0
         self.started = clock()
+        self.load_failures: list[str] = []
+        self._store_records = 0
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(4)
 
@@ -138,6 +140,7 @@ class Engine:
                 live = self._load(number)
             except (IntegrityError, WarmupError) as exc:
                 self.metrics.model_load_failures.inc()
+                self.load_failures.append(f"v{number:06d}: {exc}")
                 log.error("refusing model v%06d: %s", number, exc)
                 self.store.add_event(
                     "model_load_failed", {"version": number, "error": str(exc)}, ts=self.clock()

@@ -108,6 +108,8 @@ class Retrainer:
         engine.on_alarm = self.on_alarm
         engine.on_joined = self.on_joined
         self._export_threshold()
+        for failure in engine.load_failures:
+            self._alert("model_load_failed", f"refused at start: {failure}", severity="critical")
         changed = engine.reg.changed_at()
         if engine.serving.current is not None and changed is not None:
             self.metrics.deployed_at.set(changed)
