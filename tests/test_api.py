@@ -360,3 +360,17 @@ estimator = "sklearn.nothing.Here"
     )
     assert run.returncode == 2
     assert "server.port" in run.stderr and "schema.task" in run.stderr
+
+
+def test_an_unseen_category_is_counted_not_refused(client: httpx.Client) -> None:
+    """Once the reference is learned, a new category is accepted, counted and reported."""
+    reference = make_rows(1100, seed=11)
+    for i in range(0, len(reference), 550):
+        assert client.post("/v1/records", json=reference[i : i + 550]).status_code == 200
+    before = metric(client, "driftd_unseen_categories_total", {"feature": "color"})
+    odd = {"features": {"x0": 0.5, "x1": 0.5, "x2": 0.0, "color": "ultraviolet"}}
+    assert client.post("/v1/records", json=[odd, odd]).status_code == 200
+    assert metric(client, "driftd_unseen_categories_total", {"feature": "color"}) == before + 2
+    monitor = client.get("/v1/status").json()["monitor"]
+    assert monitor["unseen_categories"]["color"] >= 2
+    assert "ultraviolet" in monitor["unseen_examples"]["color"]

@@ -46,6 +46,7 @@ def test_kill_9_right_after_an_acknowledged_batch_loses_nothing(
 ) -> None:
     with daemon.client() as c:
         acked = post_batches(c, 5, 200, "k")
+    assert state_dir.stat().st_mode & 0o777 == 0o700, "the state dir is private to the daemon"
     daemon.signal(signal.SIGKILL)
     daemon.wait()
     ids = stored_ids(state_dir)

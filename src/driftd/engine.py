@@ -107,6 +107,7 @@ class Engine:
         )
         m.store_records = lambda: self._store_records
         m.live_score = lambda: self.monitor.live_score
+        m.unseen = lambda: self.monitor.unseen_categories
         self._store_records = self.store.counts()["records"]
 
     def close(self) -> None:

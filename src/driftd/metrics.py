@@ -8,7 +8,7 @@ mirror live state (detector states, the store size) are read at scrape time by a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -19,7 +19,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from driftd import __version__
@@ -74,8 +74,10 @@ class _LiveCollector(Collector):
         self.detectors: StateReader = lambda: ()
         self.store_records: Callable[[], int] = lambda: 0
         self.live_score: Callable[[], tuple[str, float | None]] = lambda: ("accuracy", None)
+        self.unseen: Callable[[], Mapping[str, int]] = dict
+        self.categorical: list[str] = []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = GaugeMetricFamily(
             "driftd_drift_state",
             "Detector state: 0 stable, 1 warning, 2 drift.",
@@ -102,6 +104,17 @@ class _LiveCollector(Collector):
         )
         score.add_metric([metric], float("nan") if live is None else live)
         yield score
+        # A counter kept by the monitor (it survives restarts in the checkpoint); exported
+        # here so that every categorical feature has a series from the start.
+        unseen = CounterMetricFamily(
+            "driftd_unseen_categories",
+            "Values of a categorical feature not seen in its reference.",
+            labels=["feature"],
+        )
+        counts = self.unseen()
+        for feature in self.categorical:
+            unseen.add_metric([feature], counts.get(feature, 0))
+        yield unseen
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
@@ -163,12 +176,6 @@ class Metrics:
         )
         self.drift_alarms = Counter(
             "driftd_drift_alarms", "Drift alarms raised.", ["kind"], registry=r
-        )
-        self.unseen_categories = Counter(
-            "driftd_unseen_categories",
-            "Categories not seen in the reference.",
-            ["feature"],
-            registry=r,
         )
         # retraining
         self.retrain_triggers = Counter(
@@ -249,8 +256,7 @@ class Metrics:
         """Create the per-feature series so that they export zeros from the start."""
         for signal, feature in signals:
             self.drift_detected.labels(signal, feature)
-        for feature in categorical:
-            self.unseen_categories.labels(feature)
+        self.live.categorical = list(categorical)
 
     def set_model(self, version: int, manifest: dict[str, Any]) -> None:
         self.model_version.set(version)
