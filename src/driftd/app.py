@@ -19,16 +19,17 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from driftd import __version__
 from driftd.engine import Engine, NoModel
 from driftd.errors import IntegrityError
 from driftd.retrain import Retrainer
-from driftd.schema import FieldError, InvalidInput
+from driftd.schema import FieldError, InvalidInput, Validators
 from driftd.serving import WarmupError
 
 __all__ = ["ApiError", "create_app"]
@@ -36,6 +37,9 @@ __all__ = ["ApiError", "create_app"]
 log = logging.getLogger(__name__)
 
 JSON_TYPES = ("application/json",)
+READ_TIMEOUT_SECONDS = 30.0  # a whole request body must arrive within this
+READ_IDLE_SECONDS = 10.0  # and with no longer silence than this
+_CLOSE = {"Connection": "close"}
 NDJSON_TYPES = (
     "application/x-ndjson",
     "application/ndjson",
@@ -108,11 +112,13 @@ class LabelsResponse(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        400: "Malformed JSON",
+        400: "Malformed JSON (invalid UTF-8, nesting too deep, a number out of range),"
+        " or the client closed the connection mid-body",
         401: "Missing or wrong bearer token",
-        413: "Body or batch over the configured cap",
+        408: "The body did not arrive in time (the connection is closed)",
+        413: "Body or batch over the configured cap (the connection is closed)",
         415: "Unsupported content type",
-        422: "Invalid records: every bad record and field is listed",
+        422: "Invalid records (a key given twice included): every bad record and field is listed",
     }.items()
 }
 
@@ -153,11 +159,15 @@ def create_app(
     *,
     lifespan: Any = None,
     retrainer: Callable[[], Retrainer | None] = lambda: None,
+    read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+    read_idle_seconds: float = READ_IDLE_SECONDS,
 ) -> FastAPI:
     config = engine.config
     server = config.server
     metrics = engine.metrics
-    validators = engine.validators
+    docs = engine.validators
+    # Parsing stops at the batch cap; the documented schema leaves the cap to the 413 response.
+    validators = Validators(docs.schema, max_items=server.max_batch_size)
 
     app = FastAPI(
         title="driftd",
@@ -195,7 +205,12 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _json({"error": code, "message": str(exc.detail), "errors": []}, exc.status_code)
+        # Keep Starlette's headers: a 405 must carry ``Allow`` (RFC 9110).
+        return _json(
+            {"error": code, "message": str(exc.detail), "errors": []},
+            exc.status_code,
+            dict(exc.headers or {}),
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> Response:
@@ -231,32 +246,63 @@ def create_app(
             f"content type {kind or '(none)'!r} is not supported; send {allowed}",
         )
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request) -> bytearray:
+        """The body, at most ``max_body_bytes`` of it held at any time (one buffer, no joined
+        copy), received within ``read_timeout_seconds`` and with no pause over
+        ``read_idle_seconds``: uvicorn times out neither, so a client sending a byte a second
+        would otherwise hold its request open forever. A refusal mid-body closes the
+        connection rather than reading (and discarding) the rest."""
         limit = server.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(
-                413, "body_too_large", f"body of {declared} bytes is over the {limit}-byte cap"
+                413,
+                "body_too_large",
+                f"body of {declared} bytes is over the {limit}-byte cap",
+                headers=_CLOSE,
             )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"body is over the {limit}-byte cap")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + read_timeout_seconds
+        body = bytearray()
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + read_idle_seconds)) as cm:
+                async for chunk in request.stream():
+                    if len(body) + len(chunk) > limit:
+                        msg = f"body is over the {limit}-byte cap"
+                        raise ApiError(413, "body_too_large", msg, headers=_CLOSE)
+                    body += chunk
+                    cm.reschedule(min(deadline, loop.time() + read_idle_seconds))
+        except TimeoutError:
+            whole = loop.time() >= deadline
+            raise ApiError(
+                408,
+                "read_timeout",
+                f"the body did not arrive within {read_timeout_seconds:g} s"
+                if whole
+                else f"the client sent nothing for {read_idle_seconds:g} s",
+                headers=_CLOSE,
+            ) from None
+        except ClientDisconnect:
+            raise ApiError(
+                400, "client_disconnect", "the client closed the connection mid-body"
+            ) from None
+        return body
 
-    def parse(adapter: Any, body: bytes, kind: str) -> Any:
+    def parse(adapter: Any, body: bytes | bytearray, kind: str) -> Any:
         try:
             if kind in NDJSON_TYPES:
                 return _ndjson(adapter, body)
             return validators.parse(adapter, body)
         except InvalidInput as exc:
+            if exc.errors and exc.errors[0].type == "too_long":
+                cap = server.max_batch_size
+                msg = f"batch is over the {cap}-record cap"
+                raise ApiError(413, "batch_too_large", msg) from None
             if exc.malformed:
                 raise ApiError(400, "malformed_json", exc.errors[0].message, exc.errors) from None
             raise ApiError(422, "invalid_record", str(exc), exc.errors) from None
 
-    def _ndjson(list_adapter: Any, body: bytes) -> list[Any]:
+    def _ndjson(list_adapter: Any, body: bytes | bytearray) -> list[Any]:
         item = validators.record if list_adapter is validators.records else validators.label_record
         return validators.parse_ndjson(item, body)
 
@@ -280,6 +326,8 @@ def create_app(
 
     def body_doc(adapter: Any, *, ndjson: bool) -> dict[str, Any]:
         schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        if schema.get("type") == "array":
+            schema["minItems"] = 1  # an empty batch is refused (check_batch); say so
         content = {"application/json": {"schema": schema}}
         if ndjson:
             content["application/x-ndjson"] = {
@@ -292,7 +340,7 @@ def create_app(
         "/v1/predict",
         response_model=PredictResponse,
         responses={**_ERRORS, 503: {"model": ErrorBody, "description": "No model is serving yet"}},
-        openapi_extra=body_doc(validators.predict, ndjson=False),
+        openapi_extra=body_doc(docs.predict, ndjson=False),
         summary="Predict one or many instances; inputs and predictions are stored for monitoring",
     )
     async def predict(request: Request) -> Response:
@@ -335,7 +383,7 @@ def create_app(
         "/v1/records",
         response_model=IngestResponse,
         responses=_ERRORS,
-        openapi_extra=body_doc(validators.records, ndjson=True),
+        openapi_extra=body_doc(docs.records, ndjson=True),
         summary="Observed traffic from elsewhere: features, optional prediction, optional label",
     )
     async def records(request: Request) -> Response:
@@ -356,7 +404,7 @@ def create_app(
         "/v1/labels",
         response_model=LabelsResponse,
         responses=_ERRORS,
-        openapi_extra=body_doc(validators.labels, ndjson=True),
+        openapi_extra=body_doc(docs.labels, ndjson=True),
         summary="Delayed labels by record or prediction id",
     )
     async def labels(request: Request) -> Response:
@@ -445,7 +493,11 @@ def create_app(
     async def events(
         kind: str | None = Query(None, max_length=64, description="Only events of this kind"),
         before: int | None = Query(
-            None, ge=1, description="Only events with a smaller id (paging)"
+            # SQLite integers are 64-bit; a larger value must be a 422, not an overflow (500).
+            None,
+            ge=1,
+            le=2**63 - 1,
+            description="Only events with a smaller id (paging)",
         ),
         limit: int = Query(100, ge=1, le=1000),
     ) -> Response:
@@ -470,7 +522,12 @@ def create_app(
             )
         return _json({"status": "ready", "model_version": live.version})
 
-    @app.get("/metrics", summary="Prometheus exposition")
+    @app.get(
+        "/metrics",
+        summary="Prometheus exposition",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         data = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
@@ -481,7 +538,7 @@ def create_app(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             defs: dict[str, Any] = {}
-            for adapter in (validators.predict, validators.records, validators.labels):
+            for adapter in (docs.predict, docs.records, docs.labels):
                 defs.update(
                     adapter.json_schema(ref_template="#/components/schemas/{model}").get(
                         "$defs", {}

@@ -61,6 +61,8 @@ class ServerConfig:
     token: str | None = None
     allow_unauthenticated_remote: bool = False
     shutdown_timeout_seconds: float = field(default=10.0, metadata={"min": 0})
+    read_timeout_seconds: float = field(default=30.0, metadata={"min": 0.1})
+    read_idle_seconds: float = field(default=10.0, metadata={"min": 0.1})
 
     def validate(self) -> list[str]:
         if self.token is not None and len(self.token) < 16:

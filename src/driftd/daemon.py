@@ -207,7 +207,13 @@ class Daemon:
 
     def run(self) -> int:
         config = uvicorn.Config(
-            create_app(self.engine, lifespan=self.lifespan, retrainer=lambda: self.retrainer),
+            create_app(
+                self.engine,
+                lifespan=self.lifespan,
+                retrainer=lambda: self.retrainer,
+                read_timeout_seconds=self.config.server.read_timeout_seconds,
+                read_idle_seconds=self.config.server.read_idle_seconds,
+            ),
             host=self.config.server.host,
             port=self.config.server.port,
             lifespan="on",

@@ -39,7 +39,7 @@ from driftd.engine import Engine
 from driftd.history import HistoryError, HistoryRow, read_history
 from driftd.metrics import Metrics
 from driftd.retrain import Guard, Retrainer
-from driftd.schema import Label, LabelRecord, Schema, coerce_row
+from driftd.schema import Label, LabelRecord, Schema, coerce_row, parse_number
 from driftd.store import Event, Joined
 from driftd.training import FitResult, fit_inline, fit_isolated
 
@@ -254,17 +254,10 @@ def _rows(path: Path, schema: Schema) -> Iterator[HistoryRow]:
 def _number_or_none(raw: Any, path: Path, line: int, column: str) -> float | None:
     if raw in ("", None):
         return None
-    if isinstance(raw, bool):
-        raise HistoryError(f"{path}: line {line}, column {column!r}: expected a number, got {raw}")
     try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise HistoryError(
-            f"{path}: line {line}, column {column!r}: expected a number, got {raw!r}"
-        ) from None
-    if not math.isfinite(value):
-        raise HistoryError(f"{path}: line {line}, column {column!r}: expected a finite number")
-    return value
+        return parse_number(raw, line=line, column=column)
+    except ValueError as exc:
+        raise HistoryError(f"{path}: {exc}") from None
 
 
 # -- pure helpers ------------------------------------------------------------------------------

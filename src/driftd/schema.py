@@ -7,13 +7,21 @@ record is refused whole; the error lists every bad record by index and field.
 
 The validators are pydantic ``TypeAdapter``s built from the schema, so the JSON is parsed and
 checked in one pass in compiled code, and the same types document the API in OpenAPI.
+
+A key repeated in one JSON object (``{"x": 1, "x": "a"}``) is refused too: the parser would keep
+the last value silently. Finding one costs a second parse, so it is only done for a body that
+passed validation (so of bounded shape) and when a cheap count says it is possible (see
+:func:`_may_repeat_keys`). In a body refused for other reasons the last value is what is checked.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import types
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypedDict, Union
 
@@ -29,6 +37,8 @@ __all__ = [
     "Record",
     "Schema",
     "Validators",
+    "coerce_row",
+    "parse_number",
 ]
 
 Kind = Literal["numeric", "categorical"]
@@ -118,12 +128,16 @@ class FieldError:
 class InvalidInput(ValueError):
     """A request body failed validation. ``malformed`` is set when it was not even valid JSON."""
 
-    def __init__(self, errors: Sequence[FieldError], *, malformed: bool = False) -> None:
+    def __init__(
+        self, errors: Sequence[FieldError], *, malformed: bool = False, total: int = 0
+    ) -> None:
         self.errors = list(errors)
         self.malformed = malformed
+        self.total = max(total, len(self.errors))
         first = self.errors[0] if self.errors else None
         summary = f"{first.field}: {first.message}" if first else "invalid input"
-        super().__init__(f"{len(self.errors)} error(s); first: {summary}")
+        listed = f" ({len(self.errors)} listed)" if self.total > len(self.errors) else ""
+        super().__init__(f"{self.total} error(s){listed}; first: {summary}")
 
     @property
     def reason(self) -> str:
@@ -134,13 +148,20 @@ class InvalidInput(ValueError):
 
 
 _STRICT_FINITE = Field(strict=True, allow_inf_nan=False)
+MAX_ERRORS = 100  # listed per refusal: 1 MB of bad keys must not become a 10 MB answer
 
 
 @dataclass(slots=True)
 class Validators:
-    """Compiled validators for one schema. Build once at start-up; they are thread-safe."""
+    """Compiled validators for one schema. Build once at start-up; they are thread-safe.
+
+    With ``max_items`` a batch (records, labels, predict instances, NDJSON lines) longer than
+    that is refused with one ``too_long`` error as soon as it is seen, so a body of 300,000
+    empty objects costs no more than the cap's worth of validation and errors.
+    """
 
     schema: Schema
+    max_items: int | None = None
     features_type: Any = field(init=False)
     label_type: Any = field(init=False)
     records: TypeAdapter[Any] = field(init=False)
@@ -179,43 +200,62 @@ class Validators:
         label_record = _typed_dict(
             "LabelRecord", {"id": ident, "label": label, "timestamp": NotRequired[number]}
         )
+        batch = Field(max_length=self.max_items)
         predict = _typed_dict(
             "PredictRequest",
             {
-                "instances": Annotated[_list(features), Field(min_length=1)],
-                "ids": NotRequired[_list(ident)],
+                "instances": _list(features, batch, Field(min_length=1)),
+                "ids": NotRequired[_list(ident, batch)],
             },
         )
         self.features_type = features
         self.label_type = label
         self.predict = TypeAdapter(predict)
         self.record = TypeAdapter(record)
-        self.records = TypeAdapter(_list(record))
-        self.instances = TypeAdapter(_list(features))
+        self.records = TypeAdapter(_list(record, batch))
+        self.instances = TypeAdapter(_list(features, batch))
         self.label_record = TypeAdapter(label_record)
-        self.labels = TypeAdapter(_list(label_record))
+        self.labels = TypeAdapter(_list(label_record, batch))
 
-    def parse(self, adapter: TypeAdapter[Any], body: bytes | str, *, prefix: str = "") -> Any:
+    def parse(
+        self, adapter: TypeAdapter[Any], body: bytes | bytearray | str, *, prefix: str = ""
+    ) -> Any:
         """Parse and validate a JSON document; raise :class:`InvalidInput` listing every error."""
         try:
-            return adapter.validate_json(body)
+            out = adapter.validate_json(body)
         except ValidationError as exc:
+            # Not searched for repeated keys: an invalid body may be any shape, and parsing it
+            # again could cost far more than the validation did. The error names the field.
             raise _invalid(exc, prefix) from None
+        if _may_repeat_keys(body, out) and (repeated := _repeated_keys(body, prefix)):
+            raise InvalidInput(repeated)
+        return out
 
-    def parse_ndjson(self, adapter: TypeAdapter[Any], body: bytes) -> list[Any]:
+    def parse_ndjson(self, adapter: TypeAdapter[Any], body: bytes | bytearray) -> list[Any]:
         """Parse newline-delimited JSON, one document per non-empty line, validating each."""
         out: list[Any] = []
         errors: list[FieldError] = []
         malformed = False
+        total = 0
         for index, line in enumerate(_lines(body)):
+            if self.max_items is not None and index >= self.max_items:
+                message = f"more than {self.max_items} lines"
+                raise InvalidInput([FieldError(None, "(body)", message, "too_long")])
             try:
-                out.append(adapter.validate_json(line))
+                item = adapter.validate_json(line)
             except ValidationError as exc:
                 bad = _invalid(exc, "", index=index)
                 malformed = malformed or bad.malformed
-                errors.extend(bad.errors)
+                total += bad.total
+                errors.extend(bad.errors[: MAX_ERRORS - len(errors)])
+                continue
+            if _may_repeat_keys(line, item) and (repeated := _repeated_keys(line, "", index)):
+                total += len(repeated)
+                errors.extend(repeated[: MAX_ERRORS - len(errors)])
+                continue
+            out.append(item)
         if errors:
-            raise InvalidInput(errors, malformed=malformed and len(errors) == 1)
+            raise InvalidInput(errors, malformed=malformed and total == 1, total=total)
         return out
 
     def python(self, adapter: TypeAdapter[Any], value: Any) -> Any:
@@ -236,13 +276,102 @@ def _typed_dict(name: str, fields: dict[str, Any]) -> Any:
     return td
 
 
-def _list(item: Any) -> Any:
-    """``list[item]`` for an item type built at run time."""
-    return types.GenericAlias(list, (item,))
+def _list(item: Any, *constraints: Any) -> Any:
+    """``list[item]`` for an item type built at run time, with pydantic ``Field`` constraints."""
+    alias = types.GenericAlias(list, (item,))
+    return Annotated[alias, *constraints] if constraints else alias
 
 
-def _lines(body: bytes) -> list[bytes]:
-    return [line for line in body.split(b"\n") if line.strip()]
+def _count_keys(value: Any) -> int:
+    """The keys in validated output, whose shapes are fixed here: a record, a label or a predict
+    request, or a list of records or labels. ``len`` of C dicts only, no loop in Python."""
+    if isinstance(value, list):
+        if not value or not isinstance(value[0], dict):
+            return 0
+        n = sum(map(len, value))
+        if "features" in value[0]:  # records: every one has features, all of the same width
+            n += len(value[0]["features"]) * len(value)
+        return n
+    if not isinstance(value, dict):
+        return 0
+    n = len(value)
+    if "features" in value:
+        n += len(value["features"])
+    if "instances" in value:
+        n += sum(map(len, value["instances"]))
+    return n
+
+
+def _may_repeat_keys(body: bytes | bytearray | str, out: Any) -> bool:
+    """Whether ``body`` may hold a key twice in one object; ``False`` proves it does not.
+
+    Validation refused unknown keys and missing features, so the keys in ``out`` are the
+    distinct keys of the body, and every key in the body is followed by a colon outside any
+    string. So if the body has no more colons than that, no key was repeated. A colon inside a
+    string (an id such as ``"12:30"``) spoils that count; then count ``":`` instead, which a
+    string only matches at an escaped quote or when it starts with a colon, after ruling out a
+    key spaced from its colon. Anything left is a cautious ``True``. Every count runs in C.
+    """
+    raw = body.encode() if isinstance(body, str) else body
+    keys = _count_keys(out)
+    if raw.count(b":") <= keys:
+        return False
+    return raw.count(b'":') > keys or _SPACED_KEY.search(raw) is not None
+
+
+_SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
+
+
+class _Pairs(dict[str, Any]):
+    """A decoded JSON object that remembers which of its keys were repeated."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs(items)
+    if len(obj) != len(items):
+        counts = Counter(k for k, _ in items)
+        obj.repeated = tuple(k for k, n in counts.items() if n > 1)
+    return obj
+
+
+def _repeated_keys(
+    body: bytes | bytearray | str, prefix: str, index: int | None = None
+) -> list[FieldError]:
+    """One error per key given twice in one object. Only called for bodies that pydantic parsed
+    as JSON (so of bounded depth); anything ``json`` still refuses yields no error here."""
+    try:
+        doc = json.loads(body, object_pairs_hook=_pairs)
+    except (ValueError, RecursionError):
+        return []
+    errors: list[FieldError] = []
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), doc)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, _Pairs):
+            for key in value.repeated:
+                at, name = _field_name((*loc, key))
+                at = index if at is None else at
+                errors.append(
+                    FieldError(at, prefix + name, "key given more than once", "duplicate_key")
+                )
+            stack.extend(((*loc, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), v) for i, v in reversed(list(enumerate(value))))
+    return errors
+
+
+def _lines(body: bytes | bytearray) -> Iterator[bytes | bytearray]:
+    """The non-empty lines, one at a time: a copy of one line, never of the whole body."""
+    start, end = 0, len(body)
+    while start < end:
+        stop = body.find(b"\n", start)
+        stop = end if stop < 0 else stop
+        line = body[start:stop]
+        start = stop + 1
+        if line.strip():
+            yield line
 
 
 def _field_name(loc: tuple[int | str, ...]) -> tuple[int | None, str]:
@@ -284,7 +413,11 @@ def _invalid(exc: ValidationError, prefix: str, *, index: int | None = None) -> 
     errors: list[FieldError] = []
     seen: set[tuple[int | None, str]] = set()
     malformed = False
-    for err in exc.errors(include_url=False, include_input=False, include_context=True):
+    raw = exc.errors(include_url=False, include_input=False, include_context=True)
+    for seen_count, err in enumerate(raw):
+        if len(errors) == MAX_ERRORS:
+            # Not walked further: the rest only add to the count (label unions count twice).
+            return InvalidInput(errors, total=len(errors) + len(raw) - seen_count)
         if err["type"] == "json_invalid":
             malformed = True
             errors.append(FieldError(index, "(body)", _json_message(err), "malformed_json"))
@@ -333,7 +466,7 @@ def coerce_row(
             raise ValueError(f"line {line}, column {f.name!r}: missing value")
         raw = row[f.name]
         if f.kind == "numeric":
-            feats[f.name] = _number(raw, line, f.name)
+            feats[f.name] = parse_number(raw, line=line, column=f.name)
         else:
             text = str(raw)
             if len(text) > schema.max_string_length:
@@ -343,7 +476,7 @@ def coerce_row(
     if label in ("", None):
         label = None
     elif schema.task == "regression":
-        label = _number(label, line, schema.target)
+        label = parse_number(label, line=line, column=schema.target)
     elif isinstance(label, bool | float):
         msg = f"line {line}, column {schema.target!r}: expected a class label"
         raise ValueError(msg)
@@ -351,11 +484,17 @@ def coerce_row(
         label = int(label)
     ident = row.get(schema.id_field) if schema.id_field else None
     ts_raw = row.get(schema.timestamp_field) if schema.timestamp_field else None
-    ts = None if ts_raw in ("", None) else _number(ts_raw, line, str(schema.timestamp_field))
+    ts = (
+        None
+        if ts_raw in ("", None)
+        else parse_number(ts_raw, line=line, column=str(schema.timestamp_field))
+    )
     return feats, label, None if ident in ("", None) else str(ident), ts
 
 
-def _number(raw: Any, line: int, column: str) -> float:
+def parse_number(raw: Any, *, line: int, column: str) -> float:
+    """A finite number from a history file's cell (CSV text or a JSON value), or ValueError
+    naming the line and column."""
     if isinstance(raw, bool):
         raise ValueError(f"line {line}, column {column!r}: expected a number, got {raw!r}")
     try:
