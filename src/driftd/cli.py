@@ -230,7 +230,13 @@ def _demo(args: argparse.Namespace) -> int:
         views: list[LiveView] = []
 
         def started(daemon: Daemon) -> None:
-            source = DemoSource(daemon.engine, config.demo, report=None if tty else _log_progress)
+            source = DemoSource(
+                daemon.engine,
+                config.demo,
+                url=f"http://127.0.0.1:{daemon.port}",
+                token=config.server.token,
+                report=None if tty else _log_progress,
+            )
             sources.append(source)
             daemon.attach(source)
             print(

@@ -1,10 +1,10 @@
 """The demo source: a drifting synthetic stream played into the daemon through the real path.
 
-Each record is predicted by the serving model (``Engine.predict``, as ``POST /v1/predict``
-does), and its true label is sent ``label_delay_seconds`` later (``Engine.add_labels``, as
-``POST /v1/labels``). The stream switches concept every ``segment`` records, so the monitor
-sees real drift; an optional burst of random labels plays a data-quality incident that a
-retrain must not ship.
+Each batch of records is predicted over HTTP (``POST /v1/predict`` on the daemon's own
+loopback port, so the predict latency and ingest metrics see it like any client), and the
+true labels are sent ``label_delay_seconds`` later (``POST /v1/labels``). The stream switches
+concept every ``segment`` records, so the monitor sees real drift; an optional burst of random
+labels plays a data-quality incident that a retrain must not ship.
 
 On a terminal, :class:`LiveView` redraws a compact view (progress, live accuracy, model
 version, last events); otherwise progress goes to the log. :func:`summary` renders the table
@@ -14,17 +14,20 @@ printed at the end.
 from __future__ import annotations
 
 import collections
+import http.client
+import json
 import logging
 import random
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from driftd.config import DemoConfig
-from driftd.engine import Engine, NoModel
+from driftd.engine import Engine
 from driftd.streams import SyntheticStream
 
 __all__ = ["DemoSource", "DemoStats", "LiveView", "summary"]
@@ -50,10 +53,13 @@ class DemoSource:
         engine: Engine,
         config: DemoConfig,
         *,
+        url: str,
+        token: str | None = None,
         report: Callable[[str], None] | None = None,
         report_every: float = 5.0,
     ) -> None:
         self.engine = engine
+        self.client = _Client(url, token)
         self.config = config
         self.stream = SyntheticStream(
             config.stream, tuple(config.concepts), config.segment, config.seed
@@ -76,6 +82,7 @@ class DemoSource:
         self.stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.client.close()
 
     def corrupt(self, index: int) -> bool:
         """Whether record ``index`` falls in the incident's burst of random labels."""
@@ -84,7 +91,6 @@ class DemoSource:
 
     def _run(self) -> None:
         cfg = self.config
-        engine = self.engine
         Pending = tuple[float, list[str], list[int], list[int], int]
         pending: collections.deque[Pending] = collections.deque()
         records = iter(self.stream)
@@ -96,20 +102,18 @@ class DemoSource:
                 self._label(*pending.popleft()[1:])
             if now >= next_send:
                 batch = [next(records) for _ in range(cfg.batch)]
-                try:
-                    result = engine.run(engine.predict, [x for x, _ in batch], None, time.time())
-                except NoModel:
+                status, body = self.client.post("/v1/predict", {"instances": [x for x, _ in batch]})
+                if status != 200:
+                    # No model yet (503), or the daemon is going away: wait and try again.
                     self.stop.wait(0.5)
                     next_send = time.monotonic()
                     continue
-                except RuntimeError:  # the engine is shutting down
-                    return
                 first = self.stats.sent
                 self.stats.sent += len(batch)
                 labels = [y for _, y in batch]
-                preds = [int(p) for p in result.predictions]
+                preds = [int(p) for p in body["predictions"]]
                 due = now + cfg.label_delay_seconds
-                pending.append((due, result.ids, labels, preds, first))
+                pending.append((due, body["ids"], labels, preds, first))
                 next_send += interval
             if self.report is not None and now >= next_report:
                 next_report = now + self.report_every
@@ -131,11 +135,9 @@ class DemoSource:
             seg[0] += p == truth
             seg[1] += 1
             self.stats.correct += p == truth
-        try:
-            self.engine.run(self.engine.add_labels, sent, time.time())
-        except RuntimeError:
-            return
-        self.stats.labelled += len(sent)
+        status, _ = self.client.post("/v1/labels", sent)
+        if status == 200:
+            self.stats.labelled += len(sent)
 
     def progress(self) -> str:
         live = self.engine.serving.current
@@ -147,6 +149,41 @@ class DemoSource:
             f"demo: {self.stats.sent} records sent (concept {concept}),"
             f" {self.stats.labelled} labelled, model {version}, live {metric} {score}"
         )
+
+
+class _Client:
+    """A keep-alive JSON client for the daemon's own loopback port (standard library only)."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, path: str, payload: Any) -> tuple[int, Any]:
+        """POST JSON; returns (status, decoded body), or (0, None) when the daemon is away."""
+        body = json.dumps(payload).encode()
+        for _ in range(2):  # one retry on a connection the server closed while idle
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            try:
+                self.conn.request("POST", path, body, self.headers)
+                resp = self.conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException):
+                self.close()
+                continue
+            if resp.getheader("connection", "").lower() == "close":
+                self.close()
+            return resp.status, json.loads(data) if data else None
+        return 0, None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 _SHOWN = {

@@ -11,7 +11,7 @@ Pure: scores and facts in, verdict out. The rules:
   least ``min_absolute_change`` and ``min_relative_change`` (MLflow ``MetricThreshold``
   semantics; a negative value tolerates that much degradation). Skipped for the first model;
 * ``loads``: the artifact loads with the trusted-type list;
-* ``latency``: its slowest warm-up prediction is within ``max_latency_ms``.
+* ``latency``: its median single-row warm-up prediction is within ``max_latency_ms``.
 
 >>> from driftd.gate import Gate, GateConfig
 >>> gate = Gate(GateConfig(threshold=0.7, min_absolute_change=0.0), "accuracy")
