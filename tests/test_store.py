@@ -117,3 +117,11 @@ def test_writes_survive_reopening(tmp_path: Path) -> None:
     assert again.counts()["records"] == 5
     assert again.add_records(rows(1, start=5), source="records", received=2.0).inserted_idx == [6]
     again.close()
+
+
+def test_retention_also_bounds_labels_waiting_for_records(store: Store) -> None:
+    store.add_labels([(f"ghost-{i}", 1, float(i)) for i in range(30)])
+    assert store.counts()["pending_labels"] == 30
+    assert store.trim(max_rows=20, max_age=None, now=100.0) == 10
+    assert store.trim(max_rows=None, max_age=10.0, now=35.0) == 15  # ts 10..24 are older than 10 s
+    assert store.counts()["pending_labels"] == 5

@@ -105,6 +105,8 @@ class Retrainer:
         self.last_job: dict[str, Any] | None = None
         self._next_drift_check = 0.0
         self.rejected_dir = engine.state_dir / "rejected"
+        for leftover in self.rejected_dir.glob("*/.tmp-*"):  # a write cut short by a crash
+            leftover.unlink(missing_ok=True)
         engine.on_alarm = self.on_alarm
         engine.on_joined = self.on_joined
         self._export_threshold()

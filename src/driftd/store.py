@@ -457,7 +457,7 @@ class Store:
                     if row and row[0] is not None:
                         cutoff = max(cutoff or 0, row[0])
                 if cutoff is None:
-                    return deleted
+                    return deleted + self._trim_pending(db, max_rows, max_age, now)
                 with _tx(db):
                     cur = db.execute(
                         "DELETE FROM records WHERE idx IN (SELECT idx FROM records WHERE idx <= ?"
@@ -467,8 +467,29 @@ class Store:
                 n = cur.rowcount
             deleted += n
             if n < chunk:
-                return deleted
+                with self._lock:
+                    return deleted + self._trim_pending(self.db, max_rows, max_age, now)
             time.sleep(0)  # let a waiting ingest batch take the lock between chunks
+
+    def _trim_pending(
+        self, db: sqlite3.Connection, max_rows: int | None, max_age: float | None, now: float
+    ) -> int:
+        """Labels still waiting for their record fall under the same limits as records, so a
+        producer labelling ids that never arrive cannot grow the store without bound."""
+        with _tx(db):
+            n = 0
+            if max_rows is not None:
+                n += db.execute(
+                    "DELETE FROM pending_labels WHERE rid IN (SELECT rid FROM pending_labels"
+                    " ORDER BY ts DESC LIMIT -1 OFFSET ?)",
+                    (max_rows,),
+                ).rowcount
+            if max_age is not None:
+                n += db.execute(
+                    "DELETE FROM pending_labels WHERE ts < ?", (now - max_age,)
+                ).rowcount
+        self._pending = max(0, self._pending - n)
+        return n
 
     # -- reads -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
