@@ -268,3 +268,17 @@ def test_concurrent_predictions_during_50_swaps_never_fail_or_go_backwards(inpro
     assert seen[0] > 50
     assert engine.serving.current is not None and engine.serving.current.version == 51
     assert engine.reg.aliases().as_dict() == {"champion": 51, "previous": 50}
+
+
+def test_a_champion_moved_without_its_event_is_recorded_at_start(
+    daemon: DaemonProcess, state_dir: Path
+) -> None:
+    """A crash between the alias move and the deploy event: the restart completes the history."""
+    daemon.stop()
+    _second_version(state_dir)
+    daemon.start()
+    with daemon.client() as c:
+        deploys = c.get("/v1/events", params={"kind": "deploy"}).json()["events"]
+        assert deploys[0]["version"] == 2
+        assert deploys[0]["recovered"] is True
+        assert c.get("/v1/status").json()["model"]["version"] == 2

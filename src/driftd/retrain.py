@@ -110,12 +110,31 @@ class Retrainer:
         engine.on_alarm = self.on_alarm
         engine.on_joined = self.on_joined
         self._export_threshold()
+        self._reconcile_history()
         for failure in engine.load_failures:
             self._alert("model_load_failed", f"refused at start: {failure}", severity="critical")
         changed = engine.reg.changed_at()
         if engine.serving.current is not None and changed is not None:
             self.metrics.deployed_at.set(changed)
         self._persist()
+
+    def _reconcile_history(self) -> None:
+        """A crash between the alias move and its event leaves a champion the audit log does
+        not name: record it, so that the history of what served is complete."""
+        store = self.engine.store
+        champion = self.engine.reg.aliases().champion
+        moves = [
+            e
+            for k in ("deploy", "rollback", "model_fallback")
+            for e in store.events(kind=k, limit=1)
+        ]
+        last = max(moves, key=lambda e: e.id).data.get("version") if moves else None
+        if champion is not None and last != champion:
+            store.add_event(
+                "deploy",
+                {"version": champion, "reason": "recovered", "recovered": True, "previous": last},
+                ts=self.clock(),
+            )
 
     def reconfigure(self, config: Config, *, alerter: Alerter | None) -> None:
         """Apply reloaded gate, guard, alert and retrain-policy settings (SIGHUP)."""
