@@ -282,3 +282,39 @@ def test_a_champion_moved_without_its_event_is_recorded_at_start(
         assert deploys[0]["version"] == 2
         assert deploys[0]["recovered"] is True
         assert c.get("/v1/status").json()["model"]["version"] == 2
+
+
+def test_sd_notify_ready_after_the_model_loads_then_watchdog_and_stopping(
+    daemon_config: Path, tmp_path: Path
+) -> None:
+    """With a real NOTIFY_SOCKET: READY=1 comes only once a model serves, WATCHDOG=1 follows
+    at half of WATCHDOG_USEC, and SIGTERM says STOPPING=1."""
+    import socket as so
+
+    path = tmp_path / "notify.sock"
+    sock = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(60)
+    proc = DaemonProcess(
+        daemon_config, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+    )
+    try:
+        proc.start(wait_ready=False)
+        messages: list[str] = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=serving model v000001" in ready
+        pings = 0
+        deadline = time.monotonic() + 5
+        while pings < 3 and time.monotonic() < deadline:
+            pings += "WATCHDOG=1" in sock.recv(4096).decode()
+        assert pings >= 3
+        proc.signal(signal.SIGTERM)
+        rest = []
+        while not any("STOPPING=1" in m for m in rest):
+            rest.append(sock.recv(4096).decode())
+        assert proc.wait(30) == 0
+    finally:
+        proc.stop()
+        sock.close()

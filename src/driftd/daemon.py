@@ -122,6 +122,8 @@ class Daemon:
         self.on_started = on_started
         self.should_exit = False
         self._ready_sent = False
+        self._listening = False
+        self._next_extend = 0.0
         self._reload_requested = False
         self._next_checkpoint = 0.0
         self._next_trim = 0.0
@@ -248,14 +250,13 @@ class Daemon:
     def on_tick(self, now: float) -> None:
         """Called about every 0.1 s from the event loop: cheap checks only, work goes to threads."""
         self._last_tick = now
-        if not self._ready_sent:
-            self._ready_sent = True
-            live = self.engine.serving.current
-            self.notifier.ready(self.status_line())
+        if not self._listening:
+            self._listening = True
             log.info("listening on http://%s:%s", self.config.server.host, self.port)
             if self.on_started is not None:
                 self.on_started(self)
-            del live
+        if not self._ready_sent:
+            self._notify_ready(now)
         self.watchdog.tick(now, healthy=self._healthy())
         if self._reload_requested:
             self._reload_requested = False
@@ -287,6 +288,25 @@ class Daemon:
         assert self.retrainer is not None
         self.retrainer.run(job)
         self.notifier.status(self.status_line())
+
+    def _notify_ready(self, now: float) -> None:
+        """READY=1 once the port listens and a model serves. A first model made from traffic
+        cannot exist before traffic, and a failed bootstrap is retried: in both cases the daemon
+        is ready to take requests, so it says so (STATUS tells why there is no model). While a
+        first model trains, ask systemd for more start time instead."""
+        engine = self.engine
+        waiting_for_traffic = self.config.bootstrap.data is None
+        if (
+            engine.serving.current is not None
+            or waiting_for_traffic
+            or engine.bootstrap_state == "failed"
+        ):
+            self._ready_sent = True
+            self.notifier.ready(self.status_line())
+        elif now >= self._next_extend:
+            self._next_extend = now + 10.0
+            self.notifier.extend_timeout(30.0)
+            self.notifier.status("training the first model")
 
     def _healthy(self) -> bool:
         return not self.engine.worker._shutdown
