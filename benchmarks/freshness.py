@@ -12,7 +12,14 @@ Streams (60,000 records in equal segments; the first 5,000 train the first model
 scored): Agrawal functions 0->2->4, SEA variants 0->1->2->3, STAGGER 0->1->2. Prequential
 accuracy over records 5,000..60,000, overall and for the 2,000 records after each drift.
 
+With --replay the daemon's code runs through driftd.replay (the library API) instead of a
+daemon over HTTP: the same config, records 5,000..60,000 played on a simulated clock at --rate
+records per simulated second, batches of 100, labels delivered before the next batch, training
+taking no simulated time. Deterministic per --seed; the gap to the HTTP figure is what training
+latency and wall-clock scheduling cost.
+
 Run by hand:  .venv/bin/python benchmarks/freshness.py [--rate 2000] [--streams agrawal,sea]
+              .venv/bin/python benchmarks/freshness.py --replay [--seeds 1,2,3,4,5]
 """
 
 from __future__ import annotations
@@ -136,6 +143,84 @@ def run_daemon(name: str, xs: list[dict[str, Any]], ys: list[int], rate: float) 
             proc.wait(30)
 
 
+def run_replay(
+    name: str, xs: list[dict[str, Any]], ys: list[int], rate: float, seed: int
+) -> list[int]:
+    """Prequential correctness of driftd's code on a simulated clock, records BOOT..TOTAL.
+
+    Per-record outcomes are not part of replay's result document; its sampled rolling score
+    is. With one sample per batch (``samples`` = records / batch) and the monitor's live window
+    a divisor of AFTER, the windows at batch ends give the exact accuracy after each drift;
+    the overall accuracy is the document's own ``score.overall``. So this returns a list whose
+    mean and post-drift windows equal the replay's (see ``report``), built from those sums.
+    """
+    from driftd.config import load_text
+    from driftd.replay import ReplayOptions, replay
+
+    batch = 100
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        names = list(STREAMS[name])
+        boot = d / "boot.csv"
+        hist = d / "history.csv"
+        for path, lo, hi in ((boot, 0, BOOT), (hist, BOOT, TOTAL)):
+            with path.open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow([*names, "label"])
+                for x, y in zip(xs[lo:hi], ys[lo:hi], strict=True):
+                    w.writerow([x[n] for n in names] + [y])
+        cfg = load_text(daemon_config(name, d / "state", boot), env={})
+        window = cfg.monitor.live_window
+        if AFTER % window or window % batch:
+            raise ValueError(f"monitor.live_window {window} must divide {AFTER}")
+        doc = replay(
+            hist,
+            cfg,
+            ReplayOptions(
+                seed=seed,
+                label_lag=0.0,
+                rate=rate,
+                batch=batch,
+                samples=(TOTAL - BOOT) // batch,
+                progress=False,
+                drift_points=(),
+            ),
+        )
+    series = doc["series"]
+    at = dict(zip(series["index"], series["prequential"], strict=True))
+    overall = doc["score"]["overall"]
+    print(
+        f"  replay: {len(doc['alarms'])} alarms at {[a['index'] + BOOT for a in doc['alarms']]};"
+        f" {len(doc['retrains'])} retrains, {len(doc['deploys'])} deploys;"
+        f" {doc['wall_clock']['seconds']:.1f} s wall",
+        file=sys.stderr,
+    )
+    # Rebuild a 0/1 list with the replay's totals: exact window sums at the drift windows,
+    # the rest spread so the overall mean is the document's.
+    n = TOTAL - BOOT
+    correct = [0] * n
+    fixed: dict[int, int] = {}
+    for p in stream_drifts[name]:
+        lo = p - BOOT
+        if lo + AFTER > n:
+            continue
+        for k in range(AFTER // window):
+            end = lo + (k + 1) * window - 1
+            hits = round(at[end] * window)
+            for j in range(window):
+                fixed[lo + k * window + j] = int(j < hits)
+    rest = [i for i in range(n) if i not in fixed]
+    need = round(overall * n) - sum(fixed.values())
+    for i, v in fixed.items():
+        correct[i] = v
+    for j, i in enumerate(rest):
+        correct[i] = int(j < need)
+    return correct
+
+
+stream_drifts: dict[str, list[int]] = {}
+
+
 def _drive(c: httpx.Client, xs: list[dict[str, Any]], ys: list[int], rate: float) -> list[int]:
     batch = 100
     interval = batch / rate
@@ -220,13 +305,87 @@ def report(correct: list[int], drifts: list[int]) -> tuple[float, float]:
     return overall, statistics.mean(after) if after else float("nan")
 
 
+_BASELINES: dict[tuple[str, int], dict[str, list[int]]] = {}
+APPROACHES = ("driftd", "static", "periodic", "river-drr", "river-arf")
+
+
+def run_all(
+    streams: list[str], seeds: list[int], *, replay_mode: bool, rate: float = 2000.0
+) -> dict[str, Any]:
+    """Every approach on every stream and seed: {stream: {approach: {overall, after}: [...]}}.
+
+    Baselines are deterministic per seed, so they are computed once per seed and reused.
+    """
+    out: dict[str, Any] = {"mode": "replay" if replay_mode else "http", "seeds": seeds}
+    for name in streams:
+        per: dict[str, dict[str, list[float]]] = {
+            a: {"overall": [], "after": [], "vs_static": []} for a in APPROACHES
+        }
+        for seed in seeds:
+            xs, ys, drifts = stream(name, seed)
+            stream_drifts[name] = drifts
+            results: dict[str, list[int]] = {}
+            t = time.perf_counter()
+            if replay_mode:
+                results["driftd"] = run_replay(name, xs, ys, rate, seed)
+            else:
+                results["driftd"] = run_daemon(name, xs, ys, rate)
+            print(
+                f"  ({name} seed {seed}: driftd took {time.perf_counter() - t:.1f} s)",
+                file=sys.stderr,
+            )
+            if (name, seed) not in _BASELINES:  # deterministic: once for both modes
+                base_runs = {
+                    "static": run_sklearn(name, xs, ys, None),
+                    "periodic": run_sklearn(name, xs, ys, 5000),
+                }
+                for label, make in river_models().items():
+                    base_runs[label] = run_river(xs, ys, make)
+                _BASELINES[(name, seed)] = base_runs
+            results.update(_BASELINES[(name, seed)])
+            base, _ = report(results["static"], drifts)
+            for label, correct in results.items():
+                overall, after = report(correct, drifts)
+                per[label]["overall"].append(overall)
+                per[label]["after"].append(after)
+                per[label]["vs_static"].append(overall / base)
+        out[name] = per
+    return out
+
+
+def show_table(res: dict[str, Any]) -> None:
+    print(
+        f"Figure 5: freshness ({res['mode']}; seeds {res['seeds']}); prequential accuracy on"
+        f" records {BOOT:,}..{TOTAL:,}, median (min-max) over seeds"
+    )
+    print(f"{'stream':<9} {'approach':<10} {'accuracy':>22} {'after drift':>22} {'vs static':>20}")
+    for name, per in res.items():
+        if name in ("mode", "seeds"):
+            continue
+        for label, v in per.items():
+            print(
+                f"{name:<9} {label:<10} {_fmt(v['overall']):>22} {_fmt(v['after']):>22}"
+                f" {_fmt(v['vs_static']):>20}"
+            )
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.median(values):.4f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--streams", default="agrawal,sea,stagger")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--windows", action="store_true", help="print accuracy per 2,500 records")
+    ap.add_argument("--replay", action="store_true", help="driftd through driftd.replay, not HTTP")
     args = ap.parse_args()
+    if args.replay:
+        show_table(run_all(args.streams.split(","), [args.seed], replay_mode=True, rate=args.rate))
+        return
     print(f"machine: {os.cpu_count()} cores; {TOTAL:,} records per stream,", end=" ")
     print(f"first {BOOT:,} train the first model")
     print(f"{'stream':<9} {'approach':<10} {'accuracy':>9} {'after drift':>12} {'vs static':>10}")

@@ -1,0 +1,223 @@
+"""Figure 6: scaling curves, written as PNG plots into docs/.
+
+  features   Monitor and bare-loop records/s at 5, 20, 100, 500 numeric features (ADWIN);
+             the ratio Monitor / bare loop is the figure; records per run shrink with the width
+             so every point costs about the same;
+  memory     RSS of a daemon (now and peak) after ingesting 1.2x its retention window
+             (store.retention_rows, trimmed every second) over HTTP, 20 numeric features;
+  training   fit time of the default model (HistGradientBoostingClassifier, default params)
+             through driftd's own fit (pipeline + skops dump, fit_inline) against window size
+             (3 fits a window: the largest take a minute on a loaded 2-core machine).
+
+Run by hand:  .venv/bin/python benchmarks/bench_scaling.py [--runs 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, Daemon, fmt, rss_mb, stats
+from bench_http import config as http_config
+from bench_http import rows as http_rows
+from bench_http import write_boot
+from bench_peers import bare_rate, make_rows, monitor_rate
+
+DOCS = ROOT / "docs"
+
+
+def features(widths: list[int], runs: int, budget: int) -> dict[str, Any]:
+    out = {}
+    for n in widths:
+        records = max(2000, min(100_000, budget // n))
+        data = make_rows(records, n, seed=n)
+        bare, mon = [], []
+        for _ in range(runs):
+            bare.append(bare_rate(data, n))
+            mon.append(monitor_rate(data, n))
+        out[str(n)] = {
+            "records": records,
+            "bare": stats(bare),
+            "monitor": stats(mon),
+            "ratio": stats([m / b for m, b in zip(mon, bare, strict=True)]),
+        }
+        print(f"  {n} features: {fmt(mon)} vs bare {fmt(bare)} records/s", file=sys.stderr)
+    return out
+
+
+def memory(retentions: list[int]) -> dict[str, Any]:
+    out = {}
+    batch = [json.dumps(http_rows(1000, 100 + b)).encode() for b in range(20)]
+    for keep in retentions:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            cfg = tmp / "d.toml"
+            text = http_config(tmp / "state", write_boot(tmp / "boot.csv"))
+            text = text.replace("retention_rows = 10000000", f"retention_rows = {keep}")
+            cfg.write_text(text.replace("[store]", "[store]\nretention_interval_seconds = 1"))
+            with Daemon(cfg) as daemon, httpx.Client(base_url=daemon.url, timeout=60) as c:
+                start = rss_mb(daemon.pid)
+                sent = 0
+                while sent < keep * 1.2:
+                    c.post(
+                        "/v1/records",
+                        content=batch[(sent // 1000) % len(batch)],
+                        headers={"Content-Type": "application/json"},
+                    ).raise_for_status()
+                    sent += 1000
+                time.sleep(2.5)  # a retention pass
+                held = c.get("/v1/status").json()["store"]["records"]
+                now = rss_mb(daemon.pid)
+        out[str(keep)] = {"sent": sent, "held": held, "start": start, **now}
+        print(
+            f"  retention {keep:,}: held {held:,} rows, RSS {now['rss']:.0f} MiB"
+            f" (peak {now['peak']:.0f}, at start {start['rss']:.0f})",
+            file=sys.stderr,
+        )
+    return out
+
+
+def training(windows: list[int], runs: int) -> dict[str, Any]:
+    from driftd.config import ModelConfig
+    from driftd.schema import Feature, Schema
+    from driftd.training import FitJob, fit_inline
+
+    schema = Schema(tuple(Feature(f"f{i}") for i in range(20)))
+    rng = np.random.default_rng(0)
+    X_all = rng.normal(size=(max(windows), 20))
+    y_all = (X_all[:, 0] + X_all[:, 1] + 0.5 * X_all[:, 2] * X_all[:, 3] > 0).astype(int).tolist()
+    fit_inline(FitJob(ModelConfig(), schema, X_all[:500], y_all[:500], None), timeout=600)
+    out = {}
+    for n in windows:
+        took = []
+        for _ in range(runs):
+            job = FitJob(ModelConfig(), schema, X_all[:n], y_all[:n], None)
+            result = fit_inline(job, timeout=3600)
+            if not result.ok:
+                raise RuntimeError(result.error)
+            took.append(result.seconds)
+        out[str(n)] = {"seconds": stats(took), "per_1k_rows": stats([t / n * 1000 for t in took])}
+        print(f"  window {n:,}: fit {fmt(took, 2)} s", file=sys.stderr)
+    return out
+
+
+def plot(res: dict[str, Any], directory: Path = DOCS) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    f = res["features"]
+    x = [int(k) for k in f]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("monitor", "driftd Monitor"), ("bare", "bare river loop")):
+        med = [f[k][key]["median"] for k in f]
+        lo = [f[k][key]["median"] - f[k][key]["min"] for k in f]
+        hi = [f[k][key]["max"] - f[k][key]["median"] for k in f]
+        ax.errorbar(x, med, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="numeric features (ADWIN each)",
+        ylabel="records/s",
+        title="Monitor throughput vs features",
+    )
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    paths.append(directory / "bench_features.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    m = res["memory"]
+    x = [int(k) for k in m]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [m[k]["rss"] for k in m], marker="o", label="RSS after ingest")
+    ax.plot(x, [m[k]["peak"] for k in m], marker="s", label="peak RSS (VmHWM)")
+    ax.set(
+        xscale="log",
+        xlabel="store.retention_rows (rows held)",
+        ylabel="MiB",
+        title="Daemon memory vs retention window (20 numeric)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    paths.append(directory / "bench_memory.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    t = res["training"]
+    x = [int(k) for k in t]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    med = [t[k]["seconds"]["median"] for k in t]
+    lo = [t[k]["seconds"]["median"] - t[k]["seconds"]["min"] for k in t]
+    hi = [t[k]["seconds"]["max"] - t[k]["seconds"]["median"] for k in t]
+    ax.errorbar(x, med, yerr=[lo, hi], marker="o", capsize=3)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training window (rows)",
+        ylabel="fit seconds",
+        title="Fit time vs window (HistGradientBoosting defaults)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    paths.append(directory / "bench_training.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def run(runs: int = 5, quick: bool = False) -> dict[str, Any]:
+    res = {
+        "features": features([5, 20, 100, 500], runs, 400_000 if quick else 2_000_000),
+        "memory": memory([10_000, 50_000] if quick else [10_000, 100_000, 300_000, 1_000_000]),
+        "training": training(
+            [1000, 5000, 20_000] if quick else [1000, 5000, 10_000, 20_000, 50_000, 100_000],
+            min(runs, 3),  # the curve's shape is the point; 3 fits a window bound the cost
+        ),
+    }
+    res["plots"] = [str(p.relative_to(ROOT)) for p in plot(res)]
+    return res
+
+
+def show(res: dict[str, Any]) -> None:
+    print("Figure 6: scaling")
+    for k, v in res["features"].items():
+        print(
+            f"  {int(k):>4} features: Monitor {fmt(v['monitor'])} rec/s, bare {fmt(v['bare'])}"
+            f" rec/s, ratio {fmt(v['ratio'], 2)}"
+        )
+    for k, v in res["memory"].items():
+        print(
+            f"  retention {int(k):>9,}: held {v['held']:,}, RSS {v['rss']:.0f} MiB"
+            f" (peak {v['peak']:.0f})"
+        )
+    for k, v in res["training"].items():
+        print(f"  window {int(k):>7,}: fit {fmt(v['seconds'], 2)} s")
+    print(f"  plots: {', '.join(res['plots'])}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    show(run(args.runs, args.quick))
+
+
+if __name__ == "__main__":
+    main()
