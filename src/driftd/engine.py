@@ -204,10 +204,12 @@ class Engine:
         return live
 
     def _switch(self, live: LiveModel, event: str, details: dict[str, Any]) -> None:
-        """On the worker, in order with ingest: move the alias, swap the reference, rebaseline."""
+        """Move the alias (here: its fsyncs must not hold up requests queued on the worker),
+        then, on the worker and in order with ingest, swap the reference and rebaseline. A crash
+        between the two serves the new champion after the restart, as intended."""
+        aliases = self.reg.set_champion(live.version)
 
         def switch() -> None:
-            aliases = self.reg.set_champion(live.version)
             self.serving.fallback_reason = None
             self._activate(live, event=None)
             self.store.add_event(
