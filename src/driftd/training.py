@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
-import os
 import platform
 import signal
 import threading
@@ -216,8 +215,6 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None) -> None:
     """The worker process: cap memory, import the libraries once, then fit jobs until told to
     stop (``None``) or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when training stops
-    # Serving comes first: on a busy host the scheduler gives the fit what requests leave.
-    os.nice(10)
     logging.getLogger().setLevel(logging.INFO)
     if memory_limit_bytes:
         import resource
