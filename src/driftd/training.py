@@ -223,6 +223,7 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None) -> None:
     import sklearn.ensemble  # noqa: F401 - paid once here, not in every retrain
     import skops.io  # noqa: F401
 
+    conn.send("ready")
     while True:
         try:
             job = conn.recv()
@@ -251,6 +252,7 @@ class TrainingWorker:
         self._proc: Any = None
         self._conn: Any = None
         self._done = 0
+        self._ready = False
 
     def start(self) -> None:
         """Spawn the process now (it warms up in the background)."""
@@ -273,6 +275,7 @@ class TrainingWorker:
         child.close()
         self._conn = parent
         self._done = 0
+        self._ready = False
 
     def __call__(
         self,
@@ -285,7 +288,12 @@ class TrainingWorker:
         """Fit ``job`` in the worker; the same contract as :func:`fit_isolated`."""
         with self._lock:
             self._ensure()
-            start = time.monotonic()
+            if not self._ready and not self._await_ready(max(60.0, timeout), cancel):
+                code = self._proc.exitcode
+                self._stop(kill_grace)
+                how = "still importing" if code is None else f"exit code {code}"
+                return FitResult(False, error=f"the training worker did not start ({how})")
+            start = time.monotonic()  # the job's timeout covers the fit, not the worker's start
             try:
                 self._conn.send(job)
             except (OSError, ValueError) as exc:
@@ -302,6 +310,19 @@ class TrainingWorker:
                 self._stop(kill_grace)
             result.seconds = elapsed
             return result
+
+    def _await_ready(self, limit: float, cancel: threading.Event | None) -> bool:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and not (cancel and cancel.is_set()):
+            if self._conn.poll(0.2):
+                try:
+                    self._ready = self._conn.recv() == "ready"
+                except (EOFError, OSError):
+                    return False
+                return self._ready
+            if not self._proc.is_alive():
+                return False
+        return False
 
     def close(self, kill_grace: float = 5.0) -> None:
         with self._lock:
