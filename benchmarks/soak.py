@@ -41,17 +41,9 @@ from typing import Any
 
 import httpx
 
-FEATURES = {
-    "salary": "numeric",
-    "commission": "numeric",
-    "age": "numeric",
-    "elevel": "categorical",
-    "car": "categorical",
-    "zipcode": "categorical",
-    "hvalue": "numeric",
-    "hyears": "numeric",
-    "loan": "numeric",
-}
+from driftd.streams import STREAMS
+
+FEATURES = STREAMS["agrawal"]
 Request = tuple[str, bytes]  # (path, JSON body)
 COLUMNS = (
     "elapsed_s",

@@ -7,6 +7,7 @@ timestamp fields. A bad file is refused with a message naming the line and the c
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,14 +36,19 @@ class HistoryRow:
 def read_history(
     path: Path, schema: Schema, *, require_sorted: bool = True
 ) -> Iterator[HistoryRow]:
-    """Yield the rows of a ``.csv`` or ``.jsonl``/``.ndjson`` file, validated against ``schema``."""
+    """Yield the rows of a ``.csv``, ``.jsonl``/``.ndjson`` or ``.parquet`` (with pyarrow) file,
+    validated against ``schema``. Parquet rows are numbered from 1 in place of lines."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         rows = _csv_rows(path, schema)
     elif suffix in (".jsonl", ".ndjson", ".json"):
         rows = _jsonl_rows(path)
+    elif suffix == ".parquet":
+        rows = _parquet_rows(path, schema)
     else:
-        raise HistoryError(f"{path}: unsupported file type {suffix!r}, expected .csv or .jsonl")
+        raise HistoryError(
+            f"{path}: unsupported file type {suffix!r}, expected .csv, .jsonl or .parquet"
+        )
     known = {*schema.names, schema.target, schema.id_field, schema.timestamp_field}
     last_ts: float | None = None
     for line, raw in rows:
@@ -58,6 +64,18 @@ def read_history(
         last_ts = ts if ts is not None else last_ts
         extra = {k: v for k, v in raw.items() if k not in known}
         yield HistoryRow(line, feats, label, ident, ts, extra)
+
+
+def _parquet_rows(path: Path, schema: Schema) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        pq = importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise HistoryError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    table = pq.read_table(path)
+    missing = [c for c in (*schema.names, schema.target) if c not in table.column_names]
+    if missing:
+        raise HistoryError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _csv_rows(path: Path, schema: Schema) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -19,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
-import importlib
 import logging
 import math
 import queue
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +35,10 @@ import numpy as np
 
 from driftd.config import Config, StateConfig, import_object
 from driftd.engine import Engine
-from driftd.history import HistoryError, HistoryRow, read_history
+from driftd.history import HistoryError, read_history
 from driftd.metrics import Metrics
 from driftd.retrain import Guard, Retrainer
-from driftd.schema import Label, LabelRecord, Schema, coerce_row, parse_number
+from driftd.schema import Label, LabelRecord, Schema, parse_number
 from driftd.store import Event, Joined
 from driftd.training import FitResult, fit_inline, fit_isolated
 
@@ -172,7 +171,7 @@ def load_history(
 
     Raises :class:`~driftd.history.HistoryError` naming the line and column of the first problem.
     """
-    rows = list(_rows(path, schema))
+    rows = list(read_history(path, schema))
     if not rows:
         raise HistoryError(f"{path}: no records")
     ts_col = schema.timestamp_field
@@ -220,35 +219,6 @@ def load_history(
         else (drift if has_drift else None)
     )
     return items, points, clock
-
-
-def _rows(path: Path, schema: Schema) -> Iterator[HistoryRow]:
-    if path.suffix.lower() != ".parquet":
-        yield from read_history(path, schema)
-        return
-    try:
-        pq = importlib.import_module("pyarrow.parquet")
-    except ImportError:
-        raise HistoryError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    known = {*schema.names, schema.target, schema.id_field, schema.timestamp_field}
-    table = pq.read_table(path)
-    missing = [c for c in (*schema.names, schema.target) if c not in table.column_names]
-    if missing:
-        raise HistoryError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
-    last: float | None = None
-    for i, raw in enumerate(table.to_pylist(), start=1):
-        try:
-            feats, label, ident, ts = coerce_row(schema, raw, line=i)
-        except ValueError as exc:
-            raise HistoryError(f"{path}: {exc} (Parquet row numbers count from 1)") from None
-        if ts is not None and last is not None and ts < last:
-            raise HistoryError(
-                f"{path}: line {i}, column {schema.timestamp_field!r}: timestamps are not sorted"
-                f" ({ts} comes after {last})"
-            )
-        last = ts if ts is not None else last
-        extra = {k: v for k, v in raw.items() if k not in known}
-        yield HistoryRow(i, feats, label, ident, ts, extra)
 
 
 def _number_or_none(raw: Any, path: Path, line: int, column: str) -> float | None:
