@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import bare_adwin_loop
 from river import drift
 
 from driftd.monitor import KSWIN, Monitor, MonitorConfig
@@ -48,17 +50,7 @@ def run_monitor(rows: list[dict[str, float | str]]) -> tuple[float, int]:
 
 
 def run_bare(rows: list[dict[str, float | str]]) -> tuple[float, int]:
-    delta = 0.002 / N_FEATURES  # what the monitor uses with correct_for_features
-    detectors = [(f"x{i}", drift.ADWIN(delta=delta)) for i in range(N_FEATURES)]
-    found = 0
-    t = time.perf_counter()
-    for start in range(0, len(rows), BATCH):
-        for record in rows[start : start + BATCH]:
-            for name, detector in detectors:
-                detector.update(record[name])
-                if detector.drift_detected:
-                    found += 1
-    return len(rows) / (time.perf_counter() - t), found
+    return bare_adwin_loop(rows, N_FEATURES, BATCH)
 
 
 def kswin_speedup(seed: int = 1, alpha: float = 0.005) -> tuple[float, float]:

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PEERS_PYTHON, ROOT, fmt, stats
+from _common import PEERS_PYTHON, ROOT, bare_adwin_loop, fmt, stats
 
 BATCH = 1000
 
@@ -55,19 +55,7 @@ def monitor_rate(rows: list[dict[str, float | str]], n_features: int) -> float:
 
 def bare_rate(rows: list[dict[str, float | str]], n_features: int) -> float:
     """Records/s of the simplest correct loop over the same river detectors."""
-    from river import drift
-
-    delta = 0.002 / n_features  # the monitor's delta with correct_for_features
-    detectors = [(f"x{i}", drift.ADWIN(delta=delta)) for i in range(n_features)]
-    found = 0
-    t = time.perf_counter()
-    for start in range(0, len(rows), BATCH):
-        for record in rows[start : start + BATCH]:
-            for name, detector in detectors:
-                detector.update(record[name])
-                if detector.drift_detected:
-                    found += 1
-    return len(rows) / (time.perf_counter() - t)
+    return bare_adwin_loop(rows, n_features, BATCH)[0]
 
 
 def evidently(records: int, runs: int, window: int = 10_000) -> dict[str, Any]:

@@ -81,6 +81,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def yaml_module() -> Any:
+    """PyYAML; skipped without it, unless CI demands every check (then fail)."""
+    try:
+        import yaml
+    except ImportError:
+        if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
+            pytest.fail("PyYAML is required here (DRIFTD_REQUIRE_EXTERNAL is set)")
+        pytest.skip("PyYAML is not installed")
+    return yaml
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml_module().safe_load(path.read_text())
+
+
 class DaemonProcess:
     """``driftd run`` in a subprocess; its JSON log lines are collected from stderr."""
 

@@ -31,7 +31,7 @@ from typing import IO, Any, ClassVar
 import httpx
 import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import load_yaml, require_tool, yaml_module
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -53,21 +53,6 @@ ROWS = [
 # What Grafana would put in place of its variables, for a query run straight at Prometheus.
 RATE_INTERVAL = "1m"
 RANGE = "5m"
-
-
-def yaml_module() -> Any:
-    """PyYAML; skipped without it, unless CI demands every check (then fail)."""
-    try:
-        import yaml
-    except ImportError:
-        if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
-            pytest.fail("PyYAML is required here (DRIFTD_REQUIRE_EXTERNAL is set)")
-        pytest.skip("PyYAML is not installed")
-    return yaml
-
-
-def load_yaml(path: Path) -> Any:
-    return yaml_module().safe_load(path.read_text())
 
 
 def dashboard() -> dict[str, Any]:

@@ -8,35 +8,17 @@ summary, description and runbook that points at its section of ``docs/observabil
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import require_tool
+from tests.conftest import load_yaml, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "grafana" / "prometheus" / "driftd.rules.yml"
 RULE_TESTS = sorted((ROOT / "grafana" / "prometheus" / "tests").glob("*.yml"))
 DOCS = ROOT / "docs" / "observability.md"
-
-
-def yaml_module() -> Any:
-    """PyYAML; skipped without it, unless CI demands every check (then fail)."""
-    try:
-        import yaml
-    except ImportError:
-        if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
-            pytest.fail("PyYAML is required here (DRIFTD_REQUIRE_EXTERNAL is set)")
-        pytest.skip("PyYAML is not installed")
-    return yaml
-
-
-def load_yaml(path: Path) -> Any:
-    return yaml_module().safe_load(path.read_text())
 
 
 def alerts() -> list[dict[str, Any]]:
