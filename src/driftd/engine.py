@@ -223,7 +223,9 @@ class Engine:
 
     # -- traffic (on the worker) -----------------------------------------------------------
     def _new_ids(self, n: int) -> list[str]:
-        return [f"{self._id_prefix}-{next(self._ids):x}" for _ in range(n)]
+        """Ids for records that came without one: a random per-process prefix and a zero-padded
+        counter, so that they sort in arrival order and the id index grows at its end."""
+        return [f"{self._id_prefix}-{next(self._ids):010x}" for _ in range(n)]
 
     def predict(
         self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
