@@ -346,3 +346,27 @@ def test_sd_notify_ready_after_the_model_loads_then_watchdog_and_stopping(
     finally:
         proc.stop()
         sock.close()
+
+
+def test_a_second_sigint_forces_exit_without_waiting_for_open_requests(
+    daemon: DaemonProcess,
+) -> None:
+    """One SIGINT drains (a request still sending its body is waited for); a second one exits
+    at once."""
+    import socket as so
+
+    assert daemon.port is not None
+    with so.create_connection(("127.0.0.1", daemon.port)) as s:
+        s.sendall(
+            b"POST /v1/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n[{"
+        )
+        time.sleep(0.5)
+        daemon.signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert daemon.proc is not None and daemon.proc.poll() is None, "the first drains"
+        start = time.monotonic()
+        daemon.signal(signal.SIGINT)
+        daemon.wait(10)
+        assert time.monotonic() - start < 5
+    assert any("second interrupt" in str(e.get("message")) for e in daemon.lines)
