@@ -19,7 +19,6 @@ Run by hand:  .venv/bin/python benchmarks/bench_reaction.py [--runs 5] [--rate 1
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -31,9 +30,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Daemon, events, fmt, stats
-from freshness import BOOT, daemon_config
+from freshness import BOOT, daemon_config, write_boot
 
-from driftd.streams import STREAMS, SyntheticStream
+from driftd.streams import SyntheticStream
 
 STREAM = "agrawal"
 STEPS = ("detection_records", "detection_s", "wait_s", "training_s", "gate_swap_s", "total_s")
@@ -45,13 +44,7 @@ def one(seed: int, rate: float, drift_at: int, max_records: int) -> dict[str, fl
     xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        boot = d / "boot.csv"
-        with boot.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            names = list(STREAMS[STREAM])
-            w.writerow([*names, "label"])
-            for x, y in zip(xs[:BOOT], ys[:BOOT], strict=True):
-                w.writerow([x[n] for n in names] + [y])
+        boot = write_boot(STREAM, xs, ys, d / "boot.csv")
         cfg = d / "d.toml"
         cfg.write_text(daemon_config(STREAM, d / "state", boot))
         with Daemon(cfg) as daemon, httpx.Client(base_url=daemon.url, timeout=60) as c:

@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +39,10 @@ import httpx
 import numpy as np
 
 from driftd.streams import STREAMS, SyntheticStream
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Daemon, write_csv
 
 TOTAL = 60_000
 BOOT = 5_000
@@ -91,56 +92,32 @@ level = "warning"
 """
 
 
+def write_boot(name: str, xs: list[dict[str, Any]], ys: list[int], path: Path) -> Path:
+    """The first BOOT records as the CSV the daemon's bootstrap trains on."""
+    names = list(STREAMS[name])
+    rows = ([x[n] for n in names] + [y] for x, y in zip(xs[:BOOT], ys[:BOOT], strict=True))
+    return write_csv(path, [*names, "label"], rows)
+
+
 def run_daemon(name: str, xs: list[dict[str, Any]], ys: list[int], rate: float) -> list[int]:
     """Prequential correctness (1/0) of the daemon's served predictions, records BOOT..TOTAL."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        boot = d / "boot.csv"
-        with boot.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            names = list(STREAMS[name])
-            w.writerow([*names, "label"])
-            for x, y in zip(xs[:BOOT], ys[:BOOT], strict=True):
-                w.writerow([x[n] for n in names] + [y])
+        boot = write_boot(name, xs, ys, d / "boot.csv")
         cfg = d / "d.toml"
         cfg.write_text(daemon_config(name, d / "state", boot))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "driftd", "run", "--config", str(cfg)],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "DRIFTD_LOG_LEVEL": "info"},
+        with Daemon(cfg) as daemon, httpx.Client(base_url=daemon.url, timeout=60) as c:
+            correct = _drive(c, xs, ys, rate)
+            found = c.get("/v1/events", params={"limit": 1000}).json()["events"]
+        alarms = [e["record_index"] for e in found if e["kind"] == "drift_alarm"]
+        runs = [(e["outcome"], e.get("rows")) for e in found if e["kind"] == "retrain_finished"]
+        deploys = [e for e in found if e["kind"] == "deploy"]
+        print(
+            f"  daemon: alarms at {sorted(a for a in alarms if a)}; "
+            f"{len(runs)} retrains {sorted(runs)}; {len(deploys)} deploys",
+            file=sys.stderr,
         )
-        assert proc.stderr is not None
-        url = ""
-        for line in proc.stderr:
-            m = re.search(r"listening on http://[^:]+:(\d+)", line)
-            if m:
-                url = f"http://127.0.0.1:{m.group(1)}"
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stderr or ()], daemon=True).start()
-        try:
-            with httpx.Client(base_url=url, timeout=60) as c:
-                while c.get("/readyz").status_code != 200:
-                    time.sleep(0.1)
-                correct = _drive(c, xs, ys, rate)
-                found = c.get("/v1/events", params={"limit": 1000}).json()["events"]
-                alarms = [e["record_index"] for e in found if e["kind"] == "drift_alarm"]
-                runs = [
-                    (e["record_index"], e["outcome"], e.get("rows"))
-                    for e in found
-                    if e["kind"] == "retrain_finished"
-                ]
-                deploys = [(e["id"], e.get("version")) for e in found if e["kind"] == "deploy"]
-                print(
-                    f"  daemon: alarms at {sorted(a for a in alarms if a)}; "
-                    f"{len(runs)} retrains {sorted((o, r) for _, o, r in runs)}; "
-                    f"{len(deploys)} deploys",
-                    file=sys.stderr,
-                )
-                return correct
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        return correct
 
 
 def run_replay(
