@@ -129,7 +129,6 @@ class Daemon:
         self._next_trim = 0.0
         self._train: Future[Any] | None = None
         self._chore: Future[Any] | None = None
-        self._last_tick = time.monotonic()
         self.server: _Server | None = None
         self.sources: list[Source] = []
 
@@ -249,7 +248,6 @@ class Daemon:
     # -- the main loop's chores ------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         """Called about every 0.1 s from the event loop: cheap checks only, work goes to threads."""
-        self._last_tick = now
         if not self._listening:
             self._listening = True
             log.info("listening on http://%s:%s", self.config.server.host, self.port)

@@ -162,11 +162,8 @@ class Validators:
 
     schema: Schema
     max_items: int | None = None
-    features_type: Any = field(init=False)
-    label_type: Any = field(init=False)
     records: TypeAdapter[Any] = field(init=False)
     record: TypeAdapter[Any] = field(init=False)
-    instances: TypeAdapter[Any] = field(init=False)
     labels: TypeAdapter[Any] = field(init=False)
     label_record: TypeAdapter[Any] = field(init=False)
     predict: TypeAdapter[Any] = field(init=False)
@@ -208,12 +205,9 @@ class Validators:
                 "ids": NotRequired[_list(ident, batch)],
             },
         )
-        self.features_type = features
-        self.label_type = label
         self.predict = TypeAdapter(predict)
         self.record = TypeAdapter(record)
         self.records = TypeAdapter(_list(record, batch))
-        self.instances = TypeAdapter(_list(features, batch))
         self.label_record = TypeAdapter(label_record)
         self.labels = TypeAdapter(_list(label_record, batch))
 
