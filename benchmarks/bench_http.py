@@ -101,7 +101,7 @@ def ingest(url: str, batches: list[bytes]) -> float:
 
 def bare_store(batches: list[list[dict[str, Any]]]) -> float:
     from driftd.schema import Feature, Schema
-    from driftd.store import Row, Store
+    from driftd.store import Batch, Store
 
     schema = Schema(tuple(Feature(f"f{i}") for i in range(N_FEATURES)))
     with tempfile.TemporaryDirectory() as d:
@@ -109,14 +109,8 @@ def bare_store(batches: list[list[dict[str, Any]]]) -> float:
         start = time.perf_counter()
         n = 0
         for batch in batches:
-            store.add_records(
-                [
-                    Row(f"b{n + i}", 0.0, r["features"], label=r["label"])
-                    for i, r in enumerate(batch)
-                ],
-                source="records",
-                received=0.0,
-            )
+            rows = Batch([r["features"] for r in batch], 0.0, labels=[r["label"] for r in batch])
+            store.add_records(rows, source="records", received=0.0)
             n += len(batch)
         took = time.perf_counter() - start
         store.close()

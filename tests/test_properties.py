@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from driftd.config import Config, load_text
 from driftd.errors import ConfigError
 from driftd.schema import Feature, InvalidInput, Schema, Validators
-from driftd.store import Row, Store
+from driftd.store import Batch, Store
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -441,9 +441,14 @@ def replay(
                 batches.append([op])
         for t, batch in enumerate(batches):
             if batch[0][0] == "record":
-                rows = [
-                    Row(rid, float(t), {"x0": 1.0, "c": "a"}, **records[rid]) for _, rid in batch
-                ]
+                rids = [rid for _, rid in batch]
+                rows = Batch(
+                    [{"x0": 1.0, "c": "a"}] * len(rids),
+                    float(t),
+                    ids=rids,
+                    predictions=[records[rid]["prediction"] for rid in rids],
+                    labels=[records[rid]["label"] for rid in rids],
+                )
                 joined += store.add_records(rows, source="test", received=float(t)).joined
             else:
                 result = store.add_labels([(rid, labels[rid], float(t)) for _, rid in batch])
@@ -491,3 +496,73 @@ def test_label_joins_do_not_depend_on_the_order_of_arrival(
             )
             outcomes.append((stored, pending, joined))
     assert outcomes[0] == outcomes[1]
+
+
+class _RowAtATime(Store):
+    """The store's general insert path only: the reference for its one-statement batch path."""
+
+    def _insert(self, db: Any, batch: Batch, ids: Any, source: str, received: float) -> Any:
+        return self._insert_rows(db, batch, ids, source, received)
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)
+_FLOAT = st.floats(allow_nan=False, allow_infinity=False)
+_LABEL = st.one_of(st.none(), st.integers(-(2**70), 2**70), _TEXT)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> Batch:
+    """Batches as the engine builds them: ids given, made up or mixed (NUL included), one time
+    or one per record, predictions (NaN included) and labels of every JSON shape."""
+    n = draw(st.integers(1, 8))
+
+    def column(values: st.SearchStrategy[Any]) -> list[Any] | None:
+        return draw(st.one_of(st.none(), st.lists(values, min_size=n, max_size=n)))
+
+    features = [{"x0": draw(_FLOAT), "c": draw(_TEXT)} for _ in range(n)]
+    ts = draw(st.one_of(_FLOAT, st.lists(_FLOAT, min_size=n, max_size=n)))
+    ids = column(st.one_of(st.none(), _TEXT))
+    predictions = column(st.one_of(_LABEL, st.floats()))
+    return Batch(features, ts, ids=ids, predictions=predictions, labels=column(_LABEL))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.lists(batches(), min_size=1, max_size=4))
+def test_a_batch_is_stored_as_row_by_row_inserts_would_store_it(data: list[Batch]) -> None:
+    """The one-statement insert (JSON arrays taken apart by SQLite) stores exactly what the
+    row-at-a-time insert does: every value, its type, re-sent ids skipped, the same results."""
+    with tempfile.TemporaryDirectory() as d:
+        fast = Store(Path(d) / "fast.sqlite3", JOIN_SCHEMA).open()
+        slow = _RowAtATime(Path(d) / "slow.sqlite3", JOIN_SCHEMA).open()
+        slow._id_prefix = fast._id_prefix
+        try:
+            for batch in data:
+                a = fast.add_records(batch, source="s", received=1.0)
+                b = slow.add_records(batch, source="s", received=1.0)
+                assert (a.inserted_idx, a.duplicates, list(a.ids)) == (
+                    b.inserted_idx,
+                    b.duplicates,
+                    list(b.ids),
+                )
+                assert [dataclasses.astuple(j) for j in a.joined] == [
+                    dataclasses.astuple(j) for j in b.joined
+                ]
+            assert _stored(fast) == _stored(slow)
+        finally:
+            fast.close()
+            slow.close()
+
+
+def _stored(store: Store) -> list[tuple[Any, ...]]:
+    def decoded(text: str | None) -> Any:
+        return None if text is None else json.loads(text)
+
+    with store.reader() as conn:
+        rows = conn.execute(
+            "SELECT idx, rid, ts, received, source, num, cat, prediction, model_version, label,"
+            " label_ts, typeof(ts), typeof(num) FROM records ORDER BY idx"
+        ).fetchall()
+    return [
+        (*r[:6], decoded(r[6]), repr(decoded(r[7])), r[8], repr(decoded(r[9])), *r[10:])
+        for r in rows
+    ]

@@ -9,7 +9,7 @@ import pytest
 
 from driftd.errors import StoreVersionError
 from driftd.schema import Feature, Schema
-from driftd.store import SCHEMA_VERSION, Row, Store
+from driftd.store import SCHEMA_VERSION, Batch, Store
 
 SCHEMA = Schema(features=(Feature("a"), Feature("b"), Feature("c", "categorical")))
 
@@ -21,11 +21,15 @@ def store(tmp_path: Path) -> Store:
     s.close()
 
 
-def rows(n: int, start: int = 0, **kw: object) -> list[Row]:
-    return [
-        Row(f"r{i}", float(i), {"a": float(i), "b": -float(i), "c": f"k{i % 3}"}, **kw)
-        for i in range(start, start + n)
-    ]  # type: ignore[arg-type]
+def rows(n: int, start: int = 0, prediction: int | None = None, label: int | None = None) -> Batch:
+    span = range(start, start + n)
+    return Batch(
+        [{"a": float(i), "b": -float(i), "c": f"k{i % 3}"} for i in span],
+        [float(i) for i in span],
+        ids=[f"r{i}" for i in span],
+        predictions=None if prediction is None else [prediction] * n,
+        labels=None if label is None else [label] * n,
+    )
 
 
 def test_records_get_consecutive_indices_and_resends_are_duplicates(store: Store) -> None:
@@ -48,7 +52,9 @@ def test_labels_join_predictions_in_any_order(store: Store) -> None:
         (2, 1, 0, 7.0),
     ]
     late = store.add_records(
-        [Row("r9", 9.0, {"a": 1.0, "b": 1.0, "c": "x"}, 0)], source="predict", received=9.5
+        Batch([{"a": 1.0, "b": 1.0, "c": "x"}], 9.0, ids=["r9"], predictions=[0]),
+        source="predict",
+        received=9.5,
     )
     assert [(j.prediction, j.label) for j in late.joined] == [(0, 0)]
     dup = store.add_labels([("r0", 0, 10.0)])

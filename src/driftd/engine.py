@@ -8,11 +8,9 @@ HTTP handlers, the demo source and replay all call the same methods.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ from driftd.monitor import CheckpointMismatch, Monitor, MonitorEvent
 from driftd.registry import Registry, Version, atomic_write
 from driftd.schema import Label, LabelRecord, Record, Schema, Validators
 from driftd.serving import LiveModel, Serving, WarmupError
-from driftd.store import IngestResult, Joined, Row, Store
+from driftd.store import Batch, IngestResult, Joined, Store
 from driftd.training import (
     rows_to_matrix,
 )
@@ -80,8 +78,6 @@ class Engine:
         self.started = clock()
         self.load_failures: list[str] = []
         self._store_records = 0
-        self._ids = itertools.count()
-        self._id_prefix = secrets.token_hex(4)
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -222,11 +218,6 @@ class Engine:
         self.run(switch)
 
     # -- traffic (on the worker) -----------------------------------------------------------
-    def _new_ids(self, n: int) -> list[str]:
-        """Ids for records that came without one: a random per-process prefix and a zero-padded
-        counter, so that they sort in arrival order and the id index grows at its end."""
-        return [f"{self._id_prefix}-{next(self._ids):010x}" for _ in range(n)]
-
     def predict(
         self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
     ) -> PredictResult:
@@ -235,53 +226,40 @@ class Engine:
             raise NoModel(self._no_model_reason())
         X = rows_to_matrix(self.schema, instances)
         preds = live.predict(X)
-        ids = ids or self._new_ids(len(instances))
-        rows = [
-            Row(rid, now, feats, pred, live.version)
-            for rid, feats, pred in zip(ids, instances, preds, strict=True)
-        ]
-        result = self.store.add_records(rows, source="predict", received=now)
+        batch = Batch(instances, now, ids=ids, predictions=preds, model_version=live.version)
+        result = self.store.add_records(batch, source="predict", received=now)
         self.metrics.predictions.inc(len(instances))
-        self._after_ingest(result, rows, "predict", now)
-        return PredictResult(preds, ids, live.version, result.duplicates)
+        self._after_ingest(result, batch, "predict", now)
+        return PredictResult(preds, list(result.ids), live.version, result.duplicates)
 
     def add_records(self, records: Sequence[Record], source: str, now: float) -> IngestResult:
-        fresh = iter(self._new_ids(sum(1 for r in records if "id" not in r)))
-        rows = [
-            Row(
-                r["id"] if "id" in r else next(fresh),
-                r.get("timestamp", now) or now,
-                r["features"],
-                r.get("prediction"),
-                None,
-                r.get("label"),
-            )
-            for r in records
-        ]
-        result = self.store.add_records(rows, source=source, received=now)
-        self._after_ingest(result, rows, source, now)
+        given: set[str] = set().union(*records)  # the optional fields any record has
+        batch = Batch(
+            [r["features"] for r in records],
+            [r.get("timestamp") or now for r in records] if "timestamp" in given else now,
+            ids=[r.get("id") for r in records] if "id" in given else None,
+            predictions=[r.get("prediction") for r in records] if "prediction" in given else None,
+            labels=[r.get("label") for r in records] if "label" in given else None,
+        )
+        result = self.store.add_records(batch, source=source, received=now)
+        self._after_ingest(result, batch, source, now)
         return result
 
-    def _after_ingest(
-        self, result: IngestResult, rows: Sequence[Row], source: str, now: float
-    ) -> None:
+    def _after_ingest(self, result: IngestResult, batch: Batch, source: str, now: float) -> None:
         self.metrics.records.labels(source).inc(result.accepted)
         self._store_records += result.accepted
         if result.duplicates:
             self.metrics.duplicates.inc(len(result.duplicates))
         if result.accepted:
-            kept = (
-                rows
-                if not result.duplicates
-                else [r for r in rows if r.rid not in set(result.duplicates)]
-            )
-            predictions = [r.prediction for r in kept]
-            events = self.monitor.update(
-                result.inserted_idx[0],
-                [r.features for r in kept],
-                predictions if any(p is not None for p in predictions) else None,
-                now,
-            )
+            features, predictions = batch.features, batch.predictions
+            if result.inserted is not None:  # leave out the re-sent records
+                kept = result.inserted
+                features = [f for f, k in zip(features, kept, strict=True) if k]
+                if predictions is not None:
+                    predictions = [p for p, k in zip(predictions, kept, strict=True) if k]
+            if predictions is not None and all(p is None for p in predictions):
+                predictions = None
+            events = self.monitor.update(result.inserted_idx[0], features, predictions, now)
             self.monitor_index = result.inserted_idx[-1]
             self._record_events(events, now)
         if result.joined:
