@@ -49,6 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+_BACKSTOP_PAGES = 20_000  # 80 MB of WAL at SQLite's default 4 KiB page
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -235,11 +236,19 @@ class Store:
     """SQLite store for one daemon. Open with :meth:`open`; close with :meth:`close`."""
 
     def __init__(
-        self, path: Path, schema: Schema, *, synchronous: Literal["normal", "full"] = "normal"
+        self,
+        path: Path,
+        schema: Schema,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        checkpoint_every: float | None = None,
     ) -> None:
         self.path = path
         self.schema = schema
         self.synchronous = synchronous
+        self.checkpoint_every = checkpoint_every
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._numeric = schema.numeric
         self._categorical = schema.categorical
         self._numeric_of = _getter(schema.numeric)
@@ -273,7 +282,29 @@ class Store:
                 )
         self._db = db
         self._pending = db.execute("SELECT count(*) FROM pending_labels").fetchone()[0]
+        if self.checkpoint_every is not None:
+            # Copying the WAL back into the database (every 1,000 pages by default) would
+            # otherwise fall on whichever write crosses the mark: 10+ ms every few batches. A
+            # thread of its own does it in the background; the writer keeps a far mark as a
+            # backstop should that thread ever fall behind.
+            db.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
+            self._closing.clear()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoints, name="driftd-wal", daemon=True
+            )
+            self._checkpointer.start()
         return self
+
+    def _checkpoints(self) -> None:
+        assert self.checkpoint_every is not None
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        with closing(conn):
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._closing.wait(self.checkpoint_every):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # busy or I/O: the next round or the writer retries
+                    log.debug("WAL checkpoint skipped: %s", exc)
 
     def _check_version(self, db: sqlite3.Connection) -> int | None:
         has_meta = db.execute(
@@ -294,6 +325,10 @@ class Store:
         return version
 
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
         with self._lock:
             if self._db is not None:
                 try:
