@@ -225,7 +225,9 @@ class Daemon:
         )
         self.server = _Server(config, self)
         try:
-            asyncio.run(self.server.serve())
+            # uvicorn's choice of event loop: uvloop when installed, else asyncio's.
+            with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+                runner.run(self.server.serve())
         except OSError as exc:
             log.error(
                 "cannot serve on %s:%s: %s", self.config.server.host, self.config.server.port, exc
