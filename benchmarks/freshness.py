@@ -356,34 +356,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--streams", default="agrawal,sea,stagger")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--windows", action="store_true", help="print accuracy per 2,500 records")
+    ap.add_argument("--seeds", default="1", help="comma-separated; one run per seed")
     ap.add_argument("--replay", action="store_true", help="driftd through driftd.replay, not HTTP")
     args = ap.parse_args()
-    if args.replay:
-        show_table(run_all(args.streams.split(","), [args.seed], replay_mode=True, rate=args.rate))
-        return
     print(f"machine: {os.cpu_count()} cores; {TOTAL:,} records per stream,", end=" ")
     print(f"first {BOOT:,} train the first model")
-    print(f"{'stream':<9} {'approach':<10} {'accuracy':>9} {'after drift':>12} {'vs static':>10}")
-    for name in args.streams.split(","):
-        xs, ys, drifts = stream(name, args.seed)
-        results: dict[str, list[int]] = {}
-        t = time.perf_counter()
-        results["driftd"] = run_daemon(name, xs, ys, args.rate)
-        print(f"  ({name}: daemon took {time.perf_counter() - t:.1f} s)", file=sys.stderr)
-        results["static"] = run_sklearn(name, xs, ys, None)
-        results["periodic"] = run_sklearn(name, xs, ys, 5000)
-        for label, make in river_models().items():
-            results[label] = run_river(xs, ys, make)
-        base, _ = report(results["static"], drifts)
-        if args.windows:
-            for label, correct in results.items():
-                w = [sum(correct[k : k + 2500]) / 2500 for k in range(0, len(correct) - 2499, 2500)]
-                print(f"  {label:<10} " + " ".join(f"{a:.2f}" for a in w), file=sys.stderr)
-        for label, correct in results.items():
-            overall, after = report(correct, drifts)
-            print(f"{name:<9} {label:<10} {overall:>9.4f} {after:>12.4f} {overall / base:>10.3f}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    res = run_all(args.streams.split(","), seeds, replay_mode=args.replay, rate=args.rate)
+    show_table(res)
 
 
 if __name__ == "__main__":
