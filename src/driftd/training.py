@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
+import os
 import platform
 import signal
 import threading
@@ -36,6 +37,7 @@ __all__ = [
     "fit_and_dump",
     "fit_inline",
     "fit_isolated",
+    "fit_threads",
     "matrix",
     "score",
 ]
@@ -149,6 +151,7 @@ class FitJob:
     X: npt.NDArray[Any]
     y: list[Label]
     memory_limit_bytes: int | None = None
+    threads: int | None = None  # OpenMP/BLAS threads of the fit; None: the libraries' default
 
 
 @dataclass(slots=True)
@@ -188,8 +191,9 @@ def fit_and_dump(job: FitJob) -> FitResult:
     start = time.monotonic()
     try:
         import skops.io as sio
+        from threadpoolctl import threadpool_limits
 
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(job.threads):
             warnings.simplefilter("always")
             pipe = build_pipeline(job.model, job.schema)
             pipe.fit(job.X, np.asarray(job.y))
@@ -382,6 +386,18 @@ def fit_isolated(
         return worker(job, timeout=timeout, cancel=cancel, kill_grace=kill_grace)
     finally:
         worker.close(kill_grace)
+
+
+def fit_threads(configured: int | None) -> int:
+    """Threads for a fit: as configured, else one less than the CPUs this process may use (at
+    least one), so that a fit never takes the core serving needs."""
+    if configured is not None:
+        return configured
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
 
 
 def library_versions() -> dict[str, str]:
