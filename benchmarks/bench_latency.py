@@ -2,16 +2,20 @@
 
 One daemon (20 numeric features, HistGradientBoostingClassifier max_iter=500 without early
 stopping, so a fit of the 16,000 training rows of a 20,000-row window takes seconds), 20,000
-labelled rows ingested, one retrain to get a second version (v2). Then, per run, one client
-sends sequential requests for --seconds each, single instance and batch of 100, in three
-conditions:
+labelled rows ingested, two retrains to get versions v2 and v3 (the second with the gate opened
+by a SIGHUP reload). Then, per run, one client sends sequential requests for --seconds each,
+single instance and batch of 100, in four conditions:
 
   idle      nothing else happening (the baseline of the ratios);
   training  an operator retrain kept queued (POST /v1/retrain every 0.5 s; single flight): the
             warm worker process fits back to back; the gate requires a 0.001 gain, so these
             identical candidates are rejected and nothing swaps;
-  swaps     POST /v1/rollback alternating v1 <-> v2 back to back: load, verify, warm up, move
-            the alias, swap the serving reference, rebaseline the detectors.
+  swaps     POST /v1/rollback back to back, each time to the previous champion, which the
+            daemon keeps loaded ([model] keep_previous): move the alias, swap the serving
+            reference, rebaseline the detectors;
+  loads     POST /v1/rollback back to back cycling v1 -> v2 -> v3, so that each target is
+            two swaps back and comes from the registry: load, verify, warm up, then as above.
+            This is also what every deploy of a new version costs.
 
 Reported: p50/p99 per condition (median and min-max over runs) and p99 / idle p99.
 The issue's target: p99 during training within 1.5x of idle.
@@ -22,8 +26,10 @@ Run by hand:  .venv/bin/python benchmarks/bench_latency.py [--runs 5] [--seconds
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -39,7 +45,7 @@ from _common import Daemon, events, fmt, numeric_features, percentile, stats, wr
 
 N_FEATURES = 20
 WINDOW = 20_000
-CONDITIONS = ("idle", "training", "swaps")
+CONDITIONS = ("idle", "training", "swaps", "loads")
 SHAPES = ("single", "batch100")
 
 
@@ -81,6 +87,14 @@ level = "warning"
 """
 
 
+def _retrain(url: str) -> None:
+    with httpx.Client(base_url=url, timeout=120) as c:
+        job = c.post("/v1/retrain").json()["job"]
+    done = wait_jobs(url, {job})
+    if done.get(job, {}).get("outcome") != "deployed":
+        raise RuntimeError(f"the retrain was not deployed: {done.get(job)}")
+
+
 def setup(tmp: Path) -> Daemon:
     names = [f"f{i}" for i in range(N_FEATURES)]
     boot = write_csv(
@@ -95,10 +109,16 @@ def setup(tmp: Path) -> Daemon:
     with httpx.Client(base_url=daemon.url, timeout=120) as c:
         for i in range(0, WINDOW, 1000):
             c.post("/v1/records", json=data[i : i + 1000]).raise_for_status()
-        job = c.post("/v1/retrain").json()["job"]
-        done = wait_jobs(daemon.url, {job})
-    if done.get(job, {}).get("outcome") != "deployed":
-        raise RuntimeError(f"the first retrain was not deployed: {done.get(job)}")
+    _retrain(daemon.url)  # v2: better than the bootstrap model
+    # v3 is the same fit as v2: open the gate for it (SIGHUP applies [gate] live), then close it.
+    text = cfg.read_text()
+    for gain in ("-1.0", "0.001"):
+        cfg.write_text(text.replace("min_absolute_change = 0.001", f"min_absolute_change = {gain}"))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        if gain != "0.001":
+            _retrain(daemon.url)
     return daemon
 
 
@@ -134,12 +154,17 @@ class Background(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.kind = url, kind
         self.halt = threading.Event()
+        self.ready = threading.Event()
         self.jobs: set[str] = set()
         self.swaps: list[float] = []
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=120) as c:
-            target = 1
+            if self.kind == "swaps":  # champion v3, previous v2 (kept loaded)
+                for version in (2, 3):
+                    c.post("/v1/rollback", json={"version": version}).raise_for_status()
+            targets = itertools.cycle((2, 3) if self.kind == "swaps" else (1, 2, 3))
+            self.ready.set()
             while not self.halt.is_set():
                 if self.kind == "training":
                     job = c.post("/v1/retrain").json().get("job")
@@ -148,9 +173,8 @@ class Background(threading.Thread):
                     self.halt.wait(0.5)
                 else:
                     t = time.perf_counter()
-                    c.post("/v1/rollback", json={"version": target}).raise_for_status()
+                    c.post("/v1/rollback", json={"version": next(targets)}).raise_for_status()
                     self.swaps.append(time.perf_counter() - t)
-                    target = 3 - target
 
 
 def run(runs: int = 5, seconds: float = 8.0) -> dict[str, Any]:
@@ -161,8 +185,8 @@ def run(runs: int = 5, seconds: float = 8.0) -> dict[str, Any]:
     p50: dict[str, list[float]] = {f"{c}/{s}": [] for c in CONDITIONS for s in SHAPES}
     p99: dict[str, list[float]] = {k: [] for k in p50}
     fits: list[float] = []
-    swap_s: list[float] = []
-    counts = {"training_jobs": 0, "swaps": 0}
+    swap_s: dict[str, list[float]] = {"swaps": [], "loads": []}
+    counts = {"training_jobs": 0, "swaps": 0, "loads": 0}
     with tempfile.TemporaryDirectory() as d:
         daemon = setup(Path(d))
         try:
@@ -171,6 +195,7 @@ def run(runs: int = 5, seconds: float = 8.0) -> dict[str, Any]:
                     bg = Background(daemon.url, cond) if cond != "idle" else None
                     if bg is not None:
                         bg.start()
+                        bg.ready.wait(120)
                         time.sleep(1.0)  # the first fit (or swap) is under way
                     for shape in SHAPES:
                         lat = measure(daemon.url, bodies[shape], seconds)
@@ -184,8 +209,8 @@ def run(runs: int = 5, seconds: float = 8.0) -> dict[str, Any]:
                             fits += [e["fit_seconds"] for e in done.values() if "fit_seconds" in e]
                             counts["training_jobs"] += len(done)
                         else:
-                            swap_s += bg.swaps
-                            counts["swaps"] += len(bg.swaps)
+                            swap_s[cond] += bg.swaps
+                            counts[cond] += len(bg.swaps)
                 print(
                     f"  run {i + 1}: "
                     + ", ".join(f"{k} p99 {v[-1]:.1f} ms" for k, v in p99.items()),
@@ -198,7 +223,7 @@ def run(runs: int = 5, seconds: float = 8.0) -> dict[str, Any]:
         "p50_ms": {k: stats(v) for k, v in p50.items()},
         "p99_ms": {k: stats(v) for k, v in p99.items()},
         "fit_seconds": stats(fits),
-        "swap_seconds": stats(swap_s),
+        "swap_seconds": {k: stats(v) for k, v in swap_s.items()},
         **counts,
     }
     for cond in CONDITIONS[1:]:
@@ -221,7 +246,9 @@ def show(res: dict[str, Any]) -> None:
         )
     print(
         f"  during training: {res['training_jobs']} fits of {fmt(res['fit_seconds'], 1)} s;"
-        f" during swaps: {res['swaps']} rollbacks of {fmt(res['swap_seconds'], 2)} s each"
+        f" swaps: {res['swaps']} rollbacks of {fmt(res['swap_seconds']['swaps'], 3)} s each"
+        f" (previous champion, kept loaded); loads: {res['loads']} rollbacks of"
+        f" {fmt(res['swap_seconds']['loads'], 3)} s each (from the registry)"
     )
 
 

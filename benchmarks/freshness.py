@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -286,6 +288,38 @@ _BASELINES: dict[tuple[str, int], dict[str, list[int]]] = {}
 APPROACHES = ("driftd", "static", "periodic", "river-drr", "river-arf")
 
 
+CACHE = Path(__file__).resolve().parent / "results" / "freshness-baselines"
+
+
+def baselines(name: str, seed: int) -> dict[str, list[int]]:
+    """The four baselines' per-record outcomes on one stream and seed. They are deterministic,
+    so they are computed once (for both modes, and for later runs: kept under results/, keyed
+    by stream, seed and stream length); ``--baselines-only --jobs N`` fills that ahead."""
+    if (name, seed) in _BASELINES:
+        return _BASELINES[(name, seed)]
+    path = CACHE / f"{name}-{seed}-{TOTAL}-{BOOT}.json"
+    if path.exists():
+        runs: dict[str, list[int]] = json.loads(path.read_text())
+    else:
+        xs, ys, _ = stream(name, seed)
+        runs = {
+            "static": run_sklearn(name, xs, ys, None),
+            "periodic": run_sklearn(name, xs, ys, 5000),
+        }
+        for label, make in river_models().items():
+            runs[label] = run_river(xs, ys, make)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(runs))
+    _BASELINES[(name, seed)] = runs
+    return runs
+
+
+def _baselines_job(args: tuple[str, int]) -> str:
+    t = time.perf_counter()
+    baselines(*args)
+    return f"{args[0]} seed {args[1]}: {time.perf_counter() - t:.0f} s"
+
+
 def run_all(
     streams: list[str], seeds: list[int], *, replay_mode: bool, rate: float = 2000.0
 ) -> dict[str, Any]:
@@ -311,15 +345,7 @@ def run_all(
                 f"  ({name} seed {seed}: driftd took {time.perf_counter() - t:.1f} s)",
                 file=sys.stderr,
             )
-            if (name, seed) not in _BASELINES:  # deterministic: once for both modes
-                base_runs = {
-                    "static": run_sklearn(name, xs, ys, None),
-                    "periodic": run_sklearn(name, xs, ys, 5000),
-                }
-                for label, make in river_models().items():
-                    base_runs[label] = run_river(xs, ys, make)
-                _BASELINES[(name, seed)] = base_runs
-            results.update(_BASELINES[(name, seed)])
+            results.update(baselines(name, seed))
             base, _ = report(results["static"], drifts)
             for label, correct in results.items():
                 overall, after = report(correct, drifts)
@@ -358,7 +384,17 @@ def main() -> None:
     ap.add_argument("--streams", default="agrawal,sea,stagger")
     ap.add_argument("--seeds", default="1", help="comma-separated; one run per seed")
     ap.add_argument("--replay", action="store_true", help="driftd through driftd.replay, not HTTP")
+    ap.add_argument(
+        "--baselines-only", action="store_true", help="compute (and keep) the baselines only"
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="processes for --baselines-only")
     args = ap.parse_args()
+    if args.baselines_only:
+        todo = [(n, int(s)) for n in args.streams.split(",") for s in args.seeds.split(",")]
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            for line in pool.imap_unordered(_baselines_job, todo):
+                print(line, flush=True)
+        return
     print(f"machine: {os.cpu_count()} cores; {TOTAL:,} records per stream,", end=" ")
     print(f"first {BOOT:,} train the first model")
     seeds = [int(s) for s in args.seeds.split(",")]

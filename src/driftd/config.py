@@ -146,6 +146,7 @@ class ModelConfig:
     metric: str = "accuracy"
     warmup_rows: int = field(default=8, metadata={"min": 1, "max": 10_000})
     trusted_types: list[str] = field(default_factory=list)
+    keep_previous: bool = True
 
     def validate(self) -> list[str]:
         errors = []

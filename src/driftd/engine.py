@@ -78,6 +78,7 @@ class Engine:
         self.started = clock()
         self.load_failures: list[str] = []
         self._store_records = 0
+        self._previous: LiveModel | None = None  # the champion before the last swap, loaded
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -179,7 +180,8 @@ class Engine:
             ) from exc
 
     def _activate(self, live: LiveModel, *, event: dict[str, Any] | None) -> None:
-        self.serving.swap(live)
+        old = self.serving.swap(live)
+        self._previous = old if self.config.model.keep_previous else None
         self.metrics.set_model(live.version, live.manifest)
         if event is not None:
             self.store.add_event("deploy", {**event, "version": live.version}, ts=self.clock())
@@ -194,8 +196,13 @@ class Engine:
         return version
 
     def activate(self, number: int, *, event: str, details: dict[str, Any]) -> LiveModel:
-        """Serve an existing version again (rollback): verify, warm up, switch."""
-        live = self._load(number)
+        """Serve an existing version again (rollback): the previous champion if it is still
+        loaded (verified and warmed up when it was), else verify, warm up; then switch."""
+        kept = self._previous
+        if kept is not None and kept.version == number:
+            live = LiveModel(kept.version, kept.model, kept.manifest, self.clock())
+        else:
+            live = self._load(number)
         self._switch(live, event, details)
         return live
 
