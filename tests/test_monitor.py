@@ -355,3 +355,31 @@ def test_status_and_states_are_json_able() -> None:
         ("error", None),
     ]
     assert all(isinstance(s, DetectorState) for s in states)
+
+
+def test_numeric_features_given_as_an_array_give_the_same_detections() -> None:
+    """The engine hands the monitor the stored float block instead of the dicts' values: the
+    detections, alarms and detector states must be the same either way."""
+    schema = numeric_schema(4)
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(12_000, 4))
+    data[CHANGE:, 1] += 1.0
+    data[8000:, 3] *= 3.0
+    names = schema.numeric
+    rows: list[dict[str, float | str]] = [dict(zip(names, r.tolist(), strict=True)) for r in data]
+    from_dicts, from_array = Monitor(schema), Monitor(schema)
+    a: list[MonitorEvent] = []
+    b: list[MonitorEvent] = []
+    for start in range(0, len(rows), 700):
+        a += from_dicts.update(start, rows[start : start + 700], None, now=float(start))
+        b += from_array.update(
+            start,
+            rows[start : start + 700],
+            None,
+            now=float(start),
+            numeric=data[start : start + 700],
+        )
+    assert a == b and any(e.kind == "detection" for e in a)
+    assert from_dicts.detector_states() == from_array.detector_states()
+    # a replayed batch (already seen) is skipped alike
+    assert from_array.update(0, rows[:700], None, now=1.0, numeric=data[:700]) == []

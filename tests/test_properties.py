@@ -504,7 +504,9 @@ def test_label_joins_do_not_depend_on_the_order_of_arrival(
 class _RowAtATime(Store):
     """The store's general insert path only: the reference for its one-statement batch path."""
 
-    def _insert(self, db: Any, batch: Batch, ids: Any, source: str, received: float) -> Any:
+    def _insert(
+        self, db: Any, batch: Batch, ids: Any, source: str, received: float, *, block: bytes
+    ) -> Any:
         return self._insert_rows(db, batch, ids, source, received)
 
 

@@ -266,7 +266,9 @@ class Engine:
                     predictions = [p for p, k in zip(predictions, kept, strict=True) if k]
             if predictions is not None and all(p is None for p in predictions):
                 predictions = None
-            events = self.monitor.update(result.inserted_idx[0], features, predictions, now)
+            events = self.monitor.update(
+                result.inserted_idx[0], features, predictions, now, numeric=result.numeric
+            )
             self.monitor_index = result.inserted_idx[-1]
             self._record_events(events, now)
         if result.joined:

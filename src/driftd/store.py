@@ -156,6 +156,7 @@ class IngestResult:
     accepted: int
     ids: Sequence[str] = ()
     inserted: list[bool] | None = None
+    numeric: npt.NDArray[np.float64] | None = None  # the stored records' numeric features
     duplicates: list[str] = field(default_factory=list)
     inserted_idx: list[int] = field(default_factory=list)
     joined: list[Joined] = field(default_factory=list)
@@ -359,11 +360,14 @@ class Store:
         start = next(self._id_counter)
         self._id_counter = itertools.count(start + n)
         ids = Ids(batch.ids, self._id_prefix, start, n)
+        block = self._block(batch.features)
         with self._lock, _tx(self.db) as db:
-            inserted = self._insert(db, batch, ids, source, received)
+            inserted = self._insert(db, batch, ids, source, received, block=block)
             accepted = n if inserted is None else sum(inserted)
             first = self._next_idx(db) - accepted
             result = IngestResult(first_idx=first, accepted=accepted, ids=ids, inserted=inserted)
+            numeric = np.frombuffer(block, dtype=np.float64).reshape(n, len(self._numeric))
+            result.numeric = numeric if inserted is None else numeric[np.asarray(inserted, bool)]
             if inserted is None:
                 result.inserted_idx = list(range(first, first + n))
                 positions: Sequence[int | None] = result.inserted_idx
@@ -391,7 +395,14 @@ class Store:
     )
 
     def _insert(
-        self, db: sqlite3.Connection, batch: Batch, ids: Ids, source: str, received: float
+        self,
+        db: sqlite3.Connection,
+        batch: Batch,
+        ids: Ids,
+        source: str,
+        received: float,
+        *,
+        block: bytes,
     ) -> list[bool] | None:
         """Insert the records whose id is new, so that they get consecutive indices. Returns
         ``None`` when all were (the common case: one statement), else whether each one was.
@@ -422,7 +433,7 @@ class Store:
                 "prefix": ids.prefix,
                 "start": ids.start,
                 "ts": batch.ts if "ts" not in columns else None,
-                "num": self._block(batch.features),
+                "num": block,
                 "width": 8 * len(self._numeric),
                 "source": source,
                 "received": received,

@@ -14,6 +14,9 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from driftd.monitor._index import IndexMap
 from driftd.monitor.alarms import AlarmPolicy
 from driftd.monitor.categories import CategoryWatch
@@ -133,12 +136,15 @@ class Monitor:
         features: Sequence[Mapping[str, Value]],
         predictions: Sequence[Label | None] | None,
         now: float,
+        *,
+        numeric: npt.NDArray[np.float64] | None = None,
     ) -> list[MonitorEvent]:
         """Feed records ``start_index, start_index + 1, ...``; return what they revealed.
 
         Records below the next expected index were already seen (a replay after a restart)
         and are skipped. Predictions of records before the last :meth:`rebaseline` are
-        ignored: they came from the previous model.
+        ignored: they came from the previous model. ``numeric``, the numeric features as an
+        ``(n, k)`` array in the schema's order, saves taking the columns out of the dicts.
         """
         if predictions is not None and len(predictions) != len(features):
             raise ValueError(
@@ -149,6 +155,7 @@ class Monitor:
         if skip > 0:
             features = features[skip:]
             predictions = predictions[skip:] if predictions is not None else None
+            numeric = numeric[skip:] if numeric is not None else None
             start_index += skip
         n = len(features)
         if n == 0:
@@ -157,8 +164,9 @@ class Monitor:
         fmap = self._features_map
         fmap.extend_range(start_index, n)
         order = 0
+        columns = numeric.T.tolist() if numeric is not None else None
         for name, watch in self._numeric.items():
-            column = list(map(operator.itemgetter(name), features))
+            column = columns[order] if columns else list(map(operator.itemgetter(name), features))
             raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
             order += 1
         for name, cats in self._categorical.items():
