@@ -197,7 +197,7 @@ CATEGORIES = (
     ("SQLite write (store)", ("driftd/store.py",)),
     ("parse + validate (pydantic)", ("driftd/schema.py", "pydantic")),
     ("metrics", ("prometheus_client",)),
-    ("engine (rows, events)", ("driftd/engine.py",)),
+    ("engine (batch columns, events)", ("driftd/engine.py",)),
     (
         "HTTP (uvicorn, starlette, fastapi, asyncio)",
         ("uvicorn", "starlette", "fastapi", "h11", "httptools", "asyncio", "driftd/app.py"),
@@ -396,7 +396,7 @@ STAGE_NAMES = {
     "parse_validate": "parse + validate (pydantic, Validators.parse)",
     "store_write": "SQLite write (Store.add_records, one transaction)",
     "monitor": "monitor (Monitor.update, 20 ADWIN)",
-    "engine_other": "engine other (Row objects, metrics, events)",
+    "engine_other": "engine other (batch columns, metrics, events)",
     "response": "response body",
     "http_and_client": "HTTP + client (uvicorn, starlette, http.client; by difference)",
 }

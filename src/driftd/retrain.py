@@ -40,7 +40,6 @@ from driftd.training import (
     FitJob,
     FitResult,
     fit_isolated,
-    fit_threads,
     library_versions,
     matrix,
     rows_to_matrix,
@@ -303,7 +302,7 @@ class Retrainer:
         if self.engine.schema.task == "classification" and len(set(y_train)) < 2:
             return "skipped", {**base, "skipped": "single_class"}
         mem = cfg.training.memory_limit_mb * 1024 * 1024 if cfg.training.memory_limit_mb else None
-        threads = fit_threads(cfg.training.threads)
+        threads = cfg.training.threads
         fit_job = FitJob(cfg.model, self.engine.schema, X_train, list(y_train), mem, threads)
         result = self.fit(fit_job, timeout=cfg.training.timeout_seconds, cancel=self.engine.cancel)
         base["fit_seconds"] = round(result.seconds, 3)

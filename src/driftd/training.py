@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
-import os
 import platform
 import signal
 import threading
@@ -37,7 +36,6 @@ __all__ = [
     "fit_and_dump",
     "fit_inline",
     "fit_isolated",
-    "fit_threads",
     "matrix",
     "score",
 ]
@@ -386,18 +384,6 @@ def fit_isolated(
         return worker(job, timeout=timeout, cancel=cancel, kill_grace=kill_grace)
     finally:
         worker.close(kill_grace)
-
-
-def fit_threads(configured: int | None) -> int:
-    """Threads for a fit: as configured, else one less than the CPUs this process may use (at
-    least one), so that a fit never takes the core serving needs."""
-    if configured is not None:
-        return configured
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
 
 
 def library_versions() -> dict[str, str]:
