@@ -76,8 +76,9 @@ def machine() -> dict[str, Any]:
         "fastapi",
         "starlette",
         "uvicorn",
+        "httptools",
+        "uvloop",
         "pydantic",
-        "httpx",
         "skops",
     ):
         try:

@@ -5,9 +5,9 @@
              so every point costs about the same;
   memory     RSS of a daemon (now and peak) after ingesting 1.2x its retention window
              (store.retention_rows, trimmed every second) over HTTP, 20 numeric features;
+             a fresh daemon per run;
   training   fit time of the default model (HistGradientBoostingClassifier, default params)
-             through driftd's own fit (pipeline + skops dump, fit_inline) against window size
-             (3 fits a window: the largest take a minute on a loaded 2-core machine).
+             through driftd's own fit (pipeline + skops dump, fit_inline) against window size.
 
 Run by hand:  .venv/bin/python benchmarks/bench_scaling.py [--runs 5] [--quick]
 """
@@ -55,33 +55,42 @@ def features(widths: list[int], runs: int, budget: int) -> dict[str, Any]:
     return out
 
 
-def memory(retentions: list[int]) -> dict[str, Any]:
+def memory(retentions: list[int], runs: int) -> dict[str, Any]:
     out = {}
     batch = [json.dumps(http_rows(1000, 100 + b)).encode() for b in range(20)]
     for keep in retentions:
-        with tempfile.TemporaryDirectory() as d:
-            tmp = Path(d)
-            cfg = tmp / "d.toml"
-            text = http_config(tmp / "state", write_boot(tmp / "boot.csv"))
-            text = text.replace("retention_rows = 10000000", f"retention_rows = {keep}")
-            cfg.write_text(text.replace("[store]", "[store]\nretention_interval_seconds = 1"))
-            with Daemon(cfg) as daemon, httpx.Client(base_url=daemon.url, timeout=60) as c:
-                start = rss_mb(daemon.pid)
-                sent = 0
-                while sent < keep * 1.2:
-                    c.post(
-                        "/v1/records",
-                        content=batch[(sent // 1000) % len(batch)],
-                        headers={"Content-Type": "application/json"},
-                    ).raise_for_status()
-                    sent += 1000
-                time.sleep(2.5)  # a retention pass
-                held = c.get("/v1/status").json()["store"]["records"]
-                now = rss_mb(daemon.pid)
-        out[str(keep)] = {"sent": sent, "held": held, "start": start, **now}
+        rss, peak, held = [], [], []
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as d:
+                tmp = Path(d)
+                cfg = tmp / "d.toml"
+                text = http_config(tmp / "state", write_boot(tmp / "boot.csv"))
+                text = text.replace("retention_rows = 10000000", f"retention_rows = {keep}")
+                cfg.write_text(text.replace("[store]", "[store]\nretention_interval_seconds = 1"))
+                with Daemon(cfg) as daemon, httpx.Client(base_url=daemon.url, timeout=60) as c:
+                    sent = 0
+                    while sent < keep * 1.2:
+                        c.post(
+                            "/v1/records",
+                            content=batch[(sent // 1000) % len(batch)],
+                            headers={"Content-Type": "application/json"},
+                        ).raise_for_status()
+                        sent += 1000
+                    time.sleep(2.5)  # a retention pass
+                    held.append(c.get("/v1/status").json()["store"]["records"])
+                    now = rss_mb(daemon.pid)
+            rss.append(now["rss"])
+            peak.append(now["peak"])
+        out[str(keep)] = {
+            "sent": sent,
+            "held": int(np.median(held)),
+            "rss": float(np.median(rss)),
+            "peak": float(np.median(peak)),
+            "rss_mb": stats(rss),
+            "peak_mb": stats(peak),
+        }
         print(
-            f"  retention {keep:,}: held {held:,} rows, RSS {now['rss']:.0f} MiB"
-            f" (peak {now['peak']:.0f}, at start {start['rss']:.0f})",
+            f"  retention {keep:,}: held {held} rows, RSS {fmt(rss, 0)} MiB, peak {fmt(peak, 0)}",
             file=sys.stderr,
         )
     return out
@@ -182,12 +191,14 @@ def plot(res: dict[str, Any], directory: Path = DOCS) -> list[Path]:
 
 
 def run(runs: int = 5, quick: bool = False) -> dict[str, Any]:
-    res = {
+    res: dict[str, Any] = {
         "features": features([5, 20, 100, 500], runs, 400_000 if quick else 2_000_000),
-        "memory": memory([10_000, 50_000] if quick else [10_000, 100_000, 300_000, 1_000_000]),
+        "memory": memory(
+            [10_000, 50_000] if quick else [10_000, 100_000, 300_000, 1_000_000], runs
+        ),
         "training": training(
             [1000, 5000, 20_000] if quick else [1000, 5000, 10_000, 20_000, 50_000, 100_000],
-            min(runs, 3),  # the curve's shape is the point; 3 fits a window bound the cost
+            runs,
         ),
     }
     res["plots"] = [str(p.relative_to(ROOT)) for p in plot(res)]
@@ -203,8 +214,8 @@ def show(res: dict[str, Any]) -> None:
         )
     for k, v in res["memory"].items():
         print(
-            f"  retention {int(k):>9,}: held {v['held']:,}, RSS {v['rss']:.0f} MiB"
-            f" (peak {v['peak']:.0f})"
+            f"  retention {int(k):>9,}: held {v['held']:,}, RSS {fmt(v['rss_mb'], 0)} MiB"
+            f" (peak {fmt(v['peak_mb'], 0)})"
         )
     for k, v in res["training"].items():
         print(f"  window {int(k):>7,}: fit {fmt(v['seconds'], 2)} s")

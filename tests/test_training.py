@@ -68,3 +68,38 @@ def test_a_failing_fit_comes_back_with_its_traceback() -> None:
     result = fit_and_dump(bad)
     assert not result.ok
     assert "InvalidParameterError" in (result.traceback or "")
+
+
+def test_the_worker_evaluates_the_candidate_for_the_gate() -> None:
+    """With a holdout, the training process loads the artifact back, warms it up and scores
+    it, so that the serving process never loads a candidate it may not deploy. The scores are
+    those of the artifact itself, scored anywhere."""
+    from driftd.registry import load_artifact
+    from driftd.training import score
+
+    rng = np.random.default_rng(1)
+    X_hold = rng.random((120, 2))
+    y_hold = (X_hold[:, 0] > 0.5).astype(int).tolist()
+    base = job()
+    with_holdout = FitJob(
+        base.model,
+        SCHEMA,
+        X,
+        Y,
+        holdout=(X_hold, y_hold),
+        warmup=X_hold[:4],
+        metrics=("accuracy", "log_loss"),
+    )
+    worker = TrainingWorker()
+    try:
+        result = worker(with_holdout, timeout=60.0)
+    finally:
+        worker.close()
+    assert result.ok and result.evaluation is not None, result.error
+    ev = result.evaluation
+    assert ev.loads and ev.load_error is None
+    assert ev.latency_ms is not None and ev.latency_ms > 0
+    model = load_artifact(result.artifact)
+    assert ev.scores == {m: score(m, model, X_hold, y_hold) for m in ("accuracy", "log_loss")}
+    assert ev.scores["accuracy"] > 0.9
+    assert fit_and_dump(base).evaluation is None  # no holdout, nothing evaluated

@@ -32,11 +32,12 @@ from driftd.engine import Engine
 from driftd.errors import IntegrityError
 from driftd.gate import HIGHER_IS_BETTER, Gate, Verdict
 from driftd.monitor import MonitorEvent
-from driftd.registry import atomic_write, load_artifact
+from driftd.registry import atomic_write
 from driftd.schema import Label
-from driftd.serving import LiveModel, WarmupError
+from driftd.serving import WarmupError
 from driftd.store import Joined
 from driftd.training import (
+    Evaluation,
     FitJob,
     FitResult,
     fit_isolated,
@@ -302,8 +303,18 @@ class Retrainer:
         if self.engine.schema.task == "classification" and len(set(y_train)) < 2:
             return "skipped", {**base, "skipped": "single_class"}
         mem = cfg.training.memory_limit_mb * 1024 * 1024 if cfg.training.memory_limit_mb else None
-        threads = cfg.training.threads
-        fit_job = FitJob(cfg.model, self.engine.schema, X_train, list(y_train), mem, threads)
+        warm = X_hold[: cfg.model.warmup_rows]
+        fit_job = FitJob(
+            cfg.model,
+            self.engine.schema,
+            X_train,
+            list(y_train),
+            mem,
+            cfg.training.threads,
+            holdout=(X_hold, list(y_hold)),
+            warmup=warm,
+            metrics=tuple(dict.fromkeys((cfg.model.metric, self.live_metric))),
+        )
         result = self.fit(fit_job, timeout=cfg.training.timeout_seconds, cancel=self.engine.cancel)
         base["fit_seconds"] = round(result.seconds, 3)
         if result.logs:
@@ -313,7 +324,8 @@ class Retrainer:
             self._alert(kind, f"retrain {job.id}: {result.error}", job=job.id)
             outcome: Outcome = "timeout" if result.timed_out else "failed"
             return outcome, {**base, "error": result.error, "traceback": result.traceback}
-        verdict, scores, warm = self._judge(result.artifact, X_hold, y_hold)
+        assert result.evaluation is not None  # the job had a holdout
+        verdict, scores = self._judge(result.evaluation, X_hold, y_hold)
         base.update(verdict=verdict.as_dict(), scores=scores)
         if not verdict.passed:
             self._keep_rejected(job, result.artifact, verdict, base)
@@ -349,19 +361,12 @@ class Retrainer:
         return "deployed", {**base, "version": version.number}
 
     def _judge(
-        self, artifact: bytes, X_hold: Any, y_hold: list[Label]
-    ) -> tuple[Verdict, dict[str, Any], Any]:
+        self, evaluation: Evaluation, X_hold: Any, y_hold: list[Label]
+    ) -> tuple[Verdict, dict[str, Any]]:
+        """The gate's verdict on a candidate evaluated in the training process (loaded, warmed
+        up, scored there), against the serving champion scored here on the same holdout."""
         metric = self.config.model.metric
-        warm = X_hold[: self.config.model.warmup_rows]
-        loads, load_error, latency, candidate = True, None, None, None
-        try:
-            model = load_artifact(artifact, extra_trusted=self.config.model.trusted_types)
-            latency = 1000 * self.engine.serving.warm_up(
-                LiveModel(0, model, {}, self.clock()), warm
-            )
-            candidate = self._scores(model, X_hold, y_hold)
-        except (IntegrityError, WarmupError) as exc:
-            loads, load_error = False, str(exc)
+        candidate = evaluation.scores
         champion_live = self.engine.serving.current
         champion = self._scores(champion_live.model, X_hold, y_hold) if champion_live else None
         counts = None
@@ -373,18 +378,14 @@ class Retrainer:
             champion=None if champion is None else champion.get(metric, math.nan),
             holdout=len(y_hold),
             class_counts=counts,
-            loads=loads,
-            load_error=load_error,
-            latency_ms=latency,
+            loads=evaluation.loads,
+            load_error=evaluation.load_error,
+            latency_ms=evaluation.latency_ms,
         )
         for name, s in (("candidate", candidate), ("champion", champion)):
             if s is not None and math.isfinite(s.get(metric, math.nan)):
                 self.metrics.gate_score.labels(name, metric).set(s[metric])
-        return (
-            verdict,
-            {"candidate": _finite(candidate or {}), "champion": _finite(champion or {})},
-            warm,
-        )
+        return verdict, {"candidate": _finite(candidate or {}), "champion": _finite(champion or {})}
 
     def _scores(self, model: Any, X: Any, y: list[Label]) -> dict[str, float]:
         metric = self.config.model.metric

@@ -29,10 +29,12 @@ from driftd.config import ModelConfig, import_object
 from driftd.schema import Label, Schema
 
 __all__ = [
+    "Evaluation",
     "FitJob",
     "FitResult",
     "TrainingWorker",
     "build_pipeline",
+    "evaluate",
     "fit_and_dump",
     "fit_inline",
     "fit_isolated",
@@ -142,7 +144,13 @@ def score(metric: str, model: Any, X: npt.NDArray[Any], y: Sequence[Label]) -> f
 
 @dataclass(frozen=True, slots=True)
 class FitJob:
-    """Everything the child needs: plain data, picklable under ``spawn``."""
+    """Everything the child needs: plain data, picklable under ``spawn``.
+
+    With a ``holdout``, the child also evaluates the candidate for the gate, so that the
+    serving process never loads or scores a model it may not deploy: it loads the dumped
+    artifact back (with the trusted types), measures its warm-up latency on ``warmup`` rows and
+    scores it on the holdout for each of ``metrics``. That work counts against the timeout.
+    """
 
     model: ModelConfig
     schema: Schema
@@ -150,12 +158,27 @@ class FitJob:
     y: list[Label]
     memory_limit_bytes: int | None = None
     threads: int | None = None  # OpenMP/BLAS threads of the fit; None: the libraries' default
+    holdout: tuple[npt.NDArray[Any], list[Label]] | None = None
+    warmup: npt.NDArray[Any] | None = None
+    metrics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The candidate as the gate needs it: whether its artifact loads (and why not), its median
+    single-row latency in ms, and its scores on the holdout."""
+
+    loads: bool
+    load_error: str | None = None
+    latency_ms: float | None = None
+    scores: dict[str, float] | None = None
 
 
 @dataclass(slots=True)
 class FitResult:
     ok: bool
     artifact: bytes = b""
+    evaluation: Evaluation | None = None
     error: str | None = None
     traceback: str | None = None
     timed_out: bool = False
@@ -196,7 +219,9 @@ def fit_and_dump(job: FitJob) -> FitResult:
             pipe = build_pipeline(job.model, job.schema)
             pipe.fit(job.X, np.asarray(job.y))
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
-        return FitResult(True, sio.dumps(pipe), seconds=time.monotonic() - start, logs=logs)
+        artifact = sio.dumps(pipe)
+        evaluation = evaluate(job, artifact) if job.holdout is not None else None
+        return FitResult(True, artifact, evaluation, seconds=time.monotonic() - start, logs=logs)
     except MemoryError:
         why = "training exceeded the memory limit"
         return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
@@ -205,6 +230,25 @@ def fit_and_dump(job: FitJob) -> FitResult:
         return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
     finally:
         root.removeHandler(handler)
+
+
+def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
+    """Load ``artifact`` as the serving process would, warm it up and score it on the job's
+    holdout (see :class:`FitJob`)."""
+    from driftd.errors import IntegrityError
+    from driftd.registry import load_artifact
+    from driftd.serving import LiveModel, Serving, WarmupError
+
+    assert job.holdout is not None
+    X_hold, y_hold = job.holdout
+    try:
+        model = load_artifact(artifact, extra_trusted=job.model.trusted_types)
+        warm = job.warmup if job.warmup is not None else X_hold[:1]
+        latency = Serving(job.schema).warm_up(LiveModel(0, model, {}, 0.0), warm)
+    except (IntegrityError, WarmupError) as exc:
+        return Evaluation(False, str(exc))
+    scores = {metric: score(metric, model, X_hold, y_hold) for metric in job.metrics}
+    return Evaluation(True, None, 1000 * latency, scores)
 
 
 def fit_inline(job: FitJob, *, timeout: float, cancel: threading.Event | None = None) -> FitResult:
