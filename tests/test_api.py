@@ -374,3 +374,21 @@ def test_an_unseen_category_is_counted_not_refused(client: httpx.Client) -> None
     monitor = client.get("/v1/status").json()["monitor"]
     assert monitor["unseen_categories"]["color"] >= 2
     assert "ultraviolet" in monitor["unseen_examples"]["color"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "reason"),
+    [
+        ("GET", "/v1/events?limit=abc", 422, "invalid_parameter"),
+        ("GET", "/v1/nothing-here", 404, "not_found"),
+        ("DELETE", "/v1/records", 405, "method_not_allowed"),
+    ],
+)
+def test_requests_refused_before_any_data_are_answered_in_json_and_counted(
+    client: httpx.Client, method: str, path: str, status: int, reason: str
+) -> None:
+    before = metric(client, "driftd_records_rejected_total", {"reason": reason})
+    r = client.request(method, path)
+    assert r.status_code == status
+    assert r.json()["error"] == reason
+    assert metric(client, "driftd_records_rejected_total", {"reason": reason}) == before + 1

@@ -198,6 +198,7 @@ def create_app(
             )
             for e in exc.errors()
         ]
+        reject("invalid_parameter")
         return _error_response(
             ApiError(422, "invalid_parameter", "invalid query parameter", errors)
         )
@@ -205,6 +206,7 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        reject(code)
         # Keep Starlette's headers: a 405 must carry ``Allow`` (RFC 9110).
         return _json(
             {"error": code, "message": str(exc.detail), "errors": []},
