@@ -126,15 +126,30 @@ def plot(res: dict[str, Any], directory: Path = DOCS) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    def errorbar(ax: Any, x: list[int], points: list[dict[str, float]], **kw: Any) -> None:
+        """Median with min-max whiskers."""
+        med = [p["median"] for p in points]
+        spread = [
+            [p["median"] - p["min"] for p in points],
+            [p["max"] - p["median"] for p in points],
+        ]
+        ax.errorbar(x, med, yerr=spread, marker="o", capsize=3, **kw)
+
+    def save(fig: Any, ax: Any, name: str, *, legend: bool = True) -> Path:
+        ax.grid(True, which="both", alpha=0.3)
+        if legend:
+            ax.legend()
+        path = directory / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     f = res["features"]
     x = [int(k) for k in f]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("monitor", "driftd Monitor"), ("bare", "bare river loop")):
-        med = [f[k][key]["median"] for k in f]
-        lo = [f[k][key]["median"] - f[k][key]["min"] for k in f]
-        hi = [f[k][key]["max"] - f[k][key]["median"] for k in f]
-        ax.errorbar(x, med, yerr=[lo, hi], marker="o", capsize=3, label=label)
+        errorbar(ax, x, [f[k][key] for k in f], label=label)
     ax.set(
         xscale="log",
         yscale="log",
@@ -143,12 +158,7 @@ def plot(res: dict[str, Any], directory: Path = DOCS) -> list[Path]:
         title="Monitor throughput vs features",
     )
     ax.set_xticks(x, [str(v) for v in x])
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    paths.append(directory / "bench_features.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [save(fig, ax, "bench_features.png")]
 
     m = res["memory"]
     x = [int(k) for k in m]
@@ -161,20 +171,12 @@ def plot(res: dict[str, Any], directory: Path = DOCS) -> list[Path]:
         ylabel="MiB",
         title="Daemon memory vs retention window (20 numeric)",
     )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    paths.append(directory / "bench_memory.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, ax, "bench_memory.png"))
 
     t = res["training"]
     x = [int(k) for k in t]
     fig, ax = plt.subplots(figsize=(6, 4))
-    med = [t[k]["seconds"]["median"] for k in t]
-    lo = [t[k]["seconds"]["median"] - t[k]["seconds"]["min"] for k in t]
-    hi = [t[k]["seconds"]["max"] - t[k]["seconds"]["median"] for k in t]
-    ax.errorbar(x, med, yerr=[lo, hi], marker="o", capsize=3)
+    errorbar(ax, x, [t[k]["seconds"] for k in t])
     ax.set(
         xscale="log",
         yscale="log",
@@ -182,11 +184,7 @@ def plot(res: dict[str, Any], directory: Path = DOCS) -> list[Path]:
         ylabel="fit seconds",
         title="Fit time vs window (HistGradientBoosting defaults)",
     )
-    ax.grid(True, which="both", alpha=0.3)
-    paths.append(directory / "bench_training.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, ax, "bench_training.png", legend=False))
     return paths
 
 

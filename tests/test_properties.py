@@ -507,7 +507,7 @@ class _RowAtATime(Store):
     def _insert(
         self, db: Any, batch: Batch, ids: Any, source: str, received: float, *, block: bytes
     ) -> Any:
-        return self._insert_rows(db, batch, ids, source, received)
+        return self._insert_rows(db, batch, ids, source, received, block=block)
 
 
 _TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)

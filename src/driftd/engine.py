@@ -165,7 +165,7 @@ class Engine:
         version, model = self.reg.load(number)
         live = LiveModel(number, model, version.manifest, self.clock())
         rows = warmup if warmup is not None else self._warmup_rows(version)
-        self.serving.warm_up(live, rows)
+        live.warm_up(rows)
         return live
 
     def _warmup_rows(self, version: Version) -> Any:

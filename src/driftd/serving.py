@@ -40,17 +40,8 @@ class LiveModel:
         out: npt.NDArray[Any] = self.model.predict(X)
         return [v.item() if isinstance(v, np.generic) else v for v in out]
 
-
-class Serving:
-    """Holds the live model. ``current`` is None until the first model is loaded."""
-
-    def __init__(self, schema: Schema) -> None:
-        self.schema = schema
-        self.current: LiveModel | None = None
-        self.fallback_reason: str | None = None
-
-    def warm_up(self, model: LiveModel, rows: npt.NDArray[Any]) -> float:
-        """Predict ``rows`` one at a time with ``model``; raise :class:`WarmupError` on any
+    def warm_up(self, rows: npt.NDArray[Any]) -> float:
+        """Predict ``rows`` one at a time; raise :class:`WarmupError` on any
         failure. Returns the median single-row latency in seconds, leaving out the first call,
         which pays one-time costs (thread pools, caches) that warm-up exists to absorb. The
         median, not the maximum: one descheduled call on a busy host says nothing about the
@@ -59,15 +50,24 @@ class Serving:
         for i in range(len(rows)):
             start = time.perf_counter()
             try:
-                out = model.predict(rows[i : i + 1])
+                out = self.predict(rows[i : i + 1])
             except Exception as exc:
                 why = f"{type(exc).__name__}: {exc}"
-                raise WarmupError(f"v{model.version}: warm-up prediction failed ({why})") from exc
+                raise WarmupError(f"v{self.version}: warm-up prediction failed ({why})") from exc
             times.append(time.perf_counter() - start)
             if len(out) != 1:
-                raise WarmupError(f"v{model.version}: predict returned {len(out)} values for 1 row")
+                raise WarmupError(f"v{self.version}: predict returned {len(out)} values for 1 row")
         steady = times[1:] or times
         return statistics.median(steady) if steady else 0.0
+
+
+class Serving:
+    """Holds the live model. ``current`` is None until the first model is loaded."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.current: LiveModel | None = None
+        self.fallback_reason: str | None = None
 
     def swap(self, model: LiveModel) -> LiveModel | None:
         """Make ``model`` live; returns the model it replaced."""

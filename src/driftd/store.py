@@ -448,7 +448,7 @@ class Store:
             else:
                 db.execute("RELEASE fast")
                 return None
-        return self._insert_rows(db, batch, ids, source, received)
+        return self._insert_rows(db, batch, ids, source, received, block=block)
 
     def _block(self, features: Sequence[Mapping[str, Any]]) -> bytes:
         """The numeric features of a batch as one block of native float64 rows."""
@@ -460,7 +460,14 @@ class Store:
         return _packer(k * len(features)).pack(*flat)
 
     def _insert_rows(
-        self, db: sqlite3.Connection, batch: Batch, ids: Ids, source: str, received: float
+        self,
+        db: sqlite3.Connection,
+        batch: Batch,
+        ids: Ids,
+        source: str,
+        received: float,
+        *,
+        block: bytes,
     ) -> list[bool]:
         """The general path, a row at a time: re-sent ids (skipped) and ids the fast path
         cannot carry."""
@@ -478,21 +485,22 @@ class Store:
         ts = [batch.ts] * n if isinstance(batch.ts, int | float) else batch.ts
         preds = batch.predictions or [None] * n
         labels = batch.labels or [None] * n
+        width = 8 * len(self._numeric)
         params = [
             (
                 rid,
                 t,
                 received,
                 source,
-                self._block([f]),
+                block[i * width : (i + 1) * width],
                 json.dumps(_as_list(self._categorical_of(f))) if self._categorical else None,
                 None if pred is None else json.dumps(pred),
                 batch.model_version,
                 None if label is None else json.dumps(label),
                 None if label is None else received,
             )
-            for rid, t, f, pred, label, k in zip(
-                rids, ts, batch.features, preds, labels, keep, strict=True
+            for i, (rid, t, f, pred, label, k) in enumerate(
+                zip(rids, ts, batch.features, preds, labels, keep, strict=True)
             )
             if k
         ]

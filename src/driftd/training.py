@@ -237,14 +237,14 @@ def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
     holdout (see :class:`FitJob`)."""
     from driftd.errors import IntegrityError
     from driftd.registry import load_artifact
-    from driftd.serving import LiveModel, Serving, WarmupError
+    from driftd.serving import LiveModel, WarmupError
 
     assert job.holdout is not None
     X_hold, y_hold = job.holdout
     try:
         model = load_artifact(artifact, extra_trusted=job.model.trusted_types)
         warm = job.warmup if job.warmup is not None else X_hold[:1]
-        latency = Serving(job.schema).warm_up(LiveModel(0, model, {}, 0.0), warm)
+        latency = LiveModel(0, model, {}, 0.0).warm_up(warm)
     except (IntegrityError, WarmupError) as exc:
         return Evaluation(False, str(exc))
     scores = {metric: score(metric, model, X_hold, y_hold) for metric in job.metrics}
