@@ -118,14 +118,24 @@ def events(c: httpx.Client, kind: str) -> list[dict[str, Any]]:
     return [e for e in found if "bootstrap" not in e.get("reasons", ())]
 
 
-def wait_until(fn: Any, timeout: float = 60, what: str = "condition") -> Any:
+def wait_until(
+    fn: Any, timeout: float = 60, what: str = "condition", c: httpx.Client | None = None
+) -> Any:
+    """Poll ``fn`` until it is truthy; on a timeout, the daemon's events (with ``c``) say why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    seen = ""
+    if c is not None:
+        found = c.get("/v1/events", params={"limit": 50}).json()["events"]
+        keys = ("kind", "version", "reasons", "outcome", "reason", "skipped", "record_index")
+        seen = "; events, newest first: " + json.dumps(
+            [{k: e[k] for k in keys if k in e} for e in found]
+        )
+    raise AssertionError(f"timed out waiting for {what}{seen}")
 
 
 def test_a_drift_produces_exactly_one_retrain_and_a_deploy(tmp_path: Path) -> None:
@@ -215,9 +225,9 @@ def test_the_post_deploy_guard_rolls_back_a_champion_that_fails_live(
         with client(d) as c:
             play(c, make_rows(2000, seed=6), "a")
             play(c, make_rows(1500, seed=7, flip=True), "b")
-            wait_until(lambda: c.get("/v1/status").json()["model"]["version"] == 2, what="v2")
+            wait_until(lambda: c.get("/v1/status").json()["model"]["version"] == 2, what="v2", c=c)
             play(c, make_rows(600, seed=8), "back")
-            wait_until(lambda: events(c, "rollback"), what="a guard rollback")
+            wait_until(lambda: events(c, "rollback"), what="a guard rollback", c=c)
             rb = events(c, "rollback")[0]
             assert rb["reason"] == "guard" and rb["from"] == 2 and rb["version"] == 1
             assert "short of its holdout" in rb["why"]
