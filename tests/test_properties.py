@@ -2,6 +2,8 @@
 
 - Validation: whatever the validators accept is complete, finite and well-typed, with no key
   unknown or given twice; whatever breaks one of those rules is refused, in any JSON layout.
+  The column decoder (the fast path for all-numeric schemas) takes only batches the validators
+  accept, as the very same records.
 - Config: any TOML document (and any ``DRIFTD_*`` override) either loads or raises
   ``ConfigError`` listing its problems; never another exception.
 - Label joins: however records and their delayed labels interleave, the store ends with the same
@@ -23,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from driftd.columns import ColumnDecoder
 from driftd.config import Config, load_text
 from driftd.errors import ConfigError
 from driftd.schema import Feature, InvalidInput, Schema, Validators
@@ -42,8 +45,9 @@ SCHEMAS = {
     )
     for task in ("classification", "regression")
 }
-# All-numeric records take a faster validator; the contract is the same.
+# All-numeric records may take the column decoder; the contract is the same.
 SCHEMAS["numeric"] = Schema(features=_NUMERIC, max_string_length=MAX_STRING, max_id_length=12)
+SCHEMAS["numeric regression"] = dataclasses.replace(SCHEMAS["numeric"], task="regression")
 VALIDATORS = {task: Validators(schema) for task, schema in SCHEMAS.items()}
 RECORD_KEYS = ("id", "timestamp", "features", "prediction", "label")
 
@@ -207,6 +211,41 @@ def test_validation_accepts_exactly_the_complete_finite_well_typed_records(
         for key in ("prediction", "label"):
             if rec.get(key) is not None:
                 assert valid_label(rec[key], SCHEMAS[task].task)
+
+
+@pytest.mark.parametrize("task", ["numeric", "numeric regression"])
+@FAST
+@given(data=st.data())
+def test_the_column_decoder_takes_only_valid_batches_as_the_same_records(
+    task: str, data: st.DataObject
+) -> None:
+    records = data.draw(st.lists(wire_records(task), min_size=1, max_size=4))
+    body = render(records, data.draw(st.sampled_from(["", " ", "\n"]))).encode()
+    decoder = ColumnDecoder(SCHEMAS[task])
+    columns = decoder.decode(body)
+    v = VALIDATORS[task]
+    out, refused = attempt(v.parse, v.records, body)
+    valid = "valid" if refused is None else "invalid"
+    event(f"{valid}, {'decoded' if columns is not None else 'left to the validators'}")
+    if columns is None:
+        return
+    assert refused is None, f"decoded a batch the validators refuse ({refused}): {body!r}"
+    assert len(columns) == len(out)
+    names = SCHEMAS[task].names
+    for i, rec in enumerate(out):
+        assert dict(columns.rows[i]) == rec["features"]
+        assert list(columns.rows[i]) == list(names)  # the block is in the schema's order
+        for key, column in [
+            ("id", columns.ids),
+            ("timestamp", columns.timestamps),
+            ("prediction", columns.predictions),
+            ("label", columns.labels),
+        ]:
+            got = None if column is None else column[i]
+            assert got == rec.get(key) and type(got) is type(rec.get(key)), key
+    given_keys = set().union(*out)
+    for key, column in [("id", columns.ids), ("prediction", columns.predictions)]:
+        assert (column is not None) == (key in given_keys)
 
 
 @FAST

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from driftd import __version__
+from driftd.columns import ColumnDecoder
 from driftd.engine import Engine, NoModel
 from driftd.errors import IntegrityError
 from driftd.retrain import Retrainer
@@ -168,6 +169,7 @@ def create_app(
     docs = engine.validators
     # Parsing stops at the batch cap; the documented schema leaves the cap to the 413 response.
     validators = Validators(docs.schema, max_items=server.max_batch_size)
+    columns = ColumnDecoder.for_schema(docs.schema, max_items=server.max_batch_size)
 
     app = FastAPI(
         title="driftd",
@@ -291,6 +293,10 @@ def create_app(
         return body
 
     def parse(adapter: Any, body: bytes | bytearray, kind: str) -> Any:
+        if adapter is validators.records and columns is not None and kind in JSON_TYPES:
+            decoded = columns.decode(body)
+            if decoded is not None:
+                return decoded
         try:
             if kind in NDJSON_TYPES:
                 return _ndjson(adapter, body)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from driftd.columns import Columns
 from driftd.config import Config
 from driftd.errors import IntegrityError
 from driftd.metrics import Metrics
@@ -239,15 +240,10 @@ class Engine:
         self._after_ingest(result, batch, "predict", now)
         return PredictResult(preds, list(result.ids), live.version, result.duplicates)
 
-    def add_records(self, records: Sequence[Record], source: str, now: float) -> IngestResult:
-        given: set[str] = set().union(*records)  # the optional fields any record has
-        batch = Batch(
-            [r["features"] for r in records],
-            [r.get("timestamp") or now for r in records] if "timestamp" in given else now,
-            ids=[r.get("id") for r in records] if "id" in given else None,
-            predictions=[r.get("prediction") for r in records] if "prediction" in given else None,
-            labels=[r.get("label") for r in records] if "label" in given else None,
-        )
+    def add_records(
+        self, records: Sequence[Record] | Columns, source: str, now: float
+    ) -> IngestResult:
+        batch = records.batch(now) if isinstance(records, Columns) else _batch(records, now)
         result = self.store.add_records(batch, source=source, received=now)
         self._after_ingest(result, batch, source, now)
         return result
@@ -467,3 +463,15 @@ def _serve_single_threaded() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
+
+
+def _batch(records: Sequence[Record], now: float) -> Batch:
+    """Validated records as the store's columns; a record without a time gets ``now``."""
+    given: set[str] = set().union(*records)  # the optional fields any record has
+    return Batch(
+        [r["features"] for r in records],
+        [r.get("timestamp") or now for r in records] if "timestamp" in given else now,
+        ids=[r.get("id") for r in records] if "id" in given else None,
+        predictions=[r.get("prediction") for r in records] if "prediction" in given else None,
+        labels=[r.get("label") for r in records] if "label" in given else None,
+    )

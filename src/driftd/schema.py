@@ -11,7 +11,7 @@ checked in one pass in compiled code, and the same types document the API in Ope
 A key repeated in one JSON object (``{"x": 1, "x": "a"}``) is refused too: the parser would keep
 the last value silently. Finding one costs a second parse, so it is only done for a body that
 passed validation (so of bounded shape) and when a cheap count says it is possible (see
-:func:`_may_repeat_keys`). In a body refused for other reasons the last value is what is checked.
+:func:`may_repeat_keys`). In a body refused for other reasons the last value is what is checked.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "Schema",
     "Validators",
     "coerce_row",
+    "may_repeat_keys",
     "parse_number",
 ]
 
@@ -168,8 +169,6 @@ class Validators:
     labels: TypeAdapter[Any] = field(init=False)
     label_record: TypeAdapter[Any] = field(init=False)
     predict: TypeAdapter[Any] = field(init=False)
-    _records_numeric: TypeAdapter[Any] | None = field(init=False, default=None)
-    _names: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         s = self.schema
@@ -199,12 +198,6 @@ class Validators:
             "LabelRecord", {"id": ident, "label": label, "timestamp": NotRequired[number]}
         )
         batch = Field(max_length=self.max_items)
-        if s.features and not s.categorical:
-            # A dict of finite numbers validates a quarter faster than a TypedDict naming each
-            # feature; the names are then checked with one set comparison per record.
-            numeric = _typed_dict("Record", {**record_fields, "features": dict[str, number]})
-            self._records_numeric = TypeAdapter(_list(numeric, batch))
-            self._names = frozenset(s.names)
         predict = _typed_dict(
             "PredictRequest",
             {
@@ -222,31 +215,15 @@ class Validators:
         self, adapter: TypeAdapter[Any], body: bytes | bytearray | str, *, prefix: str = ""
     ) -> Any:
         """Parse and validate a JSON document; raise :class:`InvalidInput` listing every error."""
-        out = None
-        if adapter is self.records and self._records_numeric is not None:
-            out = self._numeric_records(body)
-        if out is None:
-            try:
-                out = adapter.validate_json(body)
-            except ValidationError as exc:
-                # Not searched for repeated keys: an invalid body may be any shape, and parsing
-                # it again could cost far more than the validation did. The error names the
-                # field.
-                raise _invalid(exc, prefix) from None
-        if _may_repeat_keys(body, out) and (repeated := _repeated_keys(body, prefix)):
+        try:
+            out = adapter.validate_json(body)
+        except ValidationError as exc:
+            # Not searched for repeated keys: an invalid body may be any shape, and parsing it
+            # again could cost far more than the validation did. The error names the field.
+            raise _invalid(exc, prefix) from None
+        if may_repeat_keys(body, _count_keys(out)) and (repeated := _repeated_keys(body, prefix)):
             raise InvalidInput(repeated)
         return out
-
-    def _numeric_records(self, body: bytes | bytearray | str) -> list[Any] | None:
-        """Records of an all-numeric schema through the faster adapter, or ``None`` when the
-        body has any problem: the schema's own adapter then lists every one of them."""
-        assert self._records_numeric is not None
-        try:
-            out: list[Any] = self._records_numeric.validate_json(body)
-        except ValidationError:
-            return None
-        names = self._names
-        return out if all(r["features"].keys() == names for r in out) else None
 
     def parse_ndjson(self, adapter: TypeAdapter[Any], body: bytes | bytearray) -> list[Any]:
         """Parse newline-delimited JSON, one document per non-empty line, validating each."""
@@ -266,7 +243,10 @@ class Validators:
                 total += bad.total
                 errors.extend(bad.errors[: MAX_ERRORS - len(errors)])
                 continue
-            if _may_repeat_keys(line, item) and (repeated := _repeated_keys(line, "", index)):
+            repeated = (
+                _repeated_keys(line, "", index) if may_repeat_keys(line, _count_keys(item)) else []
+            )
+            if repeated:
                 total += len(repeated)
                 errors.extend(repeated[: MAX_ERRORS - len(errors)])
                 continue
@@ -319,18 +299,18 @@ def _count_keys(value: Any) -> int:
     return n
 
 
-def _may_repeat_keys(body: bytes | bytearray | str, out: Any) -> bool:
+def may_repeat_keys(body: bytes | bytearray | str, keys: int) -> bool:
     """Whether ``body`` may hold a key twice in one object; ``False`` proves it does not.
 
-    Validation refused unknown keys and missing features, so the keys in ``out`` are the
-    distinct keys of the body, and every key in the body is followed by a colon outside any
-    string. So if the body has no more colons than that, no key was repeated. A colon inside a
+    ``keys`` is the number of distinct keys in the body: validation refused unknown keys and
+    missing features, so that is the count of keys in its output. Every key in the body is
+    followed by a colon outside any string. So if the body has no more colons than that, no
+    key was repeated. A colon inside a
     string (an id such as ``"12:30"``) spoils that count; then count ``":`` instead, which a
     string only matches at an escaped quote or when it starts with a colon, after ruling out a
     key spaced from its colon. Anything left is a cautious ``True``. Every count runs in C.
     """
     raw = body.encode() if isinstance(body, str) else body
-    keys = _count_keys(out)
     # numpy counts a byte five times faster than bytes.count (0.03 ms for a 570 kB batch).
     if int(np.count_nonzero(np.frombuffer(raw, dtype=np.uint8) == _COLON)) <= keys:
         return False

@@ -90,7 +90,9 @@ class Batch:
 
     ``ts`` is one time for every record or one per record. ``ids`` has one entry per record,
     ``None`` where the store is to make one up (``None`` alone: for all of them);
-    ``predictions`` and ``labels`` are ``None`` when no record has one.
+    ``predictions`` and ``labels`` are ``None`` when no record has one. ``numeric``, when
+    given, is the numeric features already packed as the store writes them (native float64
+    rows in the schema's order), so that they are not taken out of ``features`` again.
     """
 
     features: Sequence[Mapping[str, float | str]]
@@ -99,6 +101,7 @@ class Batch:
     predictions: Sequence[Label | None] | None = None
     labels: Sequence[Label | None] | None = None
     model_version: int | None = None
+    numeric: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -360,7 +363,7 @@ class Store:
         start = next(self._id_counter)
         self._id_counter = itertools.count(start + n)
         ids = Ids(batch.ids, self._id_prefix, start, n)
-        block = self._block(batch.features)
+        block = batch.numeric if batch.numeric is not None else self._block(batch.features)
         with self._lock, _tx(self.db) as db:
             inserted = self._insert(db, batch, ids, source, received, block=block)
             accepted = n if inserted is None else sum(inserted)
@@ -457,7 +460,7 @@ class Store:
             return b""
         values = map(self._numeric_of, features)
         flat = values if k == 1 else itertools.chain.from_iterable(values)
-        return _packer(k * len(features)).pack(*flat)
+        return packer(k * len(features)).pack(*flat)
 
     def _insert_rows(
         self,
@@ -834,7 +837,8 @@ def _batch_insert(columns: tuple[str, ...]) -> str:
 
 
 @lru_cache(maxsize=64)
-def _packer(count: int) -> struct.Struct:
+def packer(count: int) -> struct.Struct:
+    """Packs ``count`` floats as native float64, the layout of the stored feature blocks."""
     return struct.Struct(f"={count}d")
 
 
