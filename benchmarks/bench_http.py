@@ -6,9 +6,9 @@ Figures, each the median (min-max) of --runs runs, each run on a fresh daemon:
     loop of figure 1 (bench_peers.bare_rate, same 20 features) and the bare store write
     (Store.add_records on the same rows, no HTTP);
   * where the time goes, in process: the same bodies through the daemon's own code without
-    HTTP: parse + validate (Validators.parse), Engine.add_records split into the SQLite write
-    (Store.add_records) and the detectors (Monitor.update); HTTP is what is left of the
-    end-to-end time per batch;
+    HTTP: parse + validate (the column decoder, as the app takes all-numeric batches),
+    Engine.add_records split into the SQLite write (Store.add_records) and the detectors
+    (Monitor.update); HTTP is what is left of the end-to-end time per batch;
   * with --profile, where the time goes inside the daemon under load: py-spy samples (all
     threads, idle excluded) grouped into parse/validate, SQLite, monitor, HTTP/asyncio, other;
   * predict: predictions/s and p50/p99 latency of single-instance POST /v1/predict.
@@ -92,43 +92,56 @@ def start(tmp: Path, extra: str = "") -> Daemon:
     return Daemon(cfg).start()
 
 
-def ingest(url: str, batches: list[bytes]) -> float:
-    """Records/s of one client posting ``batches`` back to back on one kept-alive connection.
+def ingest(url: str, batches: list[bytes], warmup: int = 5) -> float:
+    """Records/s of one client posting ``batches`` back to back on one kept-alive connection,
+    after ``warmup`` of them posted untimed (the daemon's steady state, not its first calls).
 
     The client is the standard library's ``http.client``: httpx spends about a millisecond of
     Python per 570 kB request, which would be measured as the daemon's time."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
     headers = {"Content-Type": "application/json"}
+
+    def post(body: bytes) -> None:
+        conn.request("POST", "/v1/records", body=body, headers=headers)
+        r = conn.getresponse()
+        answer = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"POST /v1/records: {r.status} {answer[:200]!r}")
+
     try:
+        for body in batches[:warmup]:
+            post(body)
         start = time.perf_counter()
         for body in batches:
-            conn.request("POST", "/v1/records", body=body, headers=headers)
-            r = conn.getresponse()
-            answer = r.read()
-            if r.status != 200:
-                raise RuntimeError(f"POST /v1/records: {r.status} {answer[:200]!r}")
+            post(body)
         return len(batches) * BATCH / (time.perf_counter() - start)
     finally:
         conn.close()
 
 
-def bare_store(batches: list[list[dict[str, Any]]]) -> float:
+def bare_store(bodies: list[bytes]) -> float:
+    """Records/s of ``Store.add_records`` alone on the batches the daemon would make of
+    ``bodies`` (decoded beforehand, untimed)."""
+    from driftd.columns import ColumnDecoder
     from driftd.schema import Feature, Schema
-    from driftd.store import Batch, Store
+    from driftd.store import Store
 
     schema = Schema(tuple(Feature(f"f{i}") for i in range(N_FEATURES)))
+    decoder = ColumnDecoder(schema)
+    batches = [decoded.batch(0.0) for body in bodies if (decoded := decoder.decode(body))]
+    assert len(batches) == len(bodies), "a benchmark body was not taken by the column decoder"
     with tempfile.TemporaryDirectory() as d:
-        store = Store(Path(d) / "s.sqlite3", schema).open()
-        start = time.perf_counter()
-        n = 0
-        for batch in batches:
-            rows = Batch([r["features"] for r in batch], 0.0, labels=[r["label"] for r in batch])
-            store.add_records(rows, source="records", received=0.0)
-            n += len(batch)
-        took = time.perf_counter() - start
-        store.close()
-    return n / took
+        store = Store(Path(d) / "s.sqlite3", schema, checkpoint_every=0.5).open()
+        try:
+            for batch in batches[:5]:
+                store.add_records(batch, source="records", received=0.0)
+            start = time.perf_counter()
+            for batch in batches:
+                store.add_records(batch, source="records", received=0.0)
+            return len(batches) * BATCH / (time.perf_counter() - start)
+        finally:
+            store.close()
 
 
 def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
@@ -149,6 +162,7 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
     (SQLite store in WAL mode, the monitor, metrics); the store write and the monitor update
     are timed by wrapping the engine's own bound methods, so the path is the daemon's.
     """
+    from driftd.columns import ColumnDecoder
     from driftd.config import load_text
     from driftd.engine import Engine
     from driftd.metrics import Metrics
@@ -159,7 +173,9 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
         cfg = load_text(config(tmp / "state", write_boot(tmp / "boot.csv")), env={})
         engine = Engine(cfg, Metrics(process=False))
         engine.open()
-        validators = Validators(engine.schema, max_items=cfg.server.max_batch_size)
+        cap = cfg.server.max_batch_size
+        validators = Validators(engine.schema, max_items=cap)
+        decoder = ColumnDecoder.for_schema(engine.schema, max_items=cap)
         store_t: list[float] = []
         mon_t: list[float] = []
         engine.store.add_records = _timed(engine.store.add_records, store_t)  # type: ignore[method-assign]
@@ -168,7 +184,8 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
         try:
             for body in bodies:
                 t0 = time.perf_counter()
-                batch = validators.parse(validators.records, body)
+                batch = decoder.decode(body) if decoder else None  # as the app does
+                batch = batch or validators.parse(validators.records, body)
                 t1 = time.perf_counter()
                 result = engine.run(engine.add_records, batch, "records", time.time())
                 t2 = time.perf_counter()
@@ -195,7 +212,10 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
 CATEGORIES = (
     ("monitor (river detectors)", ("driftd/monitor/", "river/")),
     ("SQLite write (store)", ("driftd/store.py",)),
-    ("parse + validate (pydantic)", ("driftd/schema.py", "pydantic")),
+    (
+        "parse + validate (msgspec, pydantic)",
+        ("driftd/columns.py", "driftd/schema.py", "msgspec", "pydantic"),
+    ),
     ("metrics", ("prometheus_client",)),
     ("engine (batch columns, events)", ("driftd/engine.py",)),
     (
@@ -338,7 +358,7 @@ def predict(url: str, clients: int, seconds: float) -> tuple[float, float, float
 def run(
     runs: int = 5,
     *,
-    batches: int = 30,
+    batches: int = 100,
     clients: int = 1,
     seconds: float = 5.0,
     with_profile: bool = False,
@@ -359,7 +379,7 @@ def run(
                 p99.append(b)
             finally:
                 daemon.stop()
-        store.append(bare_store(data))
+        store.append(bare_store(bodies))
         bare.append(bare_rate(bare_rows, N_FEATURES))
         stages.append(breakdown(bodies))
         print(
@@ -388,12 +408,12 @@ def run(
         "clients": clients,
     }
     if with_profile:
-        out["profile"] = profile(bodies * max(1, 60 // batches))
+        out["profile"] = profile(bodies * max(1, 100 // batches))
     return out
 
 
 STAGE_NAMES = {
-    "parse_validate": "parse + validate (pydantic, Validators.parse)",
+    "parse_validate": "parse + validate (ColumnDecoder, else Validators.parse)",
     "store_write": "SQLite write (Store.add_records, one transaction)",
     "monitor": "monitor (Monitor.update, 20 ADWIN)",
     "engine_other": "engine other (batch columns, metrics, events)",
@@ -438,7 +458,7 @@ def show(res: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--profile", action="store_true", help="sample the daemon with py-spy")

@@ -52,7 +52,7 @@ def figures(quick: bool) -> dict[str, tuple[str, Callable[[], Any], Callable[[An
         "2": (
             "HTTP ingest",
             lambda: bench_http.run(
-                runs, batches=10 if quick else 30, seconds=2.0 if quick else 5.0, with_profile=True
+                runs, batches=20 if quick else 100, seconds=2.0 if quick else 5.0, with_profile=True
             ),
             bench_http.show,
         ),
