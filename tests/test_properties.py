@@ -25,11 +25,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from driftd.batch import Batch, BatchWriter
 from driftd.columns import ColumnDecoder
 from driftd.config import Config, load_text
 from driftd.errors import ConfigError
 from driftd.schema import Feature, InvalidInput, Schema, Validators
-from driftd.store import Batch, Store
+from driftd.store import Store
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -540,10 +541,10 @@ def test_label_joins_do_not_depend_on_the_order_of_arrival(
     assert outcomes[0] == outcomes[1]
 
 
-class _RowAtATime(Store):
-    """The store's general insert path only: the reference for its one-statement batch path."""
+class _RowAtATime(BatchWriter):
+    """The general insert path only: the reference for the one-statement batch path."""
 
-    def _insert(
+    def insert(
         self, db: Any, batch: Batch, ids: Any, source: str, received: float, *, block: bytes
     ) -> Any:
         return self._insert_rows(db, batch, ids, source, received, block=block)
@@ -577,7 +578,8 @@ def test_a_batch_is_stored_as_row_by_row_inserts_would_store_it(data: list[Batch
     row-at-a-time insert does: every value, its type, re-sent ids skipped, the same results."""
     with tempfile.TemporaryDirectory() as d:
         fast = Store(Path(d) / "fast.sqlite3", JOIN_SCHEMA).open()
-        slow = _RowAtATime(Path(d) / "slow.sqlite3", JOIN_SCHEMA).open()
+        slow = Store(Path(d) / "slow.sqlite3", JOIN_SCHEMA).open()
+        slow._writer = _RowAtATime(JOIN_SCHEMA)
         slow._id_prefix = fast._id_prefix
         try:
             for batch in data:

@@ -26,8 +26,8 @@ import numpy.typing as npt
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import astuple
 
+from driftd.batch import Batch, packer
 from driftd.schema import Label, Schema, may_repeat_keys
-from driftd.store import Batch, packer
 
 __all__ = ["ColumnDecoder", "Columns", "Rows"]
 

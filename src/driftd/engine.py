@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from driftd.batch import Batch
 from driftd.columns import Columns
 from driftd.config import Config
 from driftd.errors import IntegrityError
@@ -26,7 +27,7 @@ from driftd.monitor import CheckpointMismatch, Monitor, MonitorEvent
 from driftd.registry import Registry, Version, atomic_write
 from driftd.schema import Label, LabelRecord, Record, Schema, Validators
 from driftd.serving import LiveModel, Serving, WarmupError
-from driftd.store import Batch, IngestResult, Joined, Store
+from driftd.store import IngestResult, Joined, Store
 from driftd.training import (
     rows_to_matrix,
 )
