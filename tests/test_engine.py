@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,52 @@ def test_a_rollback_past_the_previous_champion_loads_from_the_registry(engine: E
     live = engine.activate(first, event="rollback", details={"by": "test"})
     assert served_first is not None and live.version == first
     assert live.model is not served_first.model
+
+
+def test_a_deploy_serves_the_model_the_training_process_loaded(engine: Engine) -> None:
+    """Given the candidate as the training process loaded it, a deploy reads back and verifies
+    the published bytes but serves that object: no second load in the serving process."""
+    rows = make_rows(300, seed=3)
+    X = rows_to_matrix(engine.schema, [r["features"] for r in rows])
+    y = [r["label"] for r in rows]
+    job = FitJob(engine.config.model, engine.schema, X, y, holdout=(X[:50], y[:50]))
+    fit = fit_and_dump(job)
+    assert fit.ok and fit.evaluation is not None and fit.evaluation.model is not None
+    warm = [r["features"] for r in rows[:4]]
+    manifest = {"reason": "test", "warmup": warm}
+    version = engine.deploy(fit.artifact, manifest, X[:4], model=fit.evaluation.model)
+    live = engine.serving.current
+    assert live is not None and live.version == version.number
+    assert live.model is fit.evaluation.model
+    _, from_disk = engine.reg.load(version.number)
+    assert live.predict(X) == from_disk.predict(X).tolist()
+
+
+def test_a_load_from_the_registry_can_run_in_the_training_worker(engine: Engine) -> None:
+    """With a loader (the daemon's training worker), a rollback past the previous champion
+    verifies the bytes here and has the worker load them; the model serves as loaded here."""
+    from driftd.training import TrainingWorker
+
+    first = deploy(engine, 0)
+    deploy(engine, 1)
+    deploy(engine, 2)
+    worker = TrainingWorker()
+    worker.start()
+    loaded: list[Any] = []
+
+    def loader(data: bytes, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + 60  # the worker starts in the background
+        while (model := worker.load(data, **kwargs)) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        loaded.append(model)
+        return model
+
+    engine.loader = loader
+    try:
+        live = engine.activate(first, event="rollback", details={"by": "test"})
+    finally:
+        worker.close()
+    assert live.version == first and loaded and live.model is loaded[0]
+    X = rows_to_matrix(engine.schema, [r["features"] for r in make_rows(50, seed=9)])
+    _, from_disk = engine.reg.load(first)
+    assert live.predict(X) == from_disk.predict(X).tolist()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,4 +104,45 @@ def test_the_worker_evaluates_the_candidate_for_the_gate() -> None:
     model = load_artifact(result.artifact)
     assert ev.scores == {m: score(m, model, X_hold, y_hold) for m in ("accuracy", "log_loss")}
     assert ev.scores["accuracy"] > 0.9
+    # The loaded object came back over the pipe, for a deploy to serve: it is the artifact.
+    assert type(ev.model) is type(model)
+    assert (ev.model.predict_proba(X_hold) == model.predict_proba(X_hold)).all()
     assert fit_and_dump(base).evaluation is None  # no holdout, nothing evaluated
+
+
+def test_the_worker_loads_an_artifact_for_the_serving_process_unless_it_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback to a version no longer loaded has the worker run the skops load; an artifact
+    it refuses raises as it would in process; while it fits, it says so (None) at once, and
+    the caller loads the artifact itself rather than wait for the fit."""
+    from driftd.errors import IntegrityError
+    from driftd.registry import load_artifact
+
+    flag = tmp_path / "slow"
+    monkeypatch.setenv("DRIFTD_TEST_SLOW_FLAG", str(flag))
+    worker = TrainingWorker()
+    try:
+        fit = worker(job(), timeout=30)
+        assert fit.ok, fit.error
+        model = worker.load(fit.artifact)
+        assert (model.predict_proba(X) == load_artifact(fit.artifact).predict_proba(X)).all()
+        with pytest.raises(IntegrityError, match="not a readable skops artifact"):
+            worker.load(b"not a skops file")
+
+        flag.touch()
+        slow = threading.Thread(
+            target=worker,
+            args=(job("tests.models:slow_when_flagged"),),
+            kwargs={"timeout": 3.0, "kill_grace": 1.0},
+        )
+        slow.start()
+        deadline = time.monotonic() + 10
+        while not worker._lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert worker.load(fit.artifact) is None
+        assert time.monotonic() - started < 1.0
+        slow.join()
+    finally:
+        worker.close()

@@ -175,6 +175,7 @@ class Daemon:
     def startup(self) -> None:
         self.engine.open()
         self.trainer.start()  # spawns and imports in the background, ahead of the first job
+        self.engine.loader = self.trainer.load  # rollbacks load there, not beside requests
         self.retrainer = Retrainer(self.engine, alerter=self.alerter, fit=self.trainer)
         now = time.monotonic()
         self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds

@@ -73,6 +73,9 @@ class Engine:
         self.cancel = threading.Event()
         self.on_alarm: Callable[[MonitorEvent], None] | None = None
         self.on_joined: Callable[[list[Joined]], None] | None = None
+        # Loads verified artifact bytes elsewhere (the training worker) and returns the model,
+        # or None when it cannot now; the engine then loads them in this process.
+        self.loader: Callable[..., Any] | None = None
         self.bootstrap_state = "idle"
         self.bootstrap_error: str | None = None
         self.bootstrap_failures = 0
@@ -164,7 +167,15 @@ class Engine:
             log.error("no model version in %s could be loaded", self.reg.root)
 
     def _load(self, number: int, warmup: Any = None) -> LiveModel:
-        version, model = self.reg.load(number)
+        version, data = self.reg.read(number)
+        model = None
+        if self.loader is not None:
+            try:
+                model = self.loader(data, extra_trusted=self.reg.extra_trusted)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{version.name}: {exc}") from exc
+        if model is None:
+            model = self.reg.loads(version, data)
         live = LiveModel(number, model, version.manifest, self.clock())
         rows = warmup if warmup is not None else self._warmup_rows(version)
         live.warm_up(rows)
@@ -188,11 +199,22 @@ class Engine:
         if event is not None:
             self.store.add_event("deploy", {**event, "version": live.version}, ts=self.clock())
 
-    def deploy(self, artifact: bytes, manifest: dict[str, Any], warmup: Any) -> Version:
+    def deploy(
+        self, artifact: bytes, manifest: dict[str, Any], warmup: Any, *, model: Any = None
+    ) -> Version:
         """The swap primitive: publish an immutable version, load and verify it from disk, warm it
-        up, then (on the worker) move the champion alias, swap the reference and rebaseline."""
+        up, then (on the worker) move the champion alias, swap the reference and rebaseline.
+
+        ``model`` is ``artifact`` already loaded (by the training process, with the same trusted
+        types): then only the published bytes are read back and verified, and that object
+        serves, so the serving process does not spend the load's GIL time beside requests."""
         version = self.reg.publish(artifact, manifest)
-        live = self._load(version.number, warmup)
+        if model is None:
+            live = self._load(version.number, warmup)
+        else:
+            version, _ = self.reg.read(version.number)
+            live = LiveModel(version.number, model, version.manifest, self.clock())
+            live.warm_up(warmup)
         self._switch(live, "deploy", {"reason": manifest.get("reason"), "job": manifest.get("job")})
         log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
         return version

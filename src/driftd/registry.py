@@ -208,6 +208,18 @@ class Registry:
 
     def load(self, number: int) -> tuple[Version, Any]:
         """Verify and load a version: manifest readable, sha256 matching, types trusted."""
+        version, data = self.read(number)
+        return version, self.loads(version, data)
+
+    def loads(self, version: Version, data: bytes) -> Any:
+        """Load a version's artifact bytes (from :meth:`read`), refusing untrusted types."""
+        try:
+            return load_artifact(data, extra_trusted=self.extra_trusted)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{version.name}: {exc}") from exc
+
+    def read(self, number: int) -> tuple[Version, bytes]:
+        """A version's artifact bytes, verified against the sha256 in its manifest."""
         version = self.get(number)
         try:
             data = (version.path / ARTIFACT).read_bytes()
@@ -218,11 +230,7 @@ class Registry:
             raise IntegrityError(
                 f"{version.name}: sha256 mismatch (artifact changed after publish)"
             )
-        try:
-            model = load_artifact(data, extra_trusted=self.extra_trusted)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{version.name}: {exc}") from exc
-        return version, model
+        return version, data
 
     # -- aliases ---------------------------------------------------------------------------
     def aliases(self) -> Aliases:
