@@ -78,6 +78,7 @@ def machine() -> dict[str, Any]:
         "uvicorn",
         "httptools",
         "uvloop",
+        "msgspec",
         "pydantic",
         "skops",
     ):
