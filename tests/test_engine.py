@@ -78,13 +78,15 @@ def test_a_deploy_serves_the_model_the_training_process_loaded(engine: Engine) -
     y = [r["label"] for r in rows]
     job = FitJob(engine.config.model, engine.schema, X, y, holdout=(X[:50], y[:50]))
     fit = fit_and_dump(job)
-    assert fit.ok and fit.evaluation is not None and fit.evaluation.model is not None
+    assert fit.ok and fit.evaluation is not None
+    model = fit.evaluation.model()
+    assert model is not None
     warm = [r["features"] for r in rows[:4]]
     manifest = {"reason": "test", "warmup": warm}
-    version = engine.deploy(fit.artifact, manifest, X[:4], model=fit.evaluation.model)
+    version = engine.deploy(fit.artifact, manifest, X[:4], model=model)
     live = engine.serving.current
     assert live is not None and live.version == version.number
-    assert live.model is fit.evaluation.model
+    assert live.model is model
     _, from_disk = engine.reg.load(version.number)
     assert live.predict(X) == from_disk.predict(X).tolist()
 
@@ -117,3 +119,25 @@ def test_a_load_from_the_registry_can_run_in_the_training_worker(engine: Engine)
     X = rows_to_matrix(engine.schema, [r["features"] for r in make_rows(50, seed=9)])
     _, from_disk = engine.reg.load(first)
     assert live.predict(X) == from_disk.predict(X).tolist()
+
+
+@pytest.mark.parametrize("outcome", ["cannot now", "fails"])
+def test_a_loader_that_cannot_load_leaves_the_load_to_the_engine(
+    engine: Engine, outcome: str
+) -> None:
+    """A worker busy fitting (None) or one whose load broke (an exception): the rollback still
+    happens, loading in this process."""
+    first = deploy(engine, 0)
+    deploy(engine, 1)
+    deploy(engine, 2)
+    calls: list[bytes] = []
+
+    def loader(data: bytes, **kwargs: Any) -> Any:
+        calls.append(data)
+        if outcome == "fails":
+            raise EOFError("the worker went away")
+        return None
+
+    engine.loader = loader
+    live = engine.activate(first, event="rollback", details={"by": "test"})
+    assert calls and live.version == first and engine.serving.current is live

@@ -105,8 +105,9 @@ def test_the_worker_evaluates_the_candidate_for_the_gate() -> None:
     assert ev.scores == {m: score(m, model, X_hold, y_hold) for m in ("accuracy", "log_loss")}
     assert ev.scores["accuracy"] > 0.9
     # The loaded object came back over the pipe, for a deploy to serve: it is the artifact.
-    assert type(ev.model) is type(model)
-    assert (ev.model.predict_proba(X_hold) == model.predict_proba(X_hold)).all()
+    served = ev.model()
+    assert type(served) is type(model)
+    assert (served.predict_proba(X_hold) == model.predict_proba(X_hold)).all()
     assert fit_and_dump(base).evaluation is None  # no holdout, nothing evaluated
 
 
@@ -131,18 +132,21 @@ def test_the_worker_loads_an_artifact_for_the_serving_process_unless_it_is_busy(
             worker.load(b"not a skops file")
 
         flag.touch()
+        stop = threading.Event()
         slow = threading.Thread(
             target=worker,
             args=(job("tests.models:slow_when_flagged"),),
-            kwargs={"timeout": 3.0, "kill_grace": 1.0},
+            kwargs={"timeout": 60.0, "kill_grace": 1.0, "cancel": stop},
         )
         slow.start()
         deadline = time.monotonic() + 10
         while not worker._lock.locked() and time.monotonic() < deadline:
             time.sleep(0.01)
-        started = time.monotonic()
-        assert worker.load(fit.artifact) is None
-        assert time.monotonic() - started < 1.0
-        slow.join()
+        try:
+            assert worker.load(fit.artifact) is None  # at once, the fit still running
+            assert slow.is_alive()
+        finally:
+            stop.set()
+            slow.join()
     finally:
         worker.close()

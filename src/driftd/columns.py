@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, overload
@@ -30,6 +31,8 @@ from driftd.batch import Batch, packer
 from driftd.schema import Label, Schema, may_repeat_keys
 
 __all__ = ["ColumnDecoder", "Columns", "Rows"]
+
+_UNMATCHABLE = re.compile(r'["\\\x00-\x1f]')
 
 
 class Rows(Sequence[Mapping[str, float]]):
@@ -123,8 +126,11 @@ class ColumnDecoder:
 
     @classmethod
     def for_schema(cls, schema: Schema, *, max_items: int | None = None) -> ColumnDecoder | None:
-        """A decoder for ``schema``, or ``None`` if it has a categorical feature."""
+        """A decoder for ``schema``, or ``None`` if it has a categorical feature or a feature
+        name msgspec cannot match (one with a quote, a backslash or a control character)."""
         if not schema.features or schema.categorical:
+            return None
+        if any(_UNMATCHABLE.search(name) for name in schema.names):
             return None
         return cls(schema, max_items=max_items)
 
@@ -140,6 +146,8 @@ class ColumnDecoder:
         features = itertools.chain.from_iterable(astuple(r.features) for r in records)
         block = packer(n * k).pack(*features)
         values = np.frombuffer(block, dtype=np.float64).reshape(n, k)
+        # Guards, as msgspec stands they never fire: it refuses numbers out of float range,
+        # and NaN and Infinity are not JSON.
         if not np.isfinite(values).all():
             return None
         ids, timestamps, predictions, labels = (

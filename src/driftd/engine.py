@@ -13,10 +13,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from driftd.batch import Batch
 from driftd.columns import Columns
@@ -52,6 +52,15 @@ class PredictResult:
     duplicates: list[str] = field(default_factory=list)
 
 
+class Loader(Protocol):
+    """Loads verified artifact bytes elsewhere (the training worker) and returns the model, or
+    ``None`` when it cannot now; raises :class:`IntegrityError` for bytes it refuses."""
+
+    def __call__(
+        self, data: bytes, /, *, extra_trusted: Iterable[str], cancel: threading.Event
+    ) -> Any: ...
+
+
 class Engine:
     """One daemon's working parts. ``open()`` before use, ``close()`` after."""
 
@@ -73,9 +82,7 @@ class Engine:
         self.cancel = threading.Event()
         self.on_alarm: Callable[[MonitorEvent], None] | None = None
         self.on_joined: Callable[[list[Joined]], None] | None = None
-        # Loads verified artifact bytes elsewhere (the training worker) and returns the model,
-        # or None when it cannot now; the engine then loads them in this process.
-        self.loader: Callable[..., Any] | None = None
+        self.loader: Loader | None = None  # the daemon's training worker
         self.bootstrap_state = "idle"
         self.bootstrap_error: str | None = None
         self.bootstrap_failures = 0
@@ -171,9 +178,13 @@ class Engine:
         model = None
         if self.loader is not None:
             try:
-                model = self.loader(data, extra_trusted=self.reg.extra_trusted)
+                model = self.loader(data, extra_trusted=self.reg.extra_trusted, cancel=self.cancel)
             except IntegrityError as exc:
                 raise IntegrityError(f"{version.name}: {exc}") from exc
+            except Exception:  # whatever went wrong there, load it here
+                log.exception(
+                    "loading %s in the training worker failed; loading it here", version.name
+                )
         if model is None:
             model = self.reg.loads(version, data)
         live = LiveModel(number, model, version.manifest, self.clock())
@@ -202,8 +213,8 @@ class Engine:
     def deploy(
         self, artifact: bytes, manifest: dict[str, Any], warmup: Any, *, model: Any = None
     ) -> Version:
-        """The swap primitive: publish an immutable version, load and verify it from disk, warm it
-        up, then (on the worker) move the champion alias, swap the reference and rebaseline.
+        """The swap primitive: publish an immutable version, verify it on disk and load it, warm
+        it up, then (on the worker) move the champion alias, swap the reference and rebaseline.
 
         ``model`` is ``artifact`` already loaded (by the training process, with the same trusted
         types): then only the published bytes are read back and verified, and that object

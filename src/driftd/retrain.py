@@ -351,7 +351,9 @@ class Retrainer:
             "warmup": _rows(self.engine.schema, warm),
         }
         previous = self.engine.serving.current.version if self.engine.serving.current else None
-        version = self.engine.deploy(result.artifact, manifest, warm, model=result.evaluation.model)
+        version = self.engine.deploy(
+            result.artifact, manifest, warm, model=result.evaluation.model()
+        )
         self.metrics.deployed_at.set(self.clock())
         expected = scores["candidate"].get(self.live_metric, math.nan)
         if cfg.guard.records > 0 and previous is not None and math.isfinite(expected):

@@ -305,10 +305,10 @@ def may_repeat_keys(body: bytes | bytearray | str, keys: int) -> bool:
     ``keys`` is the number of distinct keys in the body: validation refused unknown keys and
     missing features, so that is the count of keys in its output. Every key in the body is
     followed by a colon outside any string. So if the body has no more colons than that, no
-    key was repeated. A colon inside a
-    string (an id such as ``"12:30"``) spoils that count; then count ``":`` instead, which a
-    string only matches at an escaped quote or when it starts with a colon, after ruling out a
-    key spaced from its colon. Anything left is a cautious ``True``. Every count runs in C.
+    key was repeated. A colon inside a string (an id such as ``"12:30"``) spoils that count;
+    then count ``":`` instead, which a string only matches at an escaped quote or when it
+    starts with a colon, after ruling out a key spaced from its colon. Anything left is a
+    cautious ``True``. Every count runs in C.
     """
     raw = body.encode() if isinstance(body, str) else body
     # numpy counts a byte five times faster than bytes.count (0.03 ms for a 570 kB batch).

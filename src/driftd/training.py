@@ -4,7 +4,10 @@ The estimator comes from the config (an import path plus params, or a user calla
 unfitted estimator) and is wrapped in a pipeline whose preprocessing is built from the schema:
 numeric columns pass through, categorical columns are one-hot encoded with unknown categories
 ignored. The fit runs in a ``spawn``ed child with a wall-clock timeout and a memory cap, so the
-serving process never trains and never shares a GIL with training.
+serving process never trains and never shares a GIL with training. The child also loads
+artifacts for the serving process: it loads each candidate back to evaluate it (the object
+returns with the result, for a deploy to serve) and, when idle, loads a registry version for a
+rollback; unpickling the loaded object costs the serving process a fraction of a skops load.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
+import pickle
 import platform
 import signal
 import threading
@@ -167,16 +171,21 @@ class FitJob:
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """The candidate as the gate needs it: whether its artifact loads (and why not), its median
-    single-row latency in ms, and its scores on the holdout; and ``model``, the artifact as it
-    loaded here, for a deploy to serve. A skops load of a 500-tree model costs 0.2 s of the
-    GIL; unpickling the loaded object, which the pipe from the training process does anyway,
-    costs 6 ms, so the serving process never runs the load itself."""
+    single-row latency in ms, and its scores on the holdout; and ``pickled``, the artifact as
+    it loaded here, for a deploy to serve (:meth:`model`). A skops load of a 500-tree model
+    costs 0.2 s of the GIL; unpickling the loaded object costs 6 ms, and only a deploy pays
+    it (a rejected candidate's bytes are never unpickled)."""
 
     loads: bool
     load_error: str | None = None
     latency_ms: float | None = None
     scores: dict[str, float] | None = None
-    model: Any = field(default=None, repr=False)
+    pickled: bytes | None = field(default=None, repr=False)
+
+    def model(self) -> Any:
+        """The loaded candidate, or ``None`` if it could not be pickled: the deploy then loads
+        the artifact. Only ever bytes this daemon's own training process pickled."""
+        return None if self.pickled is None else pickle.loads(self.pickled)  # noqa: S301
 
 
 @dataclass(slots=True)
@@ -253,7 +262,11 @@ def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
     except (IntegrityError, WarmupError) as exc:
         return Evaluation(False, str(exc))
     scores = {metric: score(metric, model, X_hold, y_hold) for metric in job.metrics}
-    return Evaluation(True, None, 1000 * latency, scores, model)
+    try:
+        pickled: bytes | None = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - a custom trusted type may not pickle: deploy loads it
+        pickled = None
+    return Evaluation(True, None, 1000 * latency, scores, pickled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +304,8 @@ def fit_inline(job: FitJob, *, timeout: float, cancel: threading.Event | None = 
 
 
 def _serve_jobs(conn: Any, memory_limit_bytes: int | None) -> None:
-    """The worker process: cap memory, import the libraries once, then fit jobs until told to
-    stop (``None``) or the parent goes away."""
+    """The worker process: cap memory, import the libraries once, then fit (or load) jobs until
+    told to stop (``None``) or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when training stops
     logging.getLogger().setLevel(logging.INFO)
     if memory_limit_bytes:
@@ -310,7 +323,14 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None) -> None:
             return
         if job is None:
             return
-        conn.send(_load(job) if isinstance(job, LoadJob) else fit_and_dump(job))
+        if isinstance(job, LoadJob):
+            answer = _load(job)
+            try:
+                conn.send(answer)
+            except Exception:  # noqa: BLE001 - a model that will not pickle: load it there
+                conn.send(_Loaded(error=f"the loaded model could not be sent back ({answer})"))
+            continue
+        conn.send(fit_and_dump(job))
 
 
 class TrainingWorker:
@@ -391,7 +411,12 @@ class TrainingWorker:
             return result
 
     def load(
-        self, artifact: bytes, *, extra_trusted: Iterable[str] = (), timeout: float = 60.0
+        self,
+        artifact: bytes,
+        *,
+        extra_trusted: Iterable[str] = (),
+        timeout: float = 30.0,
+        cancel: threading.Event | None = None,
     ) -> Any:
         """Load a skops artifact here and return the object, or ``None`` if the worker cannot
         now (fitting, still starting, or the load failed there): the caller then loads it
@@ -399,7 +424,8 @@ class TrainingWorker:
 
         A skops load is Python-heavy (0.2 s for a 500-tree model); unpickling its result as it
         comes over the pipe takes 6 ms, so a rollback to a version that is no longer loaded
-        holds the serving process's GIL for that instead."""
+        holds the serving process's GIL for that instead. A worker that overruns ``timeout``
+        or dies is replaced (in the background) and the caller loads the artifact itself."""
         from driftd.errors import IntegrityError
 
         if not self._lock.acquire(blocking=False):
@@ -412,16 +438,20 @@ class TrainingWorker:
             start = time.monotonic()
             try:
                 self._conn.send(LoadJob(artifact, tuple(extra_trusted)))
+                answer = _wait(self._conn, self._proc, start + timeout, cancel)
             except (OSError, ValueError):
-                self._stop(kill_grace=5.0)
-                return None
-            answer = _wait(self._conn, self._proc, start + timeout, None)
+                answer = None
             if answer is None:
-                self._stop(kill_grace=5.0)
+                log.warning("the training worker did not load the artifact; loading it here")
+                self._stop(kill_grace=1.0)
+                if not (cancel and cancel.is_set()):
+                    self._ensure()
                 return None
             self._done += 1
             if answer.refused is not None:
                 raise IntegrityError(answer.refused)
+            if answer.error is not None:
+                log.warning("the training worker could not load the artifact: %s", answer.error)
             return answer.model
         finally:
             self._lock.release()
