@@ -14,8 +14,9 @@ single instance and batch of 100, in four conditions:
             daemon keeps loaded ([model] keep_previous): move the alias, swap the serving
             reference, rebaseline the detectors;
   loads     POST /v1/rollback back to back cycling v1 -> v2 -> v3, so that each target is
-            two swaps back and comes from the registry: load, verify, warm up, then as above.
-            This is also what every deploy of a new version costs.
+            two swaps back and comes from the registry: verify, load (in the training worker
+            when it is free), warm up, then as above. A deploy of a new version costs less:
+            it serves the object the training process loaded to evaluate it.
 
 Reported: p50/p99 per condition (median and min-max over runs) and p99 / idle p99.
 The issue's target: p99 during training within 1.5x of idle.
