@@ -352,6 +352,22 @@ def read_reply(sock: socket.socket, timeout: float) -> bytes:
     return data
 
 
+def read_response(sock: socket.socket, timeout: float = 5) -> bytes:
+    """One whole response (head and ``content-length`` bytes of body) from a kept-alive
+    connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    declared = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+    assert declared is not None, head
+    length = int(declared.group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_a_body_that_stops_arriving_is_refused_with_408_and_the_connection_closed(
     live: DaemonProcess, client: httpx.Client
 ) -> None:
@@ -400,6 +416,40 @@ def test_a_slow_loris_sending_a_byte_a_second_is_cut_off_at_the_read_deadline(
     assert READ_TIMEOUT_SECONDS - 2 < waited < READ_TIMEOUT_SECONDS + 5
     assert max(latencies) < 2, f"others waited up to {max(latencies):.2f} s"
     assert rejected(client, "read_timeout") == before + 1
+
+
+def test_headers_that_never_finish_and_a_silent_connection_are_closed_at_the_read_deadline(
+    live: DaemonProcess, client: httpx.Client
+) -> None:
+    """uvicorn bounds neither: a client sending part of its headers, or nothing at all, would
+    hold its connection (and a file descriptor) forever. The first gets a 408, the second is
+    closed without a word; both are counted."""
+    timeouts, idle = rejected(client, "read_timeout"), rejected(client, "idle_connection")
+    head = b"POST /v1/records HTTP/1.1\r\nHost: driftd\r\nContent-Type: "
+    with (
+        socket.create_connection(("127.0.0.1", live.port)) as partial,
+        socket.create_connection(("127.0.0.1", live.port)) as silent,
+        socket.create_connection(("127.0.0.1", live.port)) as reused,
+    ):
+        # a kept-alive connection: one request answered, then the next one's headers stall
+        reused.sendall(b"GET /healthz HTTP/1.1\r\nHost: driftd\r\n\r\n")
+        assert read_response(reused).startswith(b"HTTP/1.1 200")
+        partial.sendall(head)
+        reused.sendall(head)
+        start = time.monotonic()
+        assert_serving(client)
+        replies = [read_reply(s, READ_TIMEOUT_SECONDS + 10) for s in (partial, reused)]
+        waited = time.monotonic() - start
+        nothing = read_reply(silent, 10)  # opened with the others: closed by now, not waiting
+        silent_closed = time.monotonic() - start < READ_TIMEOUT_SECONDS + 5
+    for reply in replies:
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"read_timeout" in reply and b"connection: close" in reply.lower()
+    assert READ_TIMEOUT_SECONDS - 1 < waited < READ_TIMEOUT_SECONDS + 5
+    assert nothing == b"" and silent_closed
+    assert rejected(client, "read_timeout") == timeouts + 2
+    assert rejected(client, "idle_connection") == idle + 1
+    assert_serving(client)
 
 
 def test_many_slow_clients_do_not_stall_the_others_and_are_counted_when_they_give_up(

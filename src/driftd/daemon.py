@@ -34,6 +34,7 @@ from driftd.app import create_app
 from driftd.config import Config, load
 from driftd.engine import Engine
 from driftd.errors import ConfigError
+from driftd.header_timeout import HeaderTimeout
 from driftd.metrics import Metrics
 from driftd.retrain import Retrainer
 from driftd.sdnotify import Notifier, Watchdog
@@ -91,7 +92,9 @@ class _Server(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         should_exit = await super().on_tick(counter)
         if self.started:
-            self.daemon.on_tick(time.monotonic())
+            now = time.monotonic()
+            self.daemon.header_timeout.check(self.server_state.connections, now)
+            self.daemon.on_tick(now)
         return should_exit or self.daemon.should_exit
 
 
@@ -118,6 +121,10 @@ class Daemon:
         mem = config.training.memory_limit_mb
         self.trainer = TrainingWorker(memory_limit_bytes=mem * 1024 * 1024 if mem else None)
         self.retrainer: Retrainer | None = None
+        self.header_timeout = HeaderTimeout(
+            config.server.read_timeout_seconds,
+            lambda reason: self.metrics.rejected.labels(reason).inc(),
+        )
         self.scheduler: AsyncIOScheduler | None = None
         self.on_started = on_started
         self.should_exit = False

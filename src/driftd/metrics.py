@@ -35,10 +35,12 @@ REJECT_REASONS = (
     "unsupported_media_type",
     "unauthorized",
     "no_model",
+    "read_timeout",
     # refused before any data: not counted in the share of ingest refused (rules, dashboard)
     "invalid_parameter",
     "not_found",
     "method_not_allowed",
+    "idle_connection",
 )
 TRIGGER_REASONS = ("drift", "drift_growth", "schedule", "operator", "bootstrap")
 SKIP_REASONS = ("cooldown", "backoff", "too_few_new_labels", "too_few_rows", "single_class")
