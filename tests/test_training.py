@@ -150,3 +150,15 @@ def test_the_worker_loads_an_artifact_for_the_serving_process_unless_it_is_busy(
             slow.join()
     finally:
         worker.close()
+
+
+def test_the_worker_runs_at_a_lower_cpu_priority_than_the_daemon() -> None:
+    """``[training] nice``: when a fit and predictions both want the CPU, predictions win."""
+    worker = TrainingWorker(nice=7)
+    try:
+        assert worker(job(), timeout=30).ok
+        child = worker._proc.pid
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, ours + 7)
+    finally:
+        worker.close()

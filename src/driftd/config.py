@@ -172,6 +172,7 @@ class TrainingConfig:
     timeout_seconds: float = field(default=600.0, metadata={"min": 1})
     memory_limit_mb: int | None = field(default=4096, metadata={"min": 64})
     threads: int | None = field(default=None, metadata={"min": 1, "max": 1024})
+    nice: int = field(default=10, metadata={"min": 0, "max": 19})
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,9 @@ class Daemon:
         self.chores = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-chores")
         self.alerter = Alerter(config.alerts, self.metrics, instance=self._instance())
         mem = config.training.memory_limit_mb
-        self.trainer = TrainingWorker(memory_limit_bytes=mem * 1024 * 1024 if mem else None)
+        self.trainer = TrainingWorker(
+            memory_limit_bytes=mem * 1024 * 1024 if mem else None, nice=config.training.nice
+        )
         self.retrainer: Retrainer | None = None
         self.header_timeout = HeaderTimeout(
             config.server.read_timeout_seconds,

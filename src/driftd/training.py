@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
+import os
 import pickle
 import platform
 import signal
@@ -303,11 +304,16 @@ def fit_inline(job: FitJob, *, timeout: float, cancel: threading.Event | None = 
     return fit_and_dump(job)
 
 
-def _serve_jobs(conn: Any, memory_limit_bytes: int | None) -> None:
-    """The worker process: cap memory, import the libraries once, then fit (or load) jobs until
-    told to stop (``None``) or the parent goes away."""
+def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> None:
+    """The worker process: cap memory, lower its CPU priority by ``nice``, import the libraries
+    once, then fit (or load) jobs until told to stop (``None``) or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when training stops
     logging.getLogger().setLevel(logging.INFO)
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError as exc:  # a seccomp filter or a container that refuses it: train anyway
+            logging.getLogger(__name__).warning("could not lower the training priority: %s", exc)
     if memory_limit_bytes:
         import resource
 
@@ -344,8 +350,11 @@ class TrainingWorker:
     Blocking: call it from a worker thread, never from the event loop. Thread-safe.
     """
 
-    def __init__(self, *, memory_limit_bytes: int | None = None, max_jobs: int = 50) -> None:
+    def __init__(
+        self, *, memory_limit_bytes: int | None = None, nice: int = 0, max_jobs: int = 50
+    ) -> None:
         self.memory_limit_bytes = memory_limit_bytes
+        self.nice = nice
         self.max_jobs = max_jobs
         self._lock = threading.Lock()
         self._proc: Any = None
@@ -366,7 +375,7 @@ class TrainingWorker:
         parent, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
             target=_serve_jobs,
-            args=(child, self.memory_limit_bytes),
+            args=(child, self.memory_limit_bytes, self.nice),
             name="driftd-train",
             daemon=True,
         )
