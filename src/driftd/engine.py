@@ -173,10 +173,11 @@ class Engine:
         if numbers:
             log.error("no model version in %s could be loaded", self.reg.root)
 
-    def _load(self, number: int, warmup: Any = None) -> LiveModel:
+    def _load(self, number: int, warmup: Any = None, *, model: Any = None) -> LiveModel:
+        """Verify a version's bytes, load them (unless ``model`` is them already loaded), warm
+        the model up."""
         version, data = self.reg.read(number)
-        model = None
-        if self.loader is not None:
+        if model is None and self.loader is not None:
             try:
                 model = self.loader(data, extra_trusted=self.reg.extra_trusted, cancel=self.cancel)
             except IntegrityError as exc:
@@ -220,12 +221,7 @@ class Engine:
         types): then only the published bytes are read back and verified, and that object
         serves, so the serving process does not spend the load's GIL time beside requests."""
         version = self.reg.publish(artifact, manifest)
-        if model is None:
-            live = self._load(version.number, warmup)
-        else:
-            version, _ = self.reg.read(version.number)
-            live = LiveModel(version.number, model, version.manifest, self.clock())
-            live.warm_up(warmup)
+        live = self._load(version.number, warmup, model=model)
         self._switch(live, "deploy", {"reason": manifest.get("reason"), "job": manifest.get("job")})
         log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
         return version
