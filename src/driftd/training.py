@@ -5,9 +5,10 @@ unfitted estimator) and is wrapped in a pipeline whose preprocessing is built fr
 numeric columns pass through, categorical columns are one-hot encoded with unknown categories
 ignored. The fit runs in a ``spawn``ed child with a wall-clock timeout and a memory cap, so the
 serving process never trains and never shares a GIL with training. The child also loads
-artifacts for the serving process: it loads each candidate back to evaluate it (the object
-returns with the result, for a deploy to serve) and, when idle, loads a registry version for a
-rollback; unpickling the loaded object costs the serving process a fraction of a skops load.
+artifacts for the serving process: it loads each candidate back to evaluate it (the loaded
+object returns pickled with the result, unpickled only if the candidate deploys) and, when idle,
+loads a registry version for a rollback; unpickling costs the serving process a fraction of a
+skops load.
 """
 
 from __future__ import annotations
