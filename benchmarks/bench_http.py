@@ -123,8 +123,8 @@ def ingest(url: str, batches: list[bytes], warmup: int = 5) -> float:
 def bare_store(bodies: list[bytes]) -> float:
     """Records/s of ``Store.add_records`` alone on the batches the daemon would make of
     ``bodies`` (decoded beforehand, untimed)."""
-    from driftd.columns import ColumnDecoder
-    from driftd.schema import Feature, Schema
+    from driftd.ingest.columns import ColumnDecoder
+    from driftd.ingest.schema import Feature, Schema
     from driftd.store import Store
 
     schema = Schema(tuple(Feature(f"f{i}") for i in range(N_FEATURES)))
@@ -162,11 +162,11 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
     (SQLite store in WAL mode, the monitor, metrics); the store write and the monitor update
     are timed by wrapping the engine's own bound methods, so the path is the daemon's.
     """
-    from driftd.columns import ColumnDecoder
     from driftd.config import load_text
-    from driftd.engine import Engine
+    from driftd.ingest.columns import ColumnDecoder
+    from driftd.ingest.validation import Validators
     from driftd.metrics import Metrics
-    from driftd.schema import Validators
+    from driftd.service.engine import Engine
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -211,16 +211,16 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
 # -- py-spy: where the daemon spends its time under load -----------------------------------------
 CATEGORIES = (
     ("monitor (river detectors)", ("driftd/monitor/", "river/")),
-    ("SQLite write (store)", ("driftd/store.py",)),
+    ("SQLite write (store)", ("driftd/store/",)),
     (
         "parse + validate (msgspec, pydantic)",
-        ("driftd/columns.py", "driftd/schema.py", "msgspec", "pydantic"),
+        ("driftd/ingest/", "msgspec", "pydantic"),
     ),
     ("metrics", ("prometheus_client",)),
-    ("engine (batch columns, events)", ("driftd/engine.py",)),
+    ("engine (batch columns, events)", ("driftd/service/engine.py",)),
     (
         "HTTP (uvicorn, starlette, fastapi, asyncio)",
-        ("uvicorn", "starlette", "fastapi", "h11", "httptools", "asyncio", "driftd/app.py"),
+        ("uvicorn", "starlette", "fastapi", "h11", "httptools", "asyncio", "driftd/service/app.py"),
     ),
 )
 

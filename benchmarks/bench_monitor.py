@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bare_adwin_loop
 from river import drift
 
+from driftd.ingest.schema import Feature, Schema
 from driftd.monitor import KSWIN, Monitor, MonitorConfig
-from driftd.schema import Feature, Schema
 
 N_FEATURES = 20
 BATCH = 1000

@@ -42,8 +42,8 @@ def make_rows(n: int, n_features: int, seed: int = 0) -> list[dict[str, float | 
 
 def monitor_rate(rows: list[dict[str, float | str]], n_features: int) -> float:
     """Records/s of driftd's Monitor over ``rows`` (ADWIN, default config)."""
+    from driftd.ingest.schema import Feature, Schema
     from driftd.monitor import Monitor, MonitorConfig
-    from driftd.schema import Feature, Schema
 
     schema = Schema(features=tuple(Feature(f"x{i}") for i in range(n_features)))
     monitor = Monitor(schema, MonitorConfig())

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Daemon, events, fmt, stats
 from freshness import BOOT, daemon_config, write_boot
 
-from driftd.streams import SyntheticStream
+from driftd.ingest.streams import SyntheticStream
 
 STREAM = "agrawal"
 STEPS = ("detection_records", "detection_s", "wait_s", "training_s", "gate_swap_s", "total_s")

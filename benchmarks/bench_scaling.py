@@ -97,9 +97,9 @@ def memory(retentions: list[int], runs: int) -> dict[str, Any]:
 
 
 def training(windows: list[int], runs: int) -> dict[str, Any]:
-    from driftd.config import ModelConfig
-    from driftd.schema import Feature, Schema
-    from driftd.training import FitJob, fit_inline
+    from driftd.ingest.schema import Feature, Schema
+    from driftd.retrain.config import ModelConfig
+    from driftd.retrain.fit import FitJob, fit_inline
 
     schema = Schema(tuple(Feature(f"f{i}") for i in range(20)))
     rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ Streams (60,000 records in equal segments; the first 5,000 train the first model
 scored): Agrawal functions 0->2->4, SEA variants 0->1->2->3, STAGGER 0->1->2. Prequential
 accuracy over records 5,000..60,000, overall and for the 2,000 records after each drift.
 
-With --replay the daemon's code runs through driftd.replay (the library API) instead of a
+With --replay the daemon's code runs through driftd.offline.replay (the library API) instead of a
 daemon over HTTP: the same config, records 5,000..60,000 played on a simulated clock at --rate
 records per simulated second, batches of 100, labels delivered before the next batch, training
 taking no simulated time. Deterministic per --seed; the gap to the HTTP figure is what training
@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from driftd.streams import STREAMS, SyntheticStream
+from driftd.ingest.streams import STREAMS, SyntheticStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -134,7 +134,7 @@ def run_replay(
     mean and post-drift windows equal the replay's (see ``report``), built from those sums.
     """
     from driftd.config import load_text
-    from driftd.replay import ReplayOptions, replay
+    from driftd.offline.replay import ReplayOptions, replay
 
     batch = 100
     with tempfile.TemporaryDirectory() as tmp:
@@ -383,7 +383,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--streams", default="agrawal,sea,stagger")
     ap.add_argument("--seeds", default="1", help="comma-separated; one run per seed")
-    ap.add_argument("--replay", action="store_true", help="driftd through driftd.replay, not HTTP")
+    ap.add_argument(
+        "--replay", action="store_true", help="driftd through driftd.offline.replay, not HTTP"
+    )
     ap.add_argument(
         "--baselines-only", action="store_true", help="compute (and keep) the baselines only"
     )

@@ -1,9 +1,9 @@
 """Soak: the demo stream at full speed through a real daemon, with retention, for millions of
 records; samples the daemon's memory, file descriptors, store size and throughput.
 
-The stream is river's Agrawal generator (``driftd.streams.SyntheticStream``), switching concept
-every ``--segment`` records so that the monitor alarms and the daemon retrains and swaps models
-during the run, as it would in production. Records go in as ``POST /v1/records`` batches with
+The stream is river's Agrawal generator (``driftd.ingest.streams.SyntheticStream``), switching
+concept every ``--segment`` records so that the monitor alarms and the daemon retrains and swaps
+models during the run, as it would in production. Records go in as ``POST /v1/records`` batches with
 their labels. Every ``--sample-seconds`` the sampler writes one CSV row: elapsed seconds,
 records acknowledged, records/s over the interval, VmRSS, open fds, the SQLite file sizes and
 the row count. At the end the RSS curve is drawn into a PNG and the properties are checked:
@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from driftd.streams import STREAMS
+from driftd.ingest.streams import STREAMS
 
 FEATURES = STREAMS["agrawal"]
 Request = tuple[str, bytes]  # (path, JSON body)
@@ -212,7 +212,7 @@ class Stream:
     """
 
     def __init__(self, *, segment: int, seed: int, path: str = "predict", pool: int = 20_000):
-        from driftd.streams import SyntheticStream
+        from driftd.ingest.streams import SyntheticStream
 
         self.segment = segment
         self.path = path

@@ -26,8 +26,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from driftd.alerts import RUNBOOK, Alerter, alertname
-from driftd.config import AlertsConfig
+from driftd.alerts import RUNBOOK, Alerter, AlertsConfig, alertname
 from driftd.metrics import ALERT_KINDS, Metrics
 from tests.conftest import require_tool
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from driftd.columns import ColumnDecoder
-from driftd.schema import Feature, Schema
+from driftd.ingest.columns import ColumnDecoder
+from driftd.ingest.schema import Feature, Schema
 
 SCHEMA = Schema(features=(Feature("b"), Feature("a"), Feature("c d")), max_id_length=8)
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from driftd.registry import Registry
+from driftd.models.registry import Registry
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
 
 KILLS = int(os.environ.get("DRIFTD_CRASH_KILLS", "12"))

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from driftd.config import load
-from driftd.daemon import Daemon
-from driftd.registry import Registry
+from driftd.models.registry import Registry
+from driftd.service.daemon import Daemon
 from tests.conftest import DaemonProcess, config_text, make_rows
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from driftd.config import load_text
-from driftd.engine import Engine
 from driftd.metrics import Metrics
-from driftd.training import FitJob, fit_and_dump, rows_to_matrix
+from driftd.models.inputs import rows_to_matrix
+from driftd.retrain.fit import FitJob, fit_and_dump
+from driftd.service.engine import Engine
 from tests.conftest import config_text, make_rows
 
 
@@ -94,7 +95,7 @@ def test_a_deploy_serves_the_model_the_training_process_loaded(engine: Engine) -
 def test_a_load_from_the_registry_can_run_in_the_training_worker(engine: Engine) -> None:
     """With a loader (the daemon's training worker), a rollback past the previous champion
     verifies the bytes here and has the worker load them; the model serves as loaded here."""
-    from driftd.training import TrainingWorker
+    from driftd.retrain.worker import TrainingWorker
 
     first = deploy(engine, 0)
     deploy(engine, 1)

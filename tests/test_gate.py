@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from driftd.gate import Gate, GateConfig
+from driftd.retrain.gate import Gate, GateConfig
 
 CASES = [
     # (name, metric, config, candidate, champion, holdout, passed, failed rules)

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+from driftd.ingest.schema import Feature, Schema
 from driftd.monitor import (
     AlarmConfig,
     CheckpointMismatch,
@@ -16,7 +17,6 @@ from driftd.monitor import (
     MonitorConfig,
     MonitorEvent,
 )
-from driftd.schema import Feature, Schema
 from tests import streams
 
 CHANGE = 5000

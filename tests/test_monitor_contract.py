@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from river import drift
 
+from driftd.ingest.schema import Feature, Schema
 from driftd.monitor import DETECTORS, Monitor, MonitorConfig, Watch
 from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import BINARY_DETECTORS, NUMERIC_DETECTORS
-from driftd.schema import Feature, Schema
 from tests import streams
 
 KINDS = sorted(DETECTORS)

@@ -25,12 +25,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from driftd.batch import Batch, BatchWriter
-from driftd.columns import ColumnDecoder
 from driftd.config import Config, load_text
 from driftd.errors import ConfigError
-from driftd.schema import Feature, InvalidInput, Schema, Validators, may_repeat_keys
+from driftd.ingest.batch import Batch
+from driftd.ingest.columns import ColumnDecoder
+from driftd.ingest.schema import Feature, Schema
+from driftd.ingest.validation import InvalidInput, Validators, may_repeat_keys
 from driftd.store import Store
+from driftd.store.batch_insert import BatchWriter
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,7 +15,7 @@ import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
 from driftd.errors import IntegrityError
-from driftd.registry import Registry, load_artifact
+from driftd.models.registry import Registry, load_artifact
 
 
 @pytest.fixture

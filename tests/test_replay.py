@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from driftd.config import load, load_text
-from driftd.history import HistoryError
-from driftd.registry import load_artifact
-from driftd.replay import ReplayOptions, SimClock, fit_inline, load_history, replay
-from driftd.streams import STREAMS, SyntheticStream
-from driftd.training import FitJob, fit_isolated, rows_to_matrix
+from driftd.ingest.history import HistoryError
+from driftd.ingest.streams import STREAMS, SyntheticStream
+from driftd.models.inputs import rows_to_matrix
+from driftd.models.registry import load_artifact
+from driftd.offline.replay import ReplayOptions, SimClock, fit_inline, load_history, replay
+from driftd.retrain.fit import FitJob
+from driftd.retrain.worker import fit_isolated
 
 SEGMENT = 2000
 RECORDS = 6000

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from driftd.config import load
-from driftd.replay import ReplayOptions, replay
-from driftd.report import render_html, write_report
+from driftd.offline.replay import ReplayOptions, replay
+from driftd.offline.report import render_html, write_report
 from tests.conftest import require_tool
 from tests.test_replay import config_file, write_stream
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from driftd.registry import Registry
+from driftd.models.registry import Registry
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
 
 TOKEN = "retrain-test-token-0123456789"

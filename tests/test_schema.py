@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from driftd.schema import Feature, InvalidInput, Schema, Validators, coerce_row
+from driftd.ingest.history import coerce_row
+from driftd.ingest.schema import Feature, Schema
+from driftd.ingest.validation import InvalidInput, Validators
 
 SCHEMA = Schema(features=(Feature("a"), Feature("c", "categorical")), max_string_length=5)
 V = Validators(SCHEMA)

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import pytest
 
-import driftd.sdnotify
-from driftd.sdnotify import Notifier, Watchdog, watchdog_interval
+import driftd.service.sdnotify
+from driftd.service.sdnotify import Notifier, Watchdog, watchdog_interval
 
 
 class Manager:
@@ -151,7 +151,7 @@ def test_without_notify_socket_every_call_is_a_silent_no_op(
         raise AssertionError("a disabled notifier must not open a socket")
 
     monkeypatch.setattr(socket, "socket", no_sockets)
-    caplog.set_level(logging.DEBUG, logger="driftd.sdnotify")
+    caplog.set_level(logging.DEBUG, logger="driftd.service.sdnotify")
     for notifier in (Notifier.from_environ(), Notifier.from_environ({}), Notifier(""), Notifier()):
         assert not notifier.enabled
         assert notifier.ready(status="x") is False
@@ -176,7 +176,7 @@ def test_an_unusable_address_disables_the_notifier_with_a_warning(
 def test_send_failure_is_logged_at_debug_and_never_raises(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="driftd.sdnotify")
+    caplog.set_level(logging.DEBUG, logger="driftd.service.sdnotify")
     with tempfile.TemporaryDirectory(prefix="driftd-sd-") as tmp:
         notifier = Notifier(os.path.join(tmp, "nobody-listens"))
         assert notifier.enabled
@@ -242,7 +242,7 @@ def test_watchdog_pings_at_most_once_per_interval_on_a_fake_clock(manager: Manag
 def test_watchdog_withholds_pings_while_unhealthy_and_resumes_after(
     manager: Manager, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="driftd.sdnotify")
+    caplog.set_level(logging.INFO, logger="driftd.service.sdnotify")
     dog = Watchdog(Notifier(manager.address), interval=1.0)
     assert dog.tick(0.0, healthy=True)
     assert not any(dog.tick(now, healthy=False) for now in (1.0, 2.0, 3.0, 4.0))
@@ -294,7 +294,7 @@ def test_watchdog_pid_of_another_process_disables_pings(manager: Manager) -> Non
 STALLING_DAEMON = textwrap.dedent(
     """
     import asyncio, time
-    from driftd.sdnotify import Notifier, Watchdog
+    from driftd.service.sdnotify import Notifier, Watchdog
 
     async def main():
         notifier = Notifier.from_environ()
@@ -362,6 +362,6 @@ def test_a_blocked_event_loop_stops_the_watchdog_pings(manager: Manager) -> None
 
 
 def test_docstring_examples_hold() -> None:
-    result = doctest.testmod(driftd.sdnotify, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(driftd.service.sdnotify, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from driftd.batch import Batch
 from driftd.errors import StoreVersionError
-from driftd.schema import Feature, Schema
+from driftd.ingest.batch import Batch
+from driftd.ingest.schema import Feature, Schema
 from driftd.store import SCHEMA_VERSION, Store
 
 SCHEMA = Schema(features=(Feature("a"), Feature("b"), Feature("c", "categorical")))

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from driftd.config import ModelConfig
-from driftd.schema import Feature, Schema
-from driftd.training import FitJob, TrainingWorker, fit_and_dump
+from driftd.ingest.schema import Feature, Schema
+from driftd.retrain.config import ModelConfig
+from driftd.retrain.fit import FitJob, fit_and_dump
+from driftd.retrain.worker import TrainingWorker
 
 SCHEMA = Schema((Feature("a"), Feature("b")))
 X = np.random.default_rng(0).random((300, 2))
@@ -76,8 +77,8 @@ def test_the_worker_evaluates_the_candidate_for_the_gate() -> None:
     """With a holdout, the training process loads the artifact back, warms it up and scores
     it, so that the serving process never loads a candidate it may not deploy. The scores are
     those of the artifact itself, scored anywhere."""
-    from driftd.registry import load_artifact
-    from driftd.training import score
+    from driftd.models.registry import load_artifact
+    from driftd.retrain.fit import score
 
     rng = np.random.default_rng(1)
     X_hold = rng.random((120, 2))
@@ -118,7 +119,7 @@ def test_the_worker_loads_an_artifact_for_the_serving_process_unless_it_is_busy(
     it refuses raises as it would in process; while it fits, it says so (None) at once, and
     the caller loads the artifact itself rather than wait for the fit."""
     from driftd.errors import IntegrityError
-    from driftd.registry import load_artifact
+    from driftd.models.registry import load_artifact
 
     flag = tmp_path / "slow"
     monkeypatch.setenv("DRIFTD_TEST_SLOW_FLAG", str(flag))

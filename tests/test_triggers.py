@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driftd.triggers import PolicyConfig, RetrainPolicy
+from driftd.retrain.policy import PolicyConfig, RetrainPolicy
 
 CFG = PolicyConfig(
     cooldown_seconds=60,

@@ -14,7 +14,7 @@ Examples
 >>> alertname("candidate_rejected")
 'DriftdCandidateRejected'
 >>> from prometheus_client import CollectorRegistry
->>> from driftd.config import AlertsConfig
+>>> from driftd.alerts import AlertsConfig
 >>> from driftd.metrics import Metrics
 >>> alerter = Alerter(AlertsConfig(), Metrics(CollectorRegistry(), process=False))
 >>> alerter.enabled, alerter.send("training_failed", "the child exited with 1")
@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
 from typing import IO, Any
@@ -43,10 +43,9 @@ from typing import IO, Any
 from typing_extensions import override
 
 from driftd import __version__
-from driftd.config import AlertsConfig
 from driftd.metrics import Metrics
 
-__all__ = ["MAX_QUEUE", "RUNBOOK", "Alerter", "alertname"]
+__all__ = ["MAX_QUEUE", "RUNBOOK", "Alerter", "AlertsConfig", "alertname"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +69,27 @@ RUNBOOK: dict[str, str] = {
     "consecutive_rejections": "Retraining keeps failing the gate: the data may have moved beyond "
     "what the model can learn. Review the features, the labels and the gate thresholds.",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    webhook_url: str | None = None
+    alertmanager_url: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    dedupe_seconds: float = field(default=600.0, metadata={"min": 0})
+    timeout_seconds: float = field(default=5.0, metadata={"min": 0.1})
+    retries: int = field(default=3, metadata={"min": 0, "max": 20})
+    backoff_seconds: float = field(default=1.0, metadata={"min": 0})
+    resolve_after_seconds: float = field(default=3600.0, metadata={"min": 60})
+    escalate_after: int = field(default=3, metadata={"min": 1})
+
+    def validate(self) -> list[str]:
+        errors = []
+        for key in ("webhook_url", "alertmanager_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith(("http://", "https://")):
+                errors.append(f"{key}: got {url!r}, expected an http:// or https:// URL")
+        return errors
 
 
 def alertname(kind: str) -> str:

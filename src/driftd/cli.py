@@ -186,9 +186,9 @@ def _load_or_exit(path: Path) -> Any:
 
 
 def _run(path: Path) -> int:
-    from driftd import logs
-    from driftd.daemon import Daemon
     from driftd.errors import DriftdError
+    from driftd.service import logs
+    from driftd.service.daemon import Daemon
 
     config = _load_or_exit(path)
     logs.configure(config.log.level, config.log.format)
@@ -204,10 +204,10 @@ def demo_config_path() -> Path:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from driftd import logs
     from driftd.config import StateConfig
-    from driftd.daemon import Daemon
-    from driftd.demo import DemoSource, LiveView, summary
+    from driftd.offline.demo import DemoSource, LiveView, summary
+    from driftd.service import logs
+    from driftd.service.daemon import Daemon
 
     config = _load_or_exit(args.config or demo_config_path())
     with contextlib.ExitStack() as stack:
@@ -268,20 +268,21 @@ def _demo(args: argparse.Namespace) -> int:
 def _log_progress(line: str) -> None:
     import logging
 
-    logging.getLogger("driftd.demo").info("%s", line)
+    logging.getLogger("driftd.offline.demo").info("%s", line)
 
 
 def _replay(args: argparse.Namespace) -> int:
     """``driftd replay``: exit 0 done, 1 the replay failed, 2 bad usage, config or file."""
     import logging
 
-    from driftd import logs
-    from driftd.history import HistoryError
-    from driftd.replay import ReplayOptions, replay
+    from driftd.ingest.history import HistoryError
+    from driftd.offline.replay import ReplayOptions, replay
+    from driftd.service import logs
 
     config = _load_or_exit(args.config)
     logs.configure("info" if args.verbose else "error", "text")
-    logging.getLogger("driftd.engine").setLevel(logging.INFO if args.verbose else logging.ERROR)
+    level = logging.INFO if args.verbose else logging.ERROR
+    logging.getLogger("driftd.service.engine").setLevel(level)
     try:
         points = (
             None
@@ -338,7 +339,7 @@ def _replay(args: argparse.Namespace) -> int:
     elif args.json is not None:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     if args.report is not None:
-        from driftd.report import write_report
+        from driftd.offline.report import write_report
 
         write_report(result, args.report)
     score = result["score"]

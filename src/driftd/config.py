@@ -9,7 +9,6 @@ the key, the bad value and what was expected. Every key is documented in
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,11 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from driftd._settings import build
+from driftd.alerts import AlertsConfig
 from driftd.errors import ConfigError
-from driftd.gate import GateConfig
+from driftd.ingest.schema import Feature, Schema
 from driftd.monitor.config import MonitorConfig
-from driftd.schema import Feature, Schema
-from driftd.triggers import PolicyConfig
+from driftd.retrain.config import (
+    BootstrapConfig,
+    GuardConfig,
+    ModelConfig,
+    RetrainConfig,
+    TrainingConfig,
+)
+from driftd.retrain.gate import GateConfig
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -42,7 +48,6 @@ __all__ = [
     "StateConfig",
     "StoreConfig",
     "TrainingConfig",
-    "import_object",
     "load",
     "load_text",
 ]
@@ -139,80 +144,6 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelConfig:
-    estimator: str = "sklearn.ensemble.HistGradientBoostingClassifier"
-    params: dict[str, Any] = field(default_factory=dict)
-    factory: str | None = None
-    metric: str = "accuracy"
-    warmup_rows: int = field(default=8, metadata={"min": 1, "max": 10_000})
-    trusted_types: list[str] = field(default_factory=list)
-    keep_previous: bool = True
-
-    def validate(self) -> list[str]:
-        errors = []
-        for key, path in (("estimator", self.estimator), ("factory", self.factory)):
-            if path is None or (key == "estimator" and self.factory is not None):
-                continue
-            problem = _check_import(path)
-            if problem:
-                errors.append(f"{key}: got {path!r}, {problem}")
-        return errors
-
-
-@dataclass(frozen=True, slots=True)
-class BootstrapConfig:
-    data: str | None = None
-    min_rows: int = field(default=500, metadata={"min": 10})
-    rows: int = field(default=5000, metadata={"min": 10})
-    seed: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingConfig:
-    timeout_seconds: float = field(default=600.0, metadata={"min": 1})
-    memory_limit_mb: int | None = field(default=4096, metadata={"min": 64})
-    threads: int | None = field(default=None, metadata={"min": 1, "max": 1024})
-    nice: int = field(default=10, metadata={"min": 0, "max": 19})
-
-
-@dataclass(frozen=True, slots=True)
-class RetrainConfig(PolicyConfig):
-    interval_seconds: float | None = field(default=None, metadata={"min": 1})
-    cron: str | None = None
-    misfire_grace_seconds: float = field(default=60.0, metadata={"min": 1})
-    max_age_seconds: float | None = field(default=None, metadata={"min": 1})
-    holdout_fraction: float = field(default=0.2, metadata={"min": 0.01, "max": 0.9})
-    keep_rejected: int = field(default=5, metadata={"min": 0, "max": 1000})
-
-    def validate(self) -> list[str]:
-        if self.interval_seconds is not None and self.cron is not None:
-            return ["cron: set either interval_seconds or cron, not both"]
-        if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(self.cron)
-            except ValueError as exc:
-                return [f"cron: got {self.cron!r}, expected a crontab expression ({exc})"]
-        return []
-
-    def policy(self) -> PolicyConfig:
-        return PolicyConfig(
-            cooldown_seconds=self.cooldown_seconds,
-            backoff_max_seconds=self.backoff_max_seconds,
-            min_new_labels=self.min_new_labels,
-            min_rows_after_drift=self.min_rows_after_drift,
-            window_rows=self.window_rows,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class GuardConfig:
-    records: int = field(default=300, metadata={"min": 0})
-    margin: float = field(default=0.1, metadata={"min": 0})
-
-
-@dataclass(frozen=True, slots=True)
 class DemoConfig:
     stream: Literal["agrawal", "sea", "stagger"] = "agrawal"
     concepts: list[int] = field(default_factory=lambda: [0, 2, 4])
@@ -233,27 +164,6 @@ class DemoConfig:
                 f" for {self.stream}"
             ]
         return []
-
-
-@dataclass(frozen=True, slots=True)
-class AlertsConfig:
-    webhook_url: str | None = None
-    alertmanager_url: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    dedupe_seconds: float = field(default=600.0, metadata={"min": 0})
-    timeout_seconds: float = field(default=5.0, metadata={"min": 0.1})
-    retries: int = field(default=3, metadata={"min": 0, "max": 20})
-    backoff_seconds: float = field(default=1.0, metadata={"min": 0})
-    resolve_after_seconds: float = field(default=3600.0, metadata={"min": 60})
-    escalate_after: int = field(default=3, metadata={"min": 1})
-
-    def validate(self) -> list[str]:
-        errors = []
-        for key in ("webhook_url", "alertmanager_url"):
-            url = getattr(self, key)
-            if url is not None and not url.startswith(("http://", "https://")):
-                errors.append(f"{key}: got {url!r}, expected an http:// or https:// URL")
-        return errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,27 +279,3 @@ def _env_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
-
-
-def _check_import(path: str) -> str | None:
-    """Return what is wrong with an import path ``pkg.mod.Name`` or ``pkg.mod:name``, or None."""
-    module, sep, attr = path.partition(":")
-    if not sep:
-        module, _, attr = path.rpartition(".")
-    if not module or not attr:
-        return "expected an import path such as 'sklearn.linear_model.LogisticRegression'"
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        return f"cannot import module {module!r} ({exc})"
-    if not callable(getattr(mod, attr, None)):
-        return f"module {module!r} has no callable {attr!r}"
-    return None
-
-
-def import_object(path: str) -> Any:
-    """Import ``pkg.mod.Name`` or ``pkg.mod:name`` (already checked by validation)."""
-    module, sep, attr = path.partition(":")
-    if not sep:
-        module, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module), attr)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from driftd.ingest.schema import Schema
 from driftd.monitor._index import IndexMap
 from driftd.monitor.alarms import AlarmPolicy
 from driftd.monitor.categories import CategoryWatch
@@ -25,7 +26,6 @@ from driftd.monitor.config import MonitorConfig
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
-from driftd.schema import Schema
 
 __all__ = ["Monitor"]
 
@@ -47,7 +47,7 @@ class Monitor:
     Examples
     --------
     >>> import random
-    >>> from driftd.schema import Feature, Schema
+    >>> from driftd.ingest.schema import Feature, Schema
     >>> rng = random.Random(0)
     >>> schema = Schema(features=(Feature("x"), Feature("colour", "categorical")))
     >>> monitor = Monitor(schema, MonitorConfig())

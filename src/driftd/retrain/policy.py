@@ -20,7 +20,7 @@ cooldown (there are at most log2(window / min_rows) of them, and a model trained
 hundred rows should be replaced as soon as twice as many exist), but not the backoff that
 follows a rejection.
 
->>> from driftd.triggers import RetrainPolicy, PolicyConfig
+>>> from driftd.retrain.policy import RetrainPolicy, PolicyConfig
 >>> p = RetrainPolicy(PolicyConfig(cooldown_seconds=60, min_new_labels=100))
 >>> p.request("schedule", now=0.0, new_labels=500).outcome
 'queued'

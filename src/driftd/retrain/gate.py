@@ -13,7 +13,7 @@ Pure: scores and facts in, verdict out. The rules:
 * ``loads``: the artifact loads with the trusted-type list;
 * ``latency``: its median single-row warm-up prediction is within ``max_latency_ms``.
 
->>> from driftd.gate import Gate, GateConfig
+>>> from driftd.retrain.gate import Gate, GateConfig
 >>> gate = Gate(GateConfig(threshold=0.7, min_absolute_change=0.0), "accuracy")
 >>> v = gate.judge(candidate=0.82, champion=0.75, holdout=500)
 >>> v.passed, [r.name for r in v.rules if not r.passed]

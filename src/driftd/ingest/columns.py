@@ -27,8 +27,9 @@ import numpy.typing as npt
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import astuple
 
-from driftd.batch import Batch, packer
-from driftd.schema import Label, Schema, may_repeat_keys
+from driftd.ingest.batch import Batch, packer
+from driftd.ingest.schema import Label, Schema
+from driftd.ingest.validation import may_repeat_keys
 
 __all__ = ["ColumnDecoder", "Columns", "Rows"]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from driftd.config import DemoConfig
-from driftd.engine import Engine
-from driftd.streams import SyntheticStream
+from driftd.ingest.streams import SyntheticStream
+from driftd.service.engine import Engine
 
 __all__ = ["DemoSource", "DemoStats", "LiveView", "summary"]
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import csv
 import importlib
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftd.schema import Label, Schema, coerce_row
+from driftd.ingest.schema import Label, Schema, Value
 
-__all__ = ["HistoryError", "HistoryRow", "read_history"]
+__all__ = ["HistoryError", "HistoryRow", "coerce_row", "parse_number", "read_history"]
 
 
 class HistoryError(ValueError):
@@ -100,3 +101,58 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise HistoryError(f"{path}: line {i}: expected a JSON object")
             yield i, row
+
+
+def coerce_row(
+    schema: Schema, row: Mapping[str, Any], *, line: int
+) -> tuple[dict[str, Value], Any, str | None, float | None]:
+    """Turn one flat history row (CSV strings or JSONL values) into features, label, id, time.
+
+    Raises ``ValueError`` naming the line and column on the first problem.
+    """
+    feats: dict[str, Value] = {}
+    for f in schema.features:
+        if f.name not in row or row[f.name] in ("", None):
+            raise ValueError(f"line {line}, column {f.name!r}: missing value")
+        raw = row[f.name]
+        if f.kind == "numeric":
+            feats[f.name] = parse_number(raw, line=line, column=f.name)
+        else:
+            text = str(raw)
+            if len(text) > schema.max_string_length:
+                raise ValueError(f"line {line}, column {f.name!r}: string longer than the maximum")
+            feats[f.name] = text
+    label: Any = row.get(schema.target)
+    if label in ("", None):
+        label = None
+    elif schema.task == "regression":
+        label = parse_number(label, line=line, column=schema.target)
+    elif isinstance(label, bool | float):
+        msg = f"line {line}, column {schema.target!r}: expected a class label"
+        raise ValueError(msg)
+    elif isinstance(label, str) and label.lstrip("-").isdigit():
+        label = int(label)
+    ident = row.get(schema.id_field) if schema.id_field else None
+    ts_raw = row.get(schema.timestamp_field) if schema.timestamp_field else None
+    ts = (
+        None
+        if ts_raw in ("", None)
+        else parse_number(ts_raw, line=line, column=str(schema.timestamp_field))
+    )
+    return feats, label, None if ident in ("", None) else str(ident), ts
+
+
+def parse_number(raw: Any, *, line: int, column: str) -> float:
+    """A finite number from a history file's cell (CSV text or a JSON value), or ValueError
+    naming the line and column."""
+    if isinstance(raw, bool):
+        raise ValueError(f"line {line}, column {column!r}: expected a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"line {line}, column {column!r}: expected a number, got {raw!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"line {line}, column {column!r}: expected a finite number, got {raw!r}")
+    return value

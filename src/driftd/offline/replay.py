@@ -1,12 +1,12 @@
 """Replay: the daemon's own monitor, trigger policy, training, gate and swap over a history file.
 
 A history file (CSV, JSON lines, Parquet with pyarrow) is played through a real
-:class:`~driftd.engine.Engine` and :class:`~driftd.retrain.Retrainer` in a temporary state
-directory, with a simulated clock driven by the records' timestamps. Every record is predicted
-by the serving model through ``Engine.predict`` (stored and monitored exactly as live traffic),
-its label is delivered through ``Engine.add_labels`` after the label delay, and the retrainer is
-polled as simulated time advances; a job it returns is run at once, synchronously, so a replay
-is a deterministic function of the file, the config and the seed.
+:class:`~driftd.service.engine.Engine` and :class:`~driftd.retrain.retrainer.Retrainer` in a
+temporary state directory, with a simulated clock driven by the records' timestamps. Every
+record is predicted by the serving model through ``Engine.predict`` (stored and monitored
+exactly as live traffic), its label is delivered through ``Engine.add_labels`` after the label
+delay, and the retrainer is polled as simulated time advances; a job it returns is run at once,
+synchronously, so a replay is a deterministic function of the file, the config and the seed.
 
 What differs from a live daemon (see docs/replay.md): training takes no simulated time, records
 arrive in micro-batches of ``batch`` records that share the batch's last timestamp, the guard's
@@ -33,14 +33,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from driftd.config import Config, StateConfig, import_object
-from driftd.engine import Engine
-from driftd.history import HistoryError, read_history
+from driftd._imports import import_object
+from driftd.config import Config, StateConfig
+from driftd.ingest.history import HistoryError, parse_number, read_history
+from driftd.ingest.schema import Label, LabelRecord, Schema
 from driftd.metrics import Metrics
-from driftd.retrain import Guard, Retrainer
-from driftd.schema import Label, LabelRecord, Schema, parse_number
+from driftd.retrain.fit import FitResult, fit_inline
+from driftd.retrain.retrainer import Guard, Retrainer
+from driftd.retrain.worker import fit_isolated
+from driftd.service.engine import Engine
 from driftd.store import Event, Joined
-from driftd.training import FitResult, fit_inline, fit_isolated
 
 __all__ = [
     "FORMAT",
@@ -169,7 +171,8 @@ def load_history(
 ) -> tuple[list[_Item], list[int] | None, str]:
     """Read and validate the whole file: its rows, its true drift points, how time is kept.
 
-    Raises :class:`~driftd.history.HistoryError` naming the line and column of the first problem.
+    Raises :class:`~driftd.ingest.history.HistoryError` naming the line and column of the first
+    problem.
     """
     rows = list(read_history(path, schema))
     if not rows:
@@ -362,7 +365,7 @@ def replay(
 ) -> dict[str, Any]:
     """Replay ``path`` under ``config``; return the result document (see docs/replay.md).
 
-    Raises :class:`~driftd.history.HistoryError` for a bad file and ``RuntimeError`` when the
+    Raises :class:`~driftd.ingest.history.HistoryError` for a bad file and ``RuntimeError`` when the
     first model cannot be made.
     """
     options = options or ReplayOptions()

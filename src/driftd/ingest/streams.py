@@ -5,7 +5,7 @@ whose drift points are known. A stream switches concept every ``segment`` record
 through ``concepts`` (Agrawal's classification functions, SEA's variants, STAGGER's functions).
 Small integer codes are emitted as strings and declared categorical, as a real schema would.
 
->>> from driftd.streams import SyntheticStream
+>>> from driftd.ingest.streams import SyntheticStream
 >>> s = SyntheticStream("stagger", concepts=(0, 1), segment=2, seed=1)
 >>> rows = s.take(4)
 >>> rows[0]

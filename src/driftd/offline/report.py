@@ -1,6 +1,6 @@
 """The replay report: one self-contained HTML page drawn from a replay's result document.
 
-Pure: :func:`render_html` takes the dict :func:`driftd.replay.replay` returns and gives back
+Pure: :func:`render_html` takes the dict :func:`driftd.offline.replay.replay` returns and gives back
 the page as a string; figures are PNGs drawn with matplotlib's Agg canvas (no pyplot, no
 display, no global state) and inlined as base64 data URIs, so the file opens anywhere without
 a network. matplotlib is optional: ``pip install 'driftd[report]'``.

@@ -11,7 +11,6 @@ beside a writer.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -21,26 +20,18 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from driftd.batch import Batch, BatchWriter, Ids, chunks
 from driftd.errors import StoreVersionError
-from driftd.schema import Label, Schema
+from driftd.ingest.batch import Batch
+from driftd.ingest.schema import Label, Schema
+from driftd.store.batch_insert import BatchWriter, Ids, chunks
+from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "Event",
-    "IngestResult",
-    "Joined",
-    "LabelResult",
-    "Snapshot",
-    "Store",
-]
+__all__ = ["SCHEMA_VERSION", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -78,103 +69,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """A label that met its prediction: the record's index and time, both values, and the delay."""
-
-    idx: int
-    prediction: Label
-    label: Label
-    delay: float
-    model_version: int | None = None
-
-
-@dataclass(slots=True)
-class IngestResult:
-    """What a committed batch of records became. ``inserted`` says, per record, whether it was
-    stored (``None``: all were); ``ids`` are the batch's ids, made-up ones included."""
-
-    first_idx: int
-    accepted: int
-    ids: Sequence[str] = ()
-    inserted: list[bool] | None = None
-    numeric: npt.NDArray[np.float64] | None = None  # the stored records' numeric features
-    duplicates: list[str] = field(default_factory=list)
-    inserted_idx: list[int] = field(default_factory=list)
-    joined: list[Joined] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class LabelResult:
-    """What a committed batch of labels became: joined now, kept until their record, duplicates."""
-
-    joined: list[Joined] = field(default_factory=list)
-    pending: int = 0
-    duplicates: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: int
-    ts: float
-    kind: str
-    record_idx: int | None
-    data: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **self.data,
-            "id": self.id,
-            "time": self.ts,
-            "kind": self.kind,
-            "record_index": self.record_idx,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A frozen, time-ordered set of labelled rows, with a hash of exactly what it holds."""
-
-    idx: npt.NDArray[np.int64]
-    ts: npt.NDArray[np.float64]
-    numeric: npt.NDArray[np.float64]
-    categorical: list[list[str]]
-    labels: list[Label]
-    sha256: str
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def window(self) -> dict[str, Any]:
-        if not len(self):
-            return {"rows": 0}
-        return {
-            "rows": len(self),
-            "first_index": int(self.idx[0]),
-            "last_index": int(self.idx[-1]),
-            "first_time": float(self.ts[0]),
-            "last_time": float(self.ts[-1]),
-            "sha256": self.sha256,
-        }
-
-    def split(self, holdout: int) -> tuple[Snapshot, Snapshot]:
-        """The oldest rows for training and the most recent ``holdout`` rows, never overlapping."""
-        cut = max(0, len(self) - holdout)
-        return self._slice(0, cut), self._slice(cut, len(self))
-
-    def _slice(self, lo: int, hi: int) -> Snapshot:
-        return Snapshot(
-            idx=self.idx[lo:hi],
-            ts=self.ts[lo:hi],
-            numeric=self.numeric[lo:hi],
-            categorical=self.categorical[lo:hi],
-            labels=self.labels[lo:hi],
-            sha256=_hash(
-                self.idx[lo:hi], self.numeric[lo:hi], self.categorical[lo:hi], self.labels[lo:hi]
-            ),
-        )
 
 
 class Store:
@@ -538,9 +432,7 @@ class Store:
         )
         categorical = [json.loads(r[3]) for r in rows] if self._categorical else [[] for _ in rows]
         labels = [json.loads(r[4]) for r in rows]
-        return Snapshot(
-            idx, ts, numeric, categorical, labels, _hash(idx, numeric, categorical, labels)
-        )
+        return Snapshot.of(idx, ts, numeric, categorical, labels)
 
     def records_after(
         self, idx: int, *, limit: int = 10_000
@@ -599,20 +491,6 @@ def _tx(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def _statements(ddl: str) -> list[str]:
     return [s.strip() for s in ddl.split(";") if s.strip()]
-
-
-def _hash(
-    idx: npt.NDArray[np.int64],
-    numeric: npt.NDArray[np.float64],
-    categorical: list[list[str]],
-    labels: list[Label],
-) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(idx).tobytes())
-    h.update(np.ascontiguousarray(numeric).tobytes())
-    h.update(json.dumps(categorical).encode())
-    h.update(json.dumps(labels).encode())
-    return h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

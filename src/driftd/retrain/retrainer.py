@@ -26,27 +26,20 @@ from typing import Any
 
 import numpy as np
 
+from driftd._fs import atomic_write
 from driftd.alerts import Alerter
 from driftd.config import Config
-from driftd.engine import Engine
 from driftd.errors import IntegrityError
-from driftd.gate import HIGHER_IS_BETTER, Gate, Verdict
+from driftd.ingest.schema import Label
+from driftd.models.inputs import matrix, rows_to_matrix
+from driftd.models.serving import WarmupError
 from driftd.monitor import MonitorEvent
-from driftd.registry import atomic_write
-from driftd.schema import Label
-from driftd.serving import WarmupError
+from driftd.retrain.fit import Evaluation, FitJob, FitResult, library_versions, score
+from driftd.retrain.gate import HIGHER_IS_BETTER, Gate, Verdict
+from driftd.retrain.policy import Decision, Job, Outcome, RetrainPolicy
+from driftd.retrain.worker import fit_isolated
+from driftd.service.engine import Engine
 from driftd.store import Joined
-from driftd.training import (
-    Evaluation,
-    FitJob,
-    FitResult,
-    fit_isolated,
-    library_versions,
-    matrix,
-    rows_to_matrix,
-    score,
-)
-from driftd.triggers import Decision, Job, Outcome, RetrainPolicy
 
 __all__ = ["Guard", "Retrainer"]
 
@@ -470,7 +463,7 @@ class Retrainer:
             snap = self.engine.store.snapshot(limit=max(cfg.rows, cfg.min_rows))
             return matrix(schema, snap.numeric, snap.categorical), snap.labels, snap.window()
         if cfg.data == "synth":
-            from driftd.streams import SyntheticStream
+            from driftd.ingest.streams import SyntheticStream
 
             demo = self.config.demo
             pairs = SyntheticStream(demo.stream, (demo.concepts[0],), cfg.rows, cfg.seed).take(
@@ -478,7 +471,7 @@ class Retrainer:
             )
             X = rows_to_matrix(schema, [p[0] for p in pairs])
             return X, [p[1] for p in pairs], {"rows": cfg.rows, "source": f"synth:{demo.stream}"}
-        from driftd.history import read_history
+        from driftd.ingest.history import read_history
 
         path = self.config.resolve(cfg.data)
         rows = [r for r in read_history(path, schema) if r.label is not None][-cfg.rows :]

@@ -18,19 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from driftd.batch import Batch
-from driftd.columns import Columns
+from driftd._fs import atomic_write
 from driftd.config import Config
 from driftd.errors import IntegrityError
+from driftd.ingest.batch import Batch
+from driftd.ingest.columns import Columns
+from driftd.ingest.schema import Label, LabelRecord, Record, Schema
+from driftd.ingest.validation import Validators
 from driftd.metrics import Metrics
+from driftd.models.inputs import rows_to_matrix
+from driftd.models.registry import Registry, Version
+from driftd.models.serving import LiveModel, Serving, WarmupError
 from driftd.monitor import CheckpointMismatch, Monitor, MonitorEvent
-from driftd.registry import Registry, Version, atomic_write
-from driftd.schema import Label, LabelRecord, Record, Schema, Validators
-from driftd.serving import LiveModel, Serving, WarmupError
 from driftd.store import IngestResult, Joined, Store
-from driftd.training import (
-    rows_to_matrix,
-)
 
 __all__ = ["Engine", "NoModel", "PredictResult"]
 
@@ -75,7 +75,7 @@ class Engine:
         self.state_dir = config.state_dir
         self.store = Store(self.state_dir / "driftd.sqlite3", self.schema)
         self.registry: Registry | None = None
-        self.serving = Serving(self.schema)
+        self.serving = Serving()
         self.monitor = Monitor(self.schema, config.monitor)
         self.monitor_index = 0
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-ingest")

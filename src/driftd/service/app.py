@@ -26,12 +26,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from driftd import __version__
-from driftd.columns import ColumnDecoder
-from driftd.engine import Engine, NoModel
 from driftd.errors import IntegrityError
-from driftd.retrain import Retrainer
-from driftd.schema import FieldError, InvalidInput, Validators
-from driftd.serving import WarmupError
+from driftd.ingest.columns import ColumnDecoder
+from driftd.ingest.validation import FieldError, InvalidInput, Validators
+from driftd.models.serving import WarmupError
+from driftd.retrain.retrainer import Retrainer
+from driftd.service.engine import Engine, NoModel
 
 __all__ = ["ApiError", "create_app"]
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from driftd.schema import Label, Schema
-from driftd.training import rows_to_matrix
+from driftd.ingest.schema import Label
 
 __all__ = ["LiveModel", "Serving", "WarmupError"]
 
@@ -64,8 +62,7 @@ class LiveModel:
 class Serving:
     """Holds the live model. ``current`` is None until the first model is loaded."""
 
-    def __init__(self, schema: Schema) -> None:
-        self.schema = schema
+    def __init__(self) -> None:
         self.current: LiveModel | None = None
         self.fallback_reason: str | None = None
 
@@ -73,6 +70,3 @@ class Serving:
         """Make ``model`` live; returns the model it replaced."""
         old, self.current = self.current, model
         return old
-
-    def matrix(self, rows: Sequence[dict[str, float | str]]) -> npt.NDArray[Any]:
-        return rows_to_matrix(self.schema, rows)

@@ -28,18 +28,18 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from fastapi import FastAPI
 
-from driftd import logs
 from driftd.alerts import Alerter
-from driftd.app import create_app
 from driftd.config import Config, load
-from driftd.engine import Engine
 from driftd.errors import ConfigError
-from driftd.header_timeout import HeaderTimeout
 from driftd.metrics import Metrics
-from driftd.retrain import Retrainer
-from driftd.sdnotify import Notifier, Watchdog
-from driftd.training import TrainingWorker
-from driftd.triggers import Job
+from driftd.retrain.policy import Job
+from driftd.retrain.retrainer import Retrainer
+from driftd.retrain.worker import TrainingWorker
+from driftd.service import logs
+from driftd.service.app import create_app
+from driftd.service.engine import Engine
+from driftd.service.header_timeout import HeaderTimeout
+from driftd.service.sdnotify import Notifier, Watchdog
 
 __all__ = ["LIVE_SECTIONS", "Daemon", "Source"]
 

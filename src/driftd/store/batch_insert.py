@@ -1,4 +1,4 @@
-"""A batch of records on its way into the store: its columns, its ids, and how it is written.
+"""How a batch of records is written into the store: its ids, and one statement or a row at a time.
 
 A batch is written in one statement when it can be (made-up or new ids, finite predictions):
 the numeric features as one packed float64 block, the columns that vary per record as one JSON
@@ -14,38 +14,14 @@ import json
 import math
 import operator
 import sqlite3
-import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from driftd.schema import Label, Schema
+from driftd.ingest.batch import Batch, packer
+from driftd.ingest.schema import Schema
 
-__all__ = ["Batch", "BatchWriter", "Ids", "chunks", "packer"]
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Records to store, column by column, as one request body became them.
-
-    ``ts`` is one time for every record or one per record. ``ids`` has one entry per record,
-    ``None`` where the store is to make one up (``None`` alone: for all of them);
-    ``predictions`` and ``labels`` are ``None`` when no record has one. ``numeric``, when
-    given, is the numeric features already packed as the store writes them (native float64
-    rows in the schema's order), so that they are not taken out of ``features`` again.
-    """
-
-    features: Sequence[Mapping[str, float | str]]
-    ts: float | Sequence[float]
-    ids: Sequence[str | None] | None = None
-    predictions: Sequence[Label | None] | None = None
-    labels: Sequence[Label | None] | None = None
-    model_version: int | None = None
-    numeric: bytes | None = None
-
-    def __len__(self) -> int:
-        return len(self.features)
+__all__ = ["BatchWriter", "Ids", "chunks"]
 
 
 class Ids(Sequence[str]):
@@ -81,8 +57,8 @@ class Ids(Sequence[str]):
 
 
 class BatchWriter:
-    """Writes batches of one schema's records into the ``records`` table (of ``store.py``),
-    inside the caller's transaction."""
+    """Writes batches of one schema's records into the ``records`` table (of
+    :mod:`driftd.store.sqlite`), inside the caller's transaction."""
 
     def __init__(self, schema: Schema) -> None:
         self._numeric = schema.numeric
@@ -252,12 +228,6 @@ def _batch_insert(columns: tuple[str, ...]) -> str:
                {label}, CASE WHEN {label} IS NULL THEN NULL ELSE :received END
         FROM json_each(:rows) AS r
     """  # noqa: S608 - the columns are fixed names, the values all parameters
-
-
-@lru_cache(maxsize=64)
-def packer(count: int) -> struct.Struct:
-    """Packs ``count`` floats as native float64, the layout of the stored feature blocks."""
-    return struct.Struct(f"={count}d")
 
 
 @lru_cache(maxsize=64)

@@ -1,4 +1,4 @@
-"""The record schema: feature names and kinds, the target, the task, and record validation.
+"""Validation of request bodies against the schema: records, labels and predict instances.
 
 Validation is strict and happens once, at the boundary: a number is a JSON number (``false`` is
 not one), it is finite (``NaN``, ``Infinity`` and ``1e400`` are refused), a category is a string
@@ -17,96 +17,21 @@ passed validation (so of bounded shape) and when a cheap count says it is possib
 from __future__ import annotations
 
 import json
-import math
 import re
 import types
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, TypedDict, Union
+from typing import Annotated, Any, NotRequired, Union
 
 import numpy as np
 import typing_extensions
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-__all__ = [
-    "Feature",
-    "FieldError",
-    "InvalidInput",
-    "LabelRecord",
-    "Record",
-    "Schema",
-    "Validators",
-    "coerce_row",
-    "may_repeat_keys",
-    "parse_number",
-]
+from driftd.ingest.schema import Schema
 
-Kind = Literal["numeric", "categorical"]
-Task = Literal["classification", "regression"]
-Value = float | str
-Label = int | str | float
-
-
-@dataclass(frozen=True, slots=True)
-class Feature:
-    """One input column of the model."""
-
-    name: str
-    kind: Kind = "numeric"
-
-
-@dataclass(frozen=True, slots=True)
-class Schema:
-    """What a record looks like, built from the ``[schema]`` section of the config.
-
-    ``target`` and ``id_field`` name the label and id columns in flat history files (CSV, JSONL);
-    over HTTP a record is ``{"id", "timestamp", "features", "prediction", "label"}``.
-    """
-
-    features: tuple[Feature, ...]
-    task: Task = "classification"
-    target: str = "label"
-    id_field: str | None = None
-    timestamp_field: str | None = None
-    max_string_length: int = 256
-    max_id_length: int = 128
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.features)
-
-    @property
-    def numeric(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.features if f.kind == "numeric")
-
-    @property
-    def categorical(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.features if f.kind == "categorical")
-
-    def fingerprint(self) -> str:
-        """A stable description of the schema; a checkpoint written under another is refused."""
-        cols = ",".join(f"{f.name}:{f.kind}" for f in self.features)
-        return f"{self.task}|{self.target}|{cols}"
-
-
-class Record(TypedDict):
-    """A validated record as it flows from the API to the store and the monitor."""
-
-    id: NotRequired[str]
-    timestamp: NotRequired[float]
-    features: dict[str, Value]
-    prediction: NotRequired[Label | None]
-    label: NotRequired[Label | None]
-
-
-class LabelRecord(TypedDict):
-    """A delayed label for a record or prediction id."""
-
-    id: str
-    label: Label
-    timestamp: NotRequired[float]
+__all__ = ["MAX_ERRORS", "FieldError", "InvalidInput", "Validators", "may_repeat_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,58 +375,3 @@ def _label_message(err: ErrorDetails) -> str:
         "expected an integer or a non-empty string for a class label,"
         " or a finite number for a regression target"
     )
-
-
-def coerce_row(
-    schema: Schema, row: Mapping[str, Any], *, line: int
-) -> tuple[dict[str, Value], Any, str | None, float | None]:
-    """Turn one flat history row (CSV strings or JSONL values) into features, label, id, time.
-
-    Raises ``ValueError`` naming the line and column on the first problem.
-    """
-    feats: dict[str, Value] = {}
-    for f in schema.features:
-        if f.name not in row or row[f.name] in ("", None):
-            raise ValueError(f"line {line}, column {f.name!r}: missing value")
-        raw = row[f.name]
-        if f.kind == "numeric":
-            feats[f.name] = parse_number(raw, line=line, column=f.name)
-        else:
-            text = str(raw)
-            if len(text) > schema.max_string_length:
-                raise ValueError(f"line {line}, column {f.name!r}: string longer than the maximum")
-            feats[f.name] = text
-    label: Any = row.get(schema.target)
-    if label in ("", None):
-        label = None
-    elif schema.task == "regression":
-        label = parse_number(label, line=line, column=schema.target)
-    elif isinstance(label, bool | float):
-        msg = f"line {line}, column {schema.target!r}: expected a class label"
-        raise ValueError(msg)
-    elif isinstance(label, str) and label.lstrip("-").isdigit():
-        label = int(label)
-    ident = row.get(schema.id_field) if schema.id_field else None
-    ts_raw = row.get(schema.timestamp_field) if schema.timestamp_field else None
-    ts = (
-        None
-        if ts_raw in ("", None)
-        else parse_number(ts_raw, line=line, column=str(schema.timestamp_field))
-    )
-    return feats, label, None if ident in ("", None) else str(ident), ts
-
-
-def parse_number(raw: Any, *, line: int, column: str) -> float:
-    """A finite number from a history file's cell (CSV text or a JSON value), or ValueError
-    naming the line and column."""
-    if isinstance(raw, bool):
-        raise ValueError(f"line {line}, column {column!r}: expected a number, got {raw!r}")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"line {line}, column {column!r}: expected a number, got {raw!r}"
-        ) from None
-    if not math.isfinite(value):
-        raise ValueError(f"line {line}, column {column!r}: expected a finite number, got {raw!r}")
-    return value

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from driftd._fs import TMP_PREFIX, atomic_write, fsync_dir
 from driftd.errors import IntegrityError
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "Aliases",
     "Registry",
     "Version",
-    "atomic_write",
     "load_artifact",
 ]
 
@@ -42,7 +42,6 @@ ARTIFACT = "model.skops"
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
 _VERSION_DIR = re.compile(r"^v(\d{6})$")
-_TMP_PREFIX = ".tmp-"
 
 #: Types beyond skops' own defaults that a driftd model may contain. skops trusts scikit-learn's
 #: public estimators and numpy containers by default; these are the compiled internals of
@@ -84,29 +83,6 @@ class Aliases:
         return {"champion": self.champion, "previous": self.previous}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new bytes, whole."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_artifact(data: bytes, *, extra_trusted: Iterable[str] = ()) -> Any:
     """Load skops bytes, refusing any type outside the pinned list (and ``extra_trusted``)."""
     import skops.io as sio
@@ -146,7 +122,7 @@ class Registry:
         """Remove temporary leftovers of interrupted writes; returns what was removed."""
         removed = []
         for entry in self.root.iterdir():
-            if entry.name.startswith(_TMP_PREFIX):
+            if entry.name.startswith(TMP_PREFIX):
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -188,7 +164,7 @@ class Registry:
         numbers = self.numbers()
         number = (numbers[-1] if numbers else 0) + 1
         final = self.root / f"v{number:06d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}.", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=self.root))
         try:
             full = {
                 **manifest,

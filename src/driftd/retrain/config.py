@@ -1,0 +1,89 @@
+"""Settings of the retrain stage: the model to fit, the training process, when to retrain,
+the first model, and the post-deploy guard (``[model]``, ``[training]``, ``[retrain]``,
+``[bootstrap]``, ``[guard]``). The gate's and the policy's own sections live beside them
+(:mod:`driftd.retrain.gate`, :mod:`driftd.retrain.policy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from driftd._imports import check_import
+from driftd.retrain.policy import PolicyConfig
+
+__all__ = ["BootstrapConfig", "GuardConfig", "ModelConfig", "RetrainConfig", "TrainingConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    estimator: str = "sklearn.ensemble.HistGradientBoostingClassifier"
+    params: dict[str, Any] = field(default_factory=dict)
+    factory: str | None = None
+    metric: str = "accuracy"
+    warmup_rows: int = field(default=8, metadata={"min": 1, "max": 10_000})
+    trusted_types: list[str] = field(default_factory=list)
+    keep_previous: bool = True
+
+    def validate(self) -> list[str]:
+        errors = []
+        for key, path in (("estimator", self.estimator), ("factory", self.factory)):
+            if path is None or (key == "estimator" and self.factory is not None):
+                continue
+            problem = check_import(path)
+            if problem:
+                errors.append(f"{key}: got {path!r}, {problem}")
+        return errors
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapConfig:
+    data: str | None = None
+    min_rows: int = field(default=500, metadata={"min": 10})
+    rows: int = field(default=5000, metadata={"min": 10})
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    timeout_seconds: float = field(default=600.0, metadata={"min": 1})
+    memory_limit_mb: int | None = field(default=4096, metadata={"min": 64})
+    threads: int | None = field(default=None, metadata={"min": 1, "max": 1024})
+    nice: int = field(default=10, metadata={"min": 0, "max": 19})
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainConfig(PolicyConfig):
+    interval_seconds: float | None = field(default=None, metadata={"min": 1})
+    cron: str | None = None
+    misfire_grace_seconds: float = field(default=60.0, metadata={"min": 1})
+    max_age_seconds: float | None = field(default=None, metadata={"min": 1})
+    holdout_fraction: float = field(default=0.2, metadata={"min": 0.01, "max": 0.9})
+    keep_rejected: int = field(default=5, metadata={"min": 0, "max": 1000})
+
+    def validate(self) -> list[str]:
+        if self.interval_seconds is not None and self.cron is not None:
+            return ["cron: set either interval_seconds or cron, not both"]
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                return [f"cron: got {self.cron!r}, expected a crontab expression ({exc})"]
+        return []
+
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(
+            cooldown_seconds=self.cooldown_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+            min_new_labels=self.min_new_labels,
+            min_rows_after_drift=self.min_rows_after_drift,
+            window_rows=self.window_rows,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    records: int = field(default=300, metadata={"min": 0})
+    margin: float = field(default=0.1, metadata={"min": 0})
