@@ -166,13 +166,14 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
     from driftd.ingest.columns import ColumnDecoder
     from driftd.ingest.validation import Validators
     from driftd.metrics import Metrics
-    from driftd.service.engine import Engine
+    from driftd.retrain.fit import fit_and_dump
+    from driftd.service.parts import assemble
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         cfg = load_text(config(tmp / "state", write_boot(tmp / "boot.csv")), env={})
-        engine = Engine(cfg, Metrics(process=False))
-        engine.open()
+        parts = assemble(cfg, Metrics(process=False), state_dir=tmp / "state", fit=fit_and_dump)
+        engine = parts.engine
         cap = cfg.server.max_batch_size
         validators = Validators(engine.schema, max_items=cap)
         decoder = ColumnDecoder.for_schema(engine.schema, max_items=cap)
@@ -196,7 +197,7 @@ def breakdown(bodies: list[bytes]) -> dict[str, float]:
                 dump_t.append(t3 - t2)
         finally:
             del engine.store.add_records, engine.monitor.update  # the wrappers do not pickle
-            engine.close()
+            parts.close()
     n = len(bodies)
     store, mon = sum(store_t) / n, sum(mon_t) / n
     return {

@@ -7,7 +7,7 @@
              (store.retention_rows, trimmed every second) over HTTP, 20 numeric features;
              a fresh daemon per run;
   training   fit time of the default model (HistGradientBoostingClassifier, default params)
-             through driftd's own fit (pipeline + skops dump, fit_inline) against window size.
+             through driftd's own fit (pipeline + skops dump, fit_and_dump) against window size.
 
 Run by hand:  .venv/bin/python benchmarks/bench_scaling.py [--runs 5] [--quick]
 """
@@ -99,19 +99,19 @@ def memory(retentions: list[int], runs: int) -> dict[str, Any]:
 def training(windows: list[int], runs: int) -> dict[str, Any]:
     from driftd.ingest.schema import Feature, Schema
     from driftd.retrain.config import ModelConfig
-    from driftd.retrain.fit import FitJob, fit_inline
+    from driftd.retrain.fit import FitJob, fit_and_dump
 
     schema = Schema(tuple(Feature(f"f{i}") for i in range(20)))
     rng = np.random.default_rng(0)
     X_all = rng.normal(size=(max(windows), 20))
     y_all = (X_all[:, 0] + X_all[:, 1] + 0.5 * X_all[:, 2] * X_all[:, 3] > 0).astype(int).tolist()
-    fit_inline(FitJob(ModelConfig(), schema, X_all[:500], y_all[:500], None), timeout=600)
+    fit_and_dump(FitJob(ModelConfig(), schema, X_all[:500], y_all[:500], None))
     out = {}
     for n in windows:
         took = []
         for _ in range(runs):
             job = FitJob(ModelConfig(), schema, X_all[:n], y_all[:n], None)
-            result = fit_inline(job, timeout=3600)
+            result = fit_and_dump(job)
             if not result.ok:
                 raise RuntimeError(result.error)
             took.append(result.seconds)

@@ -620,7 +620,7 @@ def test_kill_9_at_random_instants_of_every_kind_loses_nothing_and_restarts_clea
 def test_a_rejected_candidate_write_cut_by_a_kill_leaves_no_temp_file_after_restart(
     daemon_config: Path, state_dir: Path
 ) -> None:
-    """Retrainer._keep_rejected writes rejected/<job>/model.skops through atomic_write; a kill
+    """The retrainer writes rejected/<job>/model.skops through atomic_write; a kill
     between its mkstemp and its os.replace leaves exactly this file behind."""
     job = state_dir / "rejected" / "job-1"
     job.mkdir(parents=True)

@@ -221,7 +221,7 @@ def inproc(daemon_config: Path) -> Iterator[Daemon]:
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
     assert started.wait(60)
-    while d.engine.serving.current is None:
+    while d.parts is None or d.parts.models.current is None:
         time.sleep(0.05)
     try:
         yield d
@@ -235,9 +235,9 @@ def test_eight_clients_during_100_swaps_and_rollbacks_never_fail_or_go_backwards
 ) -> None:
     """Eight clients predict continuously while 100 deploys (every tenth followed by a rollback)
     run: no request fails, and a client sees the version go down only across a rollback."""
-    engine, retrainer = inproc.engine, inproc.retrainer
-    assert retrainer is not None
-    v1 = engine.reg.get(1)
+    assert inproc.parts is not None
+    models, retrainer = inproc.parts.models, inproc.parts.retrainer
+    v1 = models.registry.get(1)
     artifact = (v1.path / "model.skops").read_bytes()
     manifest = {k: v for k, v in v1.manifest.items() if k not in ("version", "sha256", "size")}
     warm = np.array([[0.5, 0.5, 0.0, "red"]], dtype=object)
@@ -274,7 +274,7 @@ def test_eight_clients_during_100_swaps_and_rollbacks_never_fail_or_go_backwards
     time.sleep(2)
     phase[0] = "swaps"
     for n in range(100):
-        engine.deploy(artifact, {**manifest, "reason": "swap-test"}, warm)
+        models.deploy(artifact, {**manifest, "reason": "swap-test"}, warm)
         if n % 10 == 9:
             rollbacks[0] += 1
             retrainer.rollback(reason="operator")
@@ -285,8 +285,8 @@ def test_eight_clients_during_100_swaps_and_rollbacks_never_fail_or_go_backwards
     assert not failures
     assert not backwards
     assert len(latencies["swaps"]) > 100
-    assert engine.reg.aliases().champion == engine.serving.current.version  # type: ignore[union-attr]
-    assert len(engine.reg.numbers()) == 101
+    assert models.registry.aliases().champion == models.current.version  # type: ignore[union-attr]
+    assert len(models.registry.numbers()) == 101
 
     def p99(xs: list[float]) -> float:
         return sorted(xs)[int(len(xs) * 0.99)] * 1000

@@ -205,7 +205,7 @@ def test_rebaseline_resets_every_detector_and_the_swap_raises_nothing() -> None:
     )
     monitor.update_outcomes(list(range(6000)), predictions, labels, now=0.0)
     assert monitor.live_score[1] is not None
-    monitor.rebaseline(6000, now=1.0)
+    monitor.rebaseline(6000)
     assert monitor.live_score[1] is None
     states = monitor.detector_states()
     assert all(s.state == 0 for s in states)

@@ -149,6 +149,6 @@ def test_monitor_round_trip_and_rebaseline_per_error_detector(kind: str) -> None
     expected = monitor.update_outcomes(idx, preds[5000:], labels[5000:], now=1.0)
     assert expected == restored.update_outcomes(idx, preds[5000:], labels[5000:], now=1.0)
     assert any(e.kind == "alarm" and e.alarm == "concept_drift" for e in expected)
-    monitor.rebaseline(12_000, now=2.0)
+    monitor.rebaseline(12_000)
     assert monitor._error.origin == monitor._error.pos
     assert monitor.detector_states()[-1].state == 0

@@ -17,8 +17,8 @@ from driftd.ingest.history import HistoryError
 from driftd.ingest.streams import STREAMS, SyntheticStream
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.registry import load_artifact
-from driftd.offline.replay import ReplayOptions, SimClock, fit_inline, load_history, replay
-from driftd.retrain.fit import FitJob
+from driftd.offline.replay import ReplayOptions, SimClock, load_history, replay
+from driftd.retrain.fit import FitJob, fit_and_dump
 from driftd.retrain.worker import fit_isolated
 
 SEGMENT = 2000
@@ -183,7 +183,7 @@ def test_inline_fit_gives_the_same_model_as_the_child_process() -> None:
     rows = SyntheticStream("sea", (0,), 1000, seed=2).take(400)
     X = rows_to_matrix(schema, [r[0] for r in rows])
     job = FitJob(cfg.model, schema, X, [r[1] for r in rows])
-    inline = fit_inline(job, timeout=60)
+    inline = fit_and_dump(job)
     child = fit_isolated(job, timeout=60)
     assert inline.ok and child.ok, (inline.error, child.error)
     a, b = (load_artifact(r.artifact) for r in (inline, child))

@@ -230,8 +230,9 @@ def _demo(args: argparse.Namespace) -> int:
         views: list[LiveView] = []
 
         def started(daemon: Daemon) -> None:
+            assert daemon.parts is not None  # called once the daemon has started
             source = DemoSource(
-                daemon.engine,
+                daemon.parts,
                 config.demo,
                 url=f"http://127.0.0.1:{daemon.port}",
                 token=config.server.token,
@@ -260,8 +261,8 @@ def _demo(args: argparse.Namespace) -> int:
         for view in views:
             view.close()
             view.draw()
-        if sources:
-            print(summary(daemon.engine, sources[0]), file=sys.stderr)
+        if sources and daemon.parts is not None:
+            print(summary(daemon.parts, sources[0]), file=sys.stderr)
         return code
 
 

@@ -26,6 +26,7 @@ from driftd.retrain.config import (
     GuardConfig,
     ModelConfig,
     RetrainConfig,
+    RetrainSettings,
     TrainingConfig,
 )
 from driftd.retrain.gate import GateConfig
@@ -33,21 +34,14 @@ from driftd.retrain.gate import GateConfig
 __all__ = [
     "CLASSIFICATION_METRICS",
     "REGRESSION_METRICS",
-    "AlertsConfig",
-    "BootstrapConfig",
     "Config",
     "DemoConfig",
     "FeatureConfig",
-    "GateConfig",
-    "GuardConfig",
     "LogConfig",
-    "ModelConfig",
-    "RetrainConfig",
     "SchemaConfig",
     "ServerConfig",
     "StateConfig",
     "StoreConfig",
-    "TrainingConfig",
     "load",
     "load_text",
 ]
@@ -224,6 +218,17 @@ class Config:
 
     def schema_obj(self) -> Schema:
         return self.schema.build()
+
+    def retrain_settings(self) -> RetrainSettings:
+        """The sections the retrainer works from."""
+        return RetrainSettings(
+            self.model,
+            self.training,
+            self.retrain,
+            self.gate,
+            self.guard,
+            escalate_after=self.alerts.escalate_after,
+        )
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -264,6 +264,19 @@ class Metrics:
             self.drift_detected.labels(signal, feature)
         self.live.categorical = list(categorical)
 
+    def read_live(
+        self,
+        *,
+        detectors: StateReader,
+        store_records: Callable[[], int],
+        live_score: Callable[[], tuple[str, float | None]],
+        unseen: Callable[[], Mapping[str, int]],
+    ) -> None:
+        """Where the scrape-time gauges read the daemon's live state from."""
+        live = self.live
+        live.detectors, live.store_records = detectors, store_records
+        live.live_score, live.unseen = live_score, unseen
+
     def set_model(self, version: int, manifest: dict[str, Any]) -> None:
         self.model_version.set(version)
         self.model_info.clear()

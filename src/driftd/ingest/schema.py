@@ -54,6 +54,13 @@ class Schema:
     def categorical(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features if f.kind == "categorical")
 
+    @property
+    def live_metric(self) -> Literal["accuracy", "mae"]:
+        """How a served prediction is scored once its label arrives: accuracy for classes,
+        mean absolute error for a regression target. Decided here, once, for the monitor's live
+        score, the post-deploy guard and replay."""
+        return "accuracy" if self.task == "classification" else "mae"
+
     def fingerprint(self) -> str:
         """A stable description of the schema; a checkpoint written under another is refused."""
         cols = ",".join(f"{f.name}:{f.kind}" for f in self.features)

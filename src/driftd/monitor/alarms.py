@@ -45,6 +45,10 @@ class AlarmPolicy:
         self.n_features = n_features
         self._reset()
 
+    def configure(self, features: int, window: int, suppress: int) -> None:
+        """New settings (a restart under another config), keeping what has fired."""
+        self.features, self.window, self.suppress = features, window, suppress
+
     def _reset(self) -> None:
         self._fired: dict[Hashable, int] = {}
         self._recent: dict[str, int] = {}

@@ -116,9 +116,7 @@ class CategoryWatch:
         params["delta"] = float(params.get("delta", 0.002)) / buckets
         self.watches = []
         for _ in range(buckets):
-            watch = Watch("adwin", params)
-            watch.pos = watch.origin = watch.warning_start = self.start
-            self.watches.append(watch)
+            self.watches.append(Watch("adwin", params, start=self.start))
 
     def _count_unseen(self, values: Sequence[Hashable]) -> None:
         for value in values:

@@ -48,10 +48,13 @@ class LiveScore:
     def extend(self, values: Iterable[float]) -> None:
         self._values.extend(values)
 
-    def resize(self, window: int) -> None:
-        """Keep the most recent ``window`` values (a config reload changed the window)."""
-        self.window = window
-        self._values = deque(self._values, maxlen=window)
+    def configure(self, window: int, min_count: int) -> None:
+        """New settings (a restart under another config): keep the most recent ``window``
+        values."""
+        self.min_count = min_count
+        if window != self.window:
+            self.window = window
+            self._values = deque(self._values, maxlen=window)
 
     @property
     def count(self) -> int:

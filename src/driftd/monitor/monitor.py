@@ -109,7 +109,7 @@ class Monitor:
         self._policy = AlarmPolicy(
             cfg.alarm.features, cfg.alarm.window, cfg.alarm.suppress, n_features
         )
-        metric = "accuracy" if schema.task == "classification" else "mae"
+        metric = schema.live_metric
         self._live = LiveScore(metric, cfg.live_window, cfg.live_min_labels)
         self._next_index = 0
         self._baseline = 0
@@ -243,13 +243,11 @@ class Monitor:
         ]
         return self._events(raw, now)
 
-    def rebaseline(self, index: int, now: float) -> None:
+    def rebaseline(self, index: int) -> None:
         """A new model serves from record ``index``: every detector and the live score start over.
 
         The alarm policy forgets pending detections too, so the swap itself raises nothing.
-        ``now`` is accepted for symmetry with the other calls (and future use in stats).
         """
-        del now
         for watch in self._numeric.values():
             watch.reset()
         for cats in self._categorical.values():
@@ -415,15 +413,9 @@ class Monitor:
             raise CheckpointMismatch("checkpoint does not hold a monitor")
         monitor.schema = schema
         monitor.config = config
-        policy = monitor._policy
-        policy.features, policy.window, policy.suppress = (
-            config.alarm.features,
-            config.alarm.window,
-            config.alarm.suppress,
-        )
-        monitor._live.min_count = config.live_min_labels
-        if monitor._live.window != config.live_window:
-            monitor._live.resize(config.live_window)
+        alarm = config.alarm
+        monitor._policy.configure(alarm.features, alarm.window, alarm.suppress)
+        monitor._live.configure(config.live_window, config.live_min_labels)
         return monitor
 
     def __getstate__(self) -> dict[str, Any]:

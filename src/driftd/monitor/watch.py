@@ -84,12 +84,14 @@ class Watch:
 
     """
 
-    def __init__(self, kind: str, params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, kind: str, params: Mapping[str, Any] | None = None, *, start: int = 0
+    ) -> None:
         if kind not in DETECTORS:
             raise ValueError(f"detector: got {kind!r}, expected one of {', '.join(DETECTORS)}")
         self.kind = kind
         self.params = dict(params or {})
-        self.pos = 0
+        self.pos = start  # the stream position of the next value
         self._reset()
 
     def _reset(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from driftd.config import DemoConfig
 from driftd.ingest.streams import SyntheticStream
-from driftd.service.engine import Engine
+from driftd.service.parts import Parts
 
 __all__ = ["DemoSource", "DemoStats", "LiveView", "summary"]
 
@@ -50,7 +50,7 @@ class DemoSource:
 
     def __init__(
         self,
-        engine: Engine,
+        parts: Parts,
         config: DemoConfig,
         *,
         url: str,
@@ -58,7 +58,7 @@ class DemoSource:
         report: Callable[[str], None] | None = None,
         report_every: float = 5.0,
     ) -> None:
-        self.engine = engine
+        self.parts = parts
         self.client = _Client(url, token)
         self.config = config
         self.stream = SyntheticStream(
@@ -140,8 +140,8 @@ class DemoSource:
             self.stats.labelled += len(sent)
 
     def progress(self) -> str:
-        live = self.engine.serving.current
-        metric, value = self.engine.monitor.live_score
+        live = self.parts.models.current
+        metric, value = self.parts.engine.live_score
         score = "n/a" if value is None else f"{value:.3f}"
         concept = self.stream.concept_at(max(0, self.stats.sent - 1))
         version = f"v{live.version:06d}" if live else "none"
@@ -245,10 +245,10 @@ class LiveView:
                 log.debug("live view redraw failed", exc_info=True)
 
     def render(self) -> list[str]:
-        src, engine = self.source, self.source.engine
+        src, parts = self.source, self.source.parts
         stats = src.stats
-        live = engine.serving.current
-        metric, value = engine.monitor.live_score
+        live = parts.models.current
+        metric, value = parts.engine.live_score
         elapsed = time.monotonic() - src.started
         seg = src.config.segment
         into = stats.sent % seg
@@ -263,7 +263,7 @@ class LiveView:
             + f"   labelled {stats.labelled}",
             "  recent events:",
         ]
-        shown = [e.as_dict() for e in engine.store.events(limit=30) if e.kind in _SHOWN][:6]
+        shown = [e.as_dict() for e in parts.store.events(limit=30) if e.kind in _SHOWN][:6]
         lines += [f"    {_event_line(e)}" for e in shown] or ["    (none yet)"]
         return lines
 
@@ -279,13 +279,13 @@ class LiveView:
         self._lines = len(lines)
 
 
-def summary(engine: Engine, source: DemoSource) -> str:
+def summary(parts: Parts, source: DemoSource) -> str:
     """The table printed when the demo ends."""
     stats = source.stats
-    finished = [e.as_dict() for e in engine.store.events(kind="retrain_finished", limit=1000)][::-1]
-    alarms = engine.store.events(kind="drift_alarm", limit=1000)
-    rollbacks = engine.store.events(kind="rollback", limit=1000)
-    live = engine.serving.current
+    finished = [e.as_dict() for e in parts.store.events(kind="retrain_finished", limit=1000)][::-1]
+    alarms = parts.store.events(kind="drift_alarm", limit=1000)
+    rollbacks = parts.store.events(kind="rollback", limit=1000)
+    live = parts.models.current
     rows = [
         ("records sent / labelled", f"{stats.sent} / {stats.labelled}"),
         ("labels corrupted (incident)", str(stats.corrupted)),

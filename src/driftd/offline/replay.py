@@ -17,32 +17,33 @@ checkpointed. It never touches the configured state directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 import logging
 import math
-import queue
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from driftd._imports import import_object
-from driftd.config import Config, StateConfig
+from driftd.config import Config
 from driftd.ingest.history import HistoryError, parse_number, read_history
 from driftd.ingest.schema import Label, LabelRecord, Schema
 from driftd.metrics import Metrics
-from driftd.retrain.fit import FitResult, fit_inline
-from driftd.retrain.retrainer import Guard, Retrainer
+from driftd.retrain.fit import fit_and_dump
+from driftd.retrain.retrainer import Fit
+from driftd.retrain.schedule import Schedule, make_trigger
 from driftd.retrain.worker import fit_isolated
-from driftd.service.engine import Engine
-from driftd.store import Event, Joined
+from driftd.service.parts import assemble
+from driftd.store import Event
 
 __all__ = [
     "FORMAT",
@@ -50,7 +51,6 @@ __all__ = [
     "ReplayOptions",
     "SimClock",
     "false_alarms",
-    "fit_inline",
     "load_history",
     "replay",
 ]
@@ -257,90 +257,12 @@ def false_alarms(
     return false, found
 
 
-class _Schedule:
-    """Scheduled retrains (``interval_seconds`` or ``cron``) on the simulated clock, coalesced
-    like the daemon's APScheduler job (several missed fire times make one request)."""
-
-    def __init__(self, config: Config, start: float) -> None:
-        self.interval = config.retrain.interval_seconds
-        self.cron: Any = None
-        if config.retrain.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            self.cron = CronTrigger.from_crontab(config.retrain.cron, timezone=UTC)
-        self.next = self._after(start, None)
-
-    def _after(self, now: float, previous: float | None) -> float | None:
-        if self.interval is not None:
-            base = now if previous is None else previous
-            return base + self.interval
-        if self.cron is not None:
-            prev = None if previous is None else datetime.fromtimestamp(previous, UTC)
-            nxt = self.cron.get_next_fire_time(prev, datetime.fromtimestamp(now, UTC))
-            return None if nxt is None else float(nxt.timestamp())
-        return None
-
-    def due(self, now: float) -> bool:
-        if self.next is None or now < self.next:
-            return False
-        fired = self.next
-        while self.next is not None and self.next <= now:
-            fired = self.next
-            self.next = self._after(now, fired)
-        return True
-
-
-# -- the engine, adapted to a replay -----------------------------------------------------------
-class _ReplayConfig(Config):
-    """The config with its state directory taken literally (``$STATE_DIRECTORY`` ignored), so
-    a replay never writes into a daemon's state."""
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.state.dir)
-
-
-class _ReplayRetrainer(Retrainer):
-    """The retrainer with the post-deploy guard's rollback handed to the replay loop.
-
-    The daemon rolls back on a thread of its own (activation must wait for the ingest worker);
-    here the loop performs it right after the label batch that failed the guard, so its
-    position in the stream is the same on every run.
-    """
-
-    def __init__(self, engine: Engine, *, fit: Callable[..., FitResult], clock: SimClock):
-        self.rollbacks: queue.Queue[tuple[Guard, str]] = queue.Queue()
-        self.awaiting = 0
-        super().__init__(engine, fit=fit, clock=clock)
-
-    def on_joined(self, joined: list[Joined]) -> None:
-        guard = self.guard
-        super().on_joined(joined)
-        if guard is not None and self.guard is None:
-            last = self.engine.store.events(limit=1)
-            if last and last[0].kind == "guard_failed":
-                self.awaiting += 1
-
-    def _guard_rollback(self, guard: Guard, why: str) -> None:
-        self.rollbacks.put((guard, why))
-
-    def settle(self) -> int:
-        """Perform the rollbacks the guard asked for; returns how many."""
-        done = 0
-        while self.awaiting:
-            guard, why = self.rollbacks.get(timeout=30)
-            self.awaiting -= 1
-            Retrainer._guard_rollback(self, guard, why)
-            done += 1
-        return done
-
-
-def _replay_config(config: Config, state: Path, seed: int | None) -> Config:
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    values["state"] = StateConfig(dir=str(state))
+def _replay_config(config: Config, seed: int | None) -> Config:
+    """The config with the replay's seed in the monitor, the bootstrap and the estimator."""
+    changes: dict[str, Any] = {}
     if seed is not None:
-        values["monitor"] = dataclasses.replace(config.monitor, seed=seed)
-        values["bootstrap"] = dataclasses.replace(config.bootstrap, seed=seed)
+        changes["monitor"] = dataclasses.replace(config.monitor, seed=seed)
+        changes["bootstrap"] = dataclasses.replace(config.bootstrap, seed=seed)
     model = config.model
     if model.factory is None and (seed is not None or "random_state" not in model.params):
         try:
@@ -349,10 +271,10 @@ def _replay_config(config: Config, state: Path, seed: int | None) -> Config:
             takes_seed = False
         if takes_seed:
             state_seed = seed if seed is not None else 0
-            values["model"] = dataclasses.replace(
+            changes["model"] = dataclasses.replace(
                 model, params={**model.params, "random_state": state_seed}
             )
-    return _ReplayConfig(**values)
+    return dataclasses.replace(config, **changes)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -373,9 +295,11 @@ def replay(
         raise ValueError("label_lag and label_delay_column are exclusive")
     items, points, clock_kind = load_history(path, config.schema_obj(), options)
     wall = time.monotonic()
+    cfg = _replay_config(config, options.seed)
+    # The state lives in a directory of its own: a replay never writes into a daemon's state
+    # (``$STATE_DIRECTORY`` and ``[state] dir`` are not read).
     with tempfile.TemporaryDirectory(prefix="driftd-replay-") as tmp:
-        cfg = _replay_config(config, Path(tmp) / "state", options.seed)
-        session = _Session(cfg, items, options)
+        session = _Session(cfg, Path(tmp) / "state", items, options)
         try:
             bar = Progress(len(items), progress_stream, enabled=options.progress)
             try:
@@ -384,23 +308,39 @@ def replay(
                 bar.close()
             result = session.result(path, points, clock_kind)
         finally:
-            session.engine.close()
+            session.parts.close()
     result["wall_clock"]["seconds"] = round(time.monotonic() - wall, 3)
     return result
 
 
 class _Session:
-    """One replay: the engine and retrainer on a simulated clock, and what the loop saw."""
+    """One replay: the daemon's parts on a simulated clock, and what the loop saw."""
 
-    def __init__(self, cfg: Config, items: list[_Item], options: ReplayOptions) -> None:
+    def __init__(
+        self, cfg: Config, state: Path, items: list[_Item], options: ReplayOptions
+    ) -> None:
         self.cfg = cfg
         self.items = items
         self.options = options
         self.clock = SimClock(items[0].time)
-        self.engine = Engine(cfg, Metrics(process=False), clock=self.clock)
-        self.engine.open()
-        fit = fit_inline if options.inline else fit_isolated
-        self.retrainer = _ReplayRetrainer(self.engine, fit=fit, clock=self.clock)
+        fit: Fit = (
+            fit_and_dump
+            if options.inline
+            else functools.partial(fit_isolated, timeout=cfg.training.timeout_seconds)
+        )
+        # The guard's rollbacks wait here and run right after the label batch that failed the
+        # guard, so that their position in the stream is the same on every run.
+        self.rollbacks: list[Callable[[], None]] = []
+        self.parts = assemble(
+            cfg,
+            Metrics(process=False),
+            state_dir=state,
+            fit=fit,
+            clock=self.clock,
+            defer=self.rollbacks.append,
+        )
+        self.engine = self.parts.engine
+        self.retrainer = self.parts.retrainer
         self.labels: list[tuple[float, int, Label]] = []  # heap: (due time, record, label)
         self.position = 0  # records stored so far
         self.last_event = 0
@@ -413,8 +353,9 @@ class _Session:
     # -- the loop ------------------------------------------------------------------------------
     def play(self, bar: Progress) -> None:
         engine, items, cfg = self.engine, self.items, self.cfg
-        start = self.bootstrap() if engine.serving.current is None else 0
-        schedule = _Schedule(cfg, self.clock())
+        start = self.bootstrap() if self.parts.models.current is None else 0
+        now = self.clock()
+        schedule = Schedule(make_trigger(cfg.retrain, now=now, timezone=UTC), start=now)
         step = max(1, len(items) // max(1, self.options.samples))
         next_sample = start
         trim_rows = cfg.store.retention_rows
@@ -441,7 +382,7 @@ class _Session:
             self.poll()
             if cfg.store.retention_seconds is not None or (trim_rows is not None and i > trim_rows):
                 engine.trim()
-            live = engine.serving.current
+            live = self.parts.models.current
             bar.update(i, f"model v{live.version}" if live else "")
         # The stream is over: deliver what is still due so its detections count; no new retrain.
         self.deliver(math.inf)
@@ -453,10 +394,11 @@ class _Session:
         from the file's first ``bootstrap.min_rows`` labelled rows, stored as records (as a live
         daemon receives them on ``POST /v1/records``). Returns the first record to predict."""
         engine, items, cfg = self.engine, self.items, self.cfg
+        bootstrap = self.parts.bootstrap
         start = 0
-        if cfg.bootstrap.data is None:
-            while start < len(items) and not engine.bootstrap_due():
-                need = cfg.bootstrap.min_rows - engine.store.labelled_count()
+        if bootstrap.from_traffic:
+            while start < len(items) and not bootstrap.due():
+                need = cfg.bootstrap.min_rows - self.parts.store.labelled_count()
                 taken: list[_Item] = []
                 for it in items[start : start + 500]:
                     taken.append(it)
@@ -478,15 +420,15 @@ class _Session:
                 self.versions.extend([0] * len(taken))
                 self.outcome.extend([math.nan] * len(taken))
             self.position = start
-            if not engine.bootstrap_due():
+            if not bootstrap.due():
                 raise RuntimeError(
                     f"the file has fewer than bootstrap.min_rows = {cfg.bootstrap.min_rows}"
                     " labelled rows to train the first model on"
                 )
-        outcome = self.retrainer.bootstrap()
+        outcome = bootstrap.run()
         self.fetch()
         if outcome != "deployed":
-            raise RuntimeError(f"bootstrap failed: {engine.bootstrap_error}")
+            raise RuntimeError(f"bootstrap failed: {bootstrap.error}")
         return start
 
     def deliver(self, until: float) -> None:
@@ -502,7 +444,9 @@ class _Session:
         self.clock.advance(last)
         guarded = self.retrainer.guard is not None
         self.engine.run(self.engine.add_labels, due, self.clock())
-        rolled_back = self.retrainer.settle()
+        rolled_back = len(self.rollbacks)
+        while self.rollbacks:
+            self.rollbacks.pop(0)()
         if rolled_back or (guarded and self.retrainer.guard is None):
             self.fetch()  # tag the guard's verdict with this position, before the next batch
 
@@ -518,7 +462,7 @@ class _Session:
         fresh: list[Event] = []
         before: int | None = None
         while True:
-            page = self.engine.store.events(before=before, limit=1000)
+            page = self.parts.store.events(before=before, limit=1000)
             new = [e for e in page if e.id > self.last_event]
             fresh.extend(new)
             if len(new) < len(page) or not page:
@@ -529,14 +473,14 @@ class _Session:
             self.events.extend((e, self.position) for e in sorted(fresh, key=lambda e: e.id))
 
     def sample(self) -> None:
-        _, live = self.engine.monitor.live_score
+        _, live = self.engine.live_score
         self.samples.append(
             {
                 "index": self.position - 1,
                 "live_score": live,
                 "detectors": {
                     (f"{s.signal}:{s.feature}" if s.feature else s.signal): _finite(s.estimate)
-                    for s in self.engine.monitor.detector_states()
+                    for s in self.engine.detector_states()
                 },
             }
         )
@@ -560,7 +504,7 @@ class _Session:
                 "false_alarms": len(false),
                 "false_alarm_indices": false,
             }
-        metric = "accuracy" if schema.task == "classification" else "mae"
+        metric = schema.live_metric
         return {
             "format": FORMAT,
             "input": {
@@ -600,8 +544,8 @@ class _Session:
             "guards": summary.guards,
             "series": _series(self.samples, self.outcome, cfg.monitor.live_window, items),
             "final": {
-                "version": engine.serving.current.version if engine.serving.current else None,
-                "store": dict(engine.store.counts()),
+                "version": live.version if (live := self.parts.models.current) else None,
+                "store": dict(self.parts.store.counts()),
             },
             "wall_clock": {"retrains": summary.wall},
         }

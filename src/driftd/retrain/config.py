@@ -10,9 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from driftd._imports import check_import
+from driftd.retrain.gate import GateConfig
 from driftd.retrain.policy import PolicyConfig
 
-__all__ = ["BootstrapConfig", "GuardConfig", "ModelConfig", "RetrainConfig", "TrainingConfig"]
+__all__ = [
+    "BootstrapConfig",
+    "GuardConfig",
+    "ModelConfig",
+    "RetrainConfig",
+    "RetrainSettings",
+    "TrainingConfig",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +95,16 @@ class RetrainConfig(PolicyConfig):
 class GuardConfig:
     records: int = field(default=300, metadata={"min": 0})
     margin: float = field(default=0.1, metadata={"min": 0})
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainSettings:
+    """The sections a :class:`~driftd.retrain.retrainer.Retrainer` works from, together, so that a
+    reload swaps them at once. ``escalate_after`` is ``[alerts] escalate_after``."""
+
+    model: ModelConfig
+    training: TrainingConfig
+    retrain: RetrainConfig
+    gate: GateConfig
+    guard: GuardConfig
+    escalate_after: int = 3

@@ -16,7 +16,6 @@ import logging
 import math
 import pickle
 import platform
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -40,7 +39,6 @@ __all__ = [
     "build_pipeline",
     "evaluate",
     "fit_and_dump",
-    "fit_inline",
     "library_versions",
     "score",
 ]
@@ -240,12 +238,6 @@ def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
     except Exception:  # noqa: BLE001 - a custom trusted type may not pickle: deploy loads it
         pickled = None
     return Evaluation(True, None, 1000 * latency, scores, pickled)
-
-
-def fit_inline(job: FitJob, *, timeout: float, cancel: threading.Event | None = None) -> FitResult:
-    """Fit in this process (replay): no memory cap and no timeout, same code and result."""
-    del timeout, cancel  # nothing to interrupt: the caller waits for the fit anyway
-    return fit_and_dump(job)
 
 
 def library_versions() -> dict[str, str]:

@@ -1,12 +1,14 @@
 """The retraining loop: requests in, verdicts and deploys out, alerts when a candidate fails.
 
 A job takes a frozen, hashed, time-ordered snapshot of labelled rows (since the drift point
-after an alarm, else the most recent window), holds out the most recent slice, fits the
-candidate in a child process, loads it with the trusted-type list, scores candidate and
-champion on the same holdout, and asks the gate. A passing candidate is deployed through the
-engine's swap primitive; a failing one is kept under ``rejected/`` (bounded) and the team is
-alerted. After a deploy the post-deploy guard watches the first labelled records the new
-champion served and rolls back if its live score falls short of its holdout score.
+after an alarm, else the most recent window), holds out the most recent slice, has the fit
+(the training process) fit the candidate, load it with the trusted-type list and score it, scores
+the champion on the same holdout, and asks the gate. A passing candidate is deployed through the
+lifecycle (:mod:`driftd.models.lifecycle`); a failing one is kept under ``rejected/`` (bounded)
+and the team is alerted. After a deploy the post-deploy guard (:mod:`driftd.retrain.guard`)
+watches the first labelled records the new champion served, and its rollback is handed to
+``defer`` (a thread of its own in the daemon: a swap waits for the ingest worker, on which the
+guard is fed; replay performs it after the label batch, deterministically).
 
 Requests and policy decisions happen on the event loop or the ingest worker; jobs run on one
 job thread. The policy's state is persisted after every change.
@@ -21,125 +23,115 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from driftd._fs import atomic_write
+from driftd._fs import TMP_PREFIX, atomic_write
 from driftd.alerts import Alerter
-from driftd.config import Config
 from driftd.errors import IntegrityError
-from driftd.ingest.schema import Label
-from driftd.models.inputs import matrix, rows_to_matrix
+from driftd.ingest.schema import Label, Schema
+from driftd.metrics import Metrics
+from driftd.models.inputs import matrix
+from driftd.models.lifecycle import Lifecycle
 from driftd.models.serving import WarmupError
 from driftd.monitor import MonitorEvent
+from driftd.retrain.config import RetrainSettings
 from driftd.retrain.fit import Evaluation, FitJob, FitResult, library_versions, score
-from driftd.retrain.gate import HIGHER_IS_BETTER, Gate, Verdict
+from driftd.retrain.gate import Gate, Verdict
+from driftd.retrain.guard import Guard
 from driftd.retrain.policy import Decision, Job, Outcome, RetrainPolicy
-from driftd.retrain.worker import fit_isolated
-from driftd.service.engine import Engine
-from driftd.store import Joined
+from driftd.store import Joined, Store
 
-__all__ = ["Guard", "Retrainer"]
+__all__ = ["POLICY_KEY", "Fit", "Retrainer"]
 
 log = logging.getLogger(__name__)
 
 POLICY_KEY = "retrain_policy"
-Fit = Callable[..., FitResult]
+#: Fits a job and reports how it went; never raises. The daemon's is the training worker with
+#: its timeout and the shutdown's cancel event bound; replay's fits inline.
+Fit = Callable[[FitJob], FitResult]
 
 
-@dataclass(slots=True)
-class Guard:
-    """Watches the first labelled records a new champion served."""
-
-    version: int
-    previous: int | None
-    expected: float
-    metric: str
-    needed: int
-    seen: int = 0
-    total: float = 0.0
-
-    @property
-    def live(self) -> float:
-        return self.total / self.seen if self.seen else math.nan
+def on_a_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` on a thread of its own (the daemon's way to run a guard's rollback)."""
+    threading.Thread(target=fn, name="driftd-guard", daemon=True).start()
 
 
 class Retrainer:
-    """Owns the trigger policy and runs retrain jobs against an :class:`Engine`."""
+    """Owns the trigger policy and runs retrain jobs.
+
+    Parameters
+    ----------
+    store, models
+        Where the rows, the policy's state and the audit log are, and the lifecycle that
+        deploys and rolls back.
+    settings
+        The model, training, retrain, gate and guard sections (:meth:`reconfigure` swaps them).
+    rejected_dir
+        Where the last ``retrain.keep_rejected`` rejected candidates are kept, with verdicts.
+    fit
+        Fits a job (see :data:`Fit`).
+    defer
+        Runs the post-deploy guard's rollback (see the module docstring).
+    """
 
     def __init__(
         self,
-        engine: Engine,
+        store: Store,
+        models: Lifecycle,
+        metrics: Metrics,
+        settings: RetrainSettings,
         *,
+        schema: Schema,
+        rejected_dir: Path,
+        fit: Fit,
         alerter: Alerter | None = None,
-        fit: Fit = fit_isolated,
         clock: Callable[[], float] = time.time,
+        defer: Callable[[Callable[[], None]], None] = on_a_thread,
     ) -> None:
-        self.engine = engine
-        self.config = engine.config
-        self.metrics = engine.metrics
-        self.alerter = alerter
+        self.store = store
+        self.models = models
+        self.metrics = metrics
+        self.settings = settings
+        self.schema = schema
+        self.rejected_dir = rejected_dir
         self.fit = fit
+        self.alerter = alerter
         self.clock = clock
-        self.gate = Gate(self.config.gate, self.config.model.metric)
-        self.live_metric = "accuracy" if engine.schema.task == "classification" else "mae"
+        self.defer = defer
+        self.gate = Gate(settings.gate, settings.model.metric)
         self.lock = threading.RLock()
-        saved = engine.store.get_state(POLICY_KEY)
-        policy_cfg = self.config.retrain.policy()
+        saved = store.get_state(POLICY_KEY)
+        policy_cfg = settings.retrain.policy()
         self.policy = (
             RetrainPolicy.from_dict(policy_cfg, saved) if saved else RetrainPolicy(policy_cfg)
         )
         if saved and saved.get("interrupted"):
             job = saved["interrupted"]
             log.warning("retrain %s was interrupted by a restart; it is not resumed", job["id"])
-            engine.store.add_event("retrain_interrupted", {"job": job}, ts=clock())
+            store.add_event("retrain_interrupted", {"job": job}, ts=clock())
         self.guard: Guard | None = None
         self.last_job: dict[str, Any] | None = None
-        self.rejected_dir = engine.state_dir / "rejected"
-        for leftover in self.rejected_dir.glob("*/.tmp-*"):  # a write cut short by a crash
+        for leftover in rejected_dir.glob(f"*/{TMP_PREFIX}*"):  # a write cut short by a crash
             leftover.unlink(missing_ok=True)
-        engine.on_alarm = self.on_alarm
-        engine.on_joined = self.on_joined
         self._export_threshold()
-        self._reconcile_history()
-        for failure in engine.load_failures:
+        for failure in models.load_failures:
             self._alert("model_load_failed", f"refused at start: {failure}", severity="critical")
-        changed = engine.reg.changed_at()
-        if engine.serving.current is not None and changed is not None:
-            self.metrics.deployed_at.set(changed)
         self._persist()
 
-    def _reconcile_history(self) -> None:
-        """A crash between the alias move and its event leaves a champion the audit log does
-        not name: record it, so that the history of what served is complete."""
-        store = self.engine.store
-        champion = self.engine.reg.aliases().champion
-        moves = [
-            e
-            for k in ("deploy", "rollback", "model_fallback")
-            for e in store.events(kind=k, limit=1)
-        ]
-        last = max(moves, key=lambda e: e.id).data.get("version") if moves else None
-        if champion is not None and last != champion:
-            store.add_event(
-                "deploy",
-                {"version": champion, "reason": "recovered", "recovered": True, "previous": last},
-                ts=self.clock(),
-            )
-
-    def reconfigure(self, config: Config, *, alerter: Alerter | None) -> None:
+    def reconfigure(self, settings: RetrainSettings, *, alerter: Alerter | None) -> None:
         """Apply reloaded gate, guard, alert and retrain-policy settings (SIGHUP)."""
         with self.lock:
-            self.config = config
+            self.settings = settings
             self.alerter = alerter
-            self.gate = Gate(config.gate, config.model.metric)
-            self.policy.config = config.retrain.policy()
+            self.gate = Gate(settings.gate, settings.model.metric)
+            self.policy.config = settings.retrain.policy()
             self._export_threshold()
 
     def _export_threshold(self) -> None:
-        metric, threshold = self.config.model.metric, self.config.gate.threshold
+        metric, threshold = self.settings.model.metric, self.settings.gate.threshold
         self.metrics.gate_threshold.clear()
         if threshold is not None:
             self.metrics.gate_threshold.labels(metric).set(threshold)
@@ -151,7 +143,7 @@ class Retrainer:
         """Ask for a retrain (thread-safe). Counted; a skip is counted with its reason."""
         now = self.clock()
         with self.lock:
-            new = self.engine.store.labelled_count(since_idx=self.policy.trained_until)
+            new = self.store.labelled_count(since_idx=self.policy.trained_until)
             decision = self.policy.request(
                 reason, now=now, new_labels=new, operator=operator, drift_point=drift_point
             )
@@ -164,7 +156,7 @@ class Retrainer:
             log.info("retrain request (%s) skipped: %s", reason, decision.reason)
         else:
             log.info("retrain request (%s) %s as %s", reason, decision.outcome, decision.job_id)
-        self.engine.store.add_event("retrain_requested", data, ts=now)
+        self.store.add_event("retrain_requested", data, ts=now)
         self._gauges()
         return decision
 
@@ -184,7 +176,7 @@ class Retrainer:
         now = self.clock()
         regime = self.policy.regime
         if regime is not None:
-            since = self.engine.store.labelled_count(since_idx=regime.point - 1)
+            since = self.store.labelled_count(since_idx=regime.point - 1)
             with self.lock:
                 reason = self.policy.drift_due(since, now)
             if reason is not None:
@@ -200,7 +192,7 @@ class Retrainer:
     def run(self, job: Job) -> Outcome:
         """Run one job to its end (blocking; on the job thread). Never raises."""
         start = time.monotonic()
-        self.engine.store.add_event(
+        self.store.add_event(
             "retrain_started", {"job": job.id, "reasons": job.reasons}, ts=self.clock()
         )
         try:
@@ -234,9 +226,9 @@ class Retrainer:
         }
         record.pop("trained_until", None)
         self.last_job = record
-        self.engine.store.add_event("retrain_finished", record, ts=self.clock())
+        self.store.add_event("retrain_finished", record, ts=self.clock())
         log.info("retrain %s (%s): %s in %.1f s", job.id, ", ".join(job.reasons), outcome, took)
-        if outcome == "rejected" and escalate % self.config.alerts.escalate_after == 0:
+        if outcome == "rejected" and escalate % self.settings.escalate_after == 0:
             self._alert(
                 "consecutive_rejections",
                 f"{escalate} retrains in a row were rejected; the champion is getting stale",
@@ -247,8 +239,8 @@ class Retrainer:
         return outcome
 
     def _run(self, job: Job) -> tuple[Outcome, dict[str, Any]]:
-        cfg = self.config
-        store = self.engine.store
+        cfg = self.settings
+        store = self.store
         if job.drift_point is not None:
             snap = store.snapshot(limit=cfg.retrain.window_rows, since_idx=job.drift_point - 1)
         else:
@@ -256,10 +248,10 @@ class Retrainer:
                 self.clock() - cfg.retrain.max_age_seconds if cfg.retrain.max_age_seconds else None
             )
             snap = store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
-        train, hold = snap.split(self._holdout_size(len(snap)))
+        train, hold = snap.split(self.holdout_size(len(snap)))
         window = {**snap.window(), "since_drift_point": job.drift_point}
-        X_train = matrix(self.engine.schema, train.numeric, train.categorical)
-        X_hold = matrix(self.engine.schema, hold.numeric, hold.categorical)
+        X_train = matrix(self.schema, train.numeric, train.categorical)
+        X_hold = matrix(self.schema, hold.numeric, hold.categorical)
         return self.evaluate_and_deploy(
             job,
             X_train,
@@ -270,8 +262,9 @@ class Retrainer:
             trained_until=int(snap.idx[-1]) if len(snap) else 0,
         )
 
-    def _holdout_size(self, n: int) -> int:
-        return max(self.config.gate.min_holdout, int(n * self.config.retrain.holdout_fraction))
+    def holdout_size(self, n: int) -> int:
+        cfg = self.settings
+        return max(cfg.gate.min_holdout, int(n * cfg.retrain.holdout_fraction))
 
     def evaluate_and_deploy(
         self,
@@ -285,7 +278,8 @@ class Retrainer:
         trained_until: int = 0,
     ) -> tuple[Outcome, dict[str, Any]]:
         """Fit, score, gate, and deploy or reject. Shared by retrains and the bootstrap."""
-        cfg = self.config
+        cfg = self.settings
+        live_metric = self.schema.live_metric
         base: dict[str, Any] = {
             "rows": len(y_train) + len(y_hold),
             "window": window,
@@ -293,22 +287,22 @@ class Retrainer:
         }
         if len(y_train) < max(10, len(y_hold) // 2) or len(y_hold) < cfg.gate.min_holdout:
             return "skipped", {**base, "skipped": "too_few_rows"}
-        if self.engine.schema.task == "classification" and len(set(y_train)) < 2:
+        if self.schema.task == "classification" and len(set(y_train)) < 2:
             return "skipped", {**base, "skipped": "single_class"}
         mem = cfg.training.memory_limit_mb * 1024 * 1024 if cfg.training.memory_limit_mb else None
         warm = X_hold[: cfg.model.warmup_rows]
         fit_job = FitJob(
             cfg.model,
-            self.engine.schema,
+            self.schema,
             X_train,
             list(y_train),
             mem,
             cfg.training.threads,
             holdout=(X_hold, list(y_hold)),
             warmup=warm,
-            metrics=tuple(dict.fromkeys((cfg.model.metric, self.live_metric))),
+            metrics=tuple(dict.fromkeys((cfg.model.metric, live_metric))),
         )
-        result = self.fit(fit_job, timeout=cfg.training.timeout_seconds, cancel=self.engine.cancel)
+        result = self.fit(fit_job)
         base["fit_seconds"] = round(result.seconds, 3)
         if result.logs:
             base["logs"] = result.logs[-20:]
@@ -335,23 +329,28 @@ class Retrainer:
             "job": job.id,
             "estimator": cfg.model.factory or cfg.model.estimator,
             "params": cfg.model.params,
-            "schema": self.engine.schema.fingerprint(),
+            "schema": self.schema.fingerprint(),
             "training": {**window, "train_rows": len(y_train), "holdout_rows": len(y_hold)},
             "metrics": scores["candidate"],
             "verdict": verdict.as_dict(),
             "fit_seconds": round(result.seconds, 3),
             "libraries": library_versions(),
-            "warmup": _rows(self.engine.schema, warm),
+            "warmup": _rows(self.schema, warm),
         }
-        previous = self.engine.serving.current.version if self.engine.serving.current else None
-        version = self.engine.deploy(
+        champion = self.models.current
+        previous = champion.version if champion is not None else None
+        version = self.models.deploy(
             result.artifact, manifest, warm, model=result.evaluation.model()
         )
-        self.metrics.deployed_at.set(self.clock())
-        expected = scores["candidate"].get(self.live_metric, math.nan)
+        expected = scores["candidate"].get(live_metric, math.nan)
         if cfg.guard.records > 0 and previous is not None and math.isfinite(expected):
             self.guard = Guard(
-                version.number, previous, expected, self.live_metric, cfg.guard.records
+                version=version.number,
+                previous=previous,
+                expected=expected,
+                metric=live_metric,
+                needed=cfg.guard.records,
+                margin=cfg.guard.margin,
             )
         return "deployed", {**base, "version": version.number}
 
@@ -360,12 +359,12 @@ class Retrainer:
     ) -> tuple[Verdict, dict[str, Any]]:
         """The gate's verdict on a candidate evaluated in the training process (loaded, warmed
         up, scored there), against the serving champion scored here on the same holdout."""
-        metric = self.config.model.metric
+        metric = self.settings.model.metric
         candidate = evaluation.scores
-        champion_live = self.engine.serving.current
+        champion_live = self.models.current
         champion = self._scores(champion_live.model, X_hold, y_hold) if champion_live else None
         counts = None
-        if self.engine.schema.task == "classification":
+        if self.schema.task == "classification":
             values, freq = np.unique(np.asarray([str(v) for v in y_hold]), return_counts=True)
             counts = dict(zip(values.tolist(), freq.tolist(), strict=True))
         verdict = self.gate.judge(
@@ -383,16 +382,16 @@ class Retrainer:
         return verdict, {"candidate": _finite(candidate or {}), "champion": _finite(champion or {})}
 
     def _scores(self, model: Any, X: Any, y: list[Label]) -> dict[str, float]:
-        metric = self.config.model.metric
+        metric, live_metric = self.settings.model.metric, self.schema.live_metric
         out = {metric: score(metric, model, X, y)}
-        if self.live_metric != metric:
-            out[self.live_metric] = score(self.live_metric, model, X, y)
+        if live_metric != metric:
+            out[live_metric] = score(live_metric, model, X, y)
         return out
 
     def _keep_rejected(
         self, job: Job, artifact: bytes, verdict: Verdict, details: dict[str, Any]
     ) -> None:
-        keep = self.config.retrain.keep_rejected
+        keep = self.settings.retrain.keep_rejected
         if keep == 0:
             return
         target = self.rejected_dir / job.id
@@ -406,108 +405,15 @@ class Retrainer:
         for old in entries[: max(0, len(entries) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
 
-    # -- bootstrap -------------------------------------------------------------------------
-    def bootstrap(self) -> Outcome:
-        """Train the first model from the configured source (blocking; on the job thread)."""
-        engine = self.engine
-        engine.bootstrap_state = "training"
-        job = Job("bootstrap", ["bootstrap"], self.clock(), started=self.clock())
-        self.metrics.retrain_triggers.labels("bootstrap").inc()
-        start = time.monotonic()
-        try:
-            X, y, window = self._bootstrap_data()
-        except (OSError, ValueError) as exc:
-            self._bootstrap_failed(str(exc))
-            engine.store.add_event("bootstrap_failed", {"error": str(exc)}, ts=self.clock())
-            return "failed"
-        n_hold = self._holdout_size(len(y))
-        outcome, details = self.evaluate_and_deploy(
-            job, X[:-n_hold], y[:-n_hold], X[-n_hold:], y[-n_hold:], window=window
-        )
-        details.pop("trained_until", None)
-        engine.store.add_event(
-            "retrain_finished",
-            {"job": job.id, "reasons": job.reasons, "outcome": outcome, **details},
-            ts=self.clock(),
-        )
-        if outcome != "skipped":
-            self.metrics.retrain_runs.labels(outcome).inc()
-            self.metrics.retrain_duration.observe(time.monotonic() - start)
-        if outcome == "deployed":
-            engine.bootstrap_state = "done"
-            engine.bootstrap_failures = 0
-        else:
-            why = details.get("error") or details.get("skipped")
-            verdict = details.get("verdict")
-            if why is None and verdict is not None:
-                why = "; ".join(r["reason"] for r in verdict["rules"] if not r["passed"])
-            self._bootstrap_failed(why or "the first model failed the gate")
-        return outcome
-
-    def _bootstrap_failed(self, why: str) -> None:
-        """Record a failed first fit and when it will be retried (backing off like retrains)."""
-        engine, cfg = self.engine, self.config.retrain
-        engine.bootstrap_failures += 1
-        wait = min(
-            cfg.cooldown_seconds * 2 ** (engine.bootstrap_failures - 1),
-            max(cfg.backoff_max_seconds, cfg.cooldown_seconds),
-        )
-        engine.bootstrap_state, engine.bootstrap_error = "failed", why
-        engine.bootstrap_retry_at = self.clock() + wait
-        log.error("bootstrap failed (%s); retrying in %.0f s", why, wait)
-
-    def _bootstrap_data(self) -> tuple[Any, list[Label], dict[str, Any]]:
-        cfg = self.config.bootstrap
-        schema = self.engine.schema
-        if cfg.data is None:
-            snap = self.engine.store.snapshot(limit=max(cfg.rows, cfg.min_rows))
-            return matrix(schema, snap.numeric, snap.categorical), snap.labels, snap.window()
-        if cfg.data == "synth":
-            from driftd.ingest.streams import SyntheticStream
-
-            demo = self.config.demo
-            pairs = SyntheticStream(demo.stream, (demo.concepts[0],), cfg.rows, cfg.seed).take(
-                cfg.rows
-            )
-            X = rows_to_matrix(schema, [p[0] for p in pairs])
-            return X, [p[1] for p in pairs], {"rows": cfg.rows, "source": f"synth:{demo.stream}"}
-        from driftd.ingest.history import read_history
-
-        path = self.config.resolve(cfg.data)
-        rows = [r for r in read_history(path, schema) if r.label is not None][-cfg.rows :]
-        if len(rows) < cfg.min_rows:
-            raise ValueError(
-                f"{path}: {len(rows)} labelled rows, bootstrap.min_rows is {cfg.min_rows}"
-            )
-        X = rows_to_matrix(schema, [r.features for r in rows])
-        return (
-            X,
-            [r.label for r in rows if r.label is not None],
-            {"rows": len(rows), "source": str(path)},
-        )
-
     # -- rollback and the post-deploy guard ------------------------------------------------
     def rollback(
         self, version: int | None = None, *, reason: str = "operator", why: str | None = None
     ) -> dict[str, Any]:
         """Serve ``version`` (default: the previous champion) again. Raises ValueError when there
         is nothing to roll back to, IntegrityError when the target fails verification."""
-        engine = self.engine
-        aliases = engine.reg.aliases()
-        target = version if version is not None else aliases.previous
-        if target is None:
-            raise ValueError("there is no previous version to roll back to")
-        if target not in engine.reg.numbers():
-            raise ValueError(f"version {target} does not exist")
-        if target == aliases.champion:
-            raise ValueError(f"version {target} is already the champion")
-        from_version = aliases.champion
-        engine.activate(
-            target, event="rollback", details={"from": from_version, "reason": reason, "why": why}
-        )
+        target, from_version = self.models.rollback(version, details={"reason": reason, "why": why})
         self.guard = None
         self.metrics.rollbacks.labels(reason).inc()
-        self.metrics.deployed_at.set(self.clock())
         text = f"rolled back from v{from_version} to v{target} ({reason})" + (
             f": {why}" if why else ""
         )
@@ -525,38 +431,16 @@ class Retrainer:
         guard = self.guard
         if guard is None:
             return
-        for j in joined:
-            if j.model_version != guard.version:
-                continue
-            guard.seen += 1
-            if self.live_metric == "accuracy":
-                guard.total += float(j.prediction == j.label)
-            else:
-                guard.total += abs(float(j.prediction) - float(j.label))
-        if guard.seen < guard.needed:
+        verdict = guard.observe(joined)
+        if verdict is None:
             return
         self.guard = None
-        higher = HIGHER_IS_BETTER[guard.metric]
-        shortfall = guard.expected - guard.live if higher else guard.live - guard.expected
-        record = {
-            "version": guard.version,
-            "metric": guard.metric,
-            "holdout": guard.expected,
-            "live": guard.live,
-            "records": guard.seen,
-        }
-        if shortfall > self.config.guard.margin:
-            why = (
-                f"live {guard.metric} {guard.live:.4f} over {guard.seen} records is"
-                f" {shortfall:.4f} short of its holdout {guard.expected:.4f}"
-            )
-            self.engine.store.add_event("guard_failed", record, ts=self.clock())
-            # Roll back off the worker thread: activation itself runs on the worker.
-            threading.Thread(
-                target=self._guard_rollback, args=(guard, why), name="driftd-guard", daemon=True
-            ).start()
-        else:
-            self.engine.store.add_event("guard_passed", record, ts=self.clock())
+        if not verdict.failed:
+            self.store.add_event("guard_passed", verdict.record, ts=self.clock())
+            return
+        self.store.add_event("guard_failed", verdict.record, ts=self.clock())
+        why = verdict.why or "the live score fell short of the holdout score"
+        self.defer(lambda: self._guard_rollback(guard, why))
 
     def _guard_rollback(self, guard: Guard, why: str) -> None:
         try:
@@ -582,17 +466,13 @@ class Retrainer:
                 if p.regime is None
                 else {"point": p.regime.point, "trained_rows": p.regime.trained_rows},
                 "guard": None
-                if self.guard is None
-                else {
-                    "version": self.guard.version,
-                    "seen": self.guard.seen,
-                    "needed": self.guard.needed,
-                },
+                if (guard := self.guard) is None
+                else {"version": guard.version, "seen": guard.seen, "needed": guard.needed},
                 "last_job": self.last_job,
             }
 
     def _persist(self) -> None:
-        self.engine.store.put_state(POLICY_KEY, self.policy.to_dict())
+        self.store.put_state(POLICY_KEY, self.policy.to_dict())
 
     def _gauges(self) -> None:
         self.metrics.retrain_pending.labels("waiting").set(1 if self.policy.pending else 0)

@@ -12,20 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from fastapi import FastAPI
 
 from driftd.alerts import Alerter
@@ -33,12 +31,12 @@ from driftd.config import Config, load
 from driftd.errors import ConfigError
 from driftd.metrics import Metrics
 from driftd.retrain.policy import Job
-from driftd.retrain.retrainer import Retrainer
+from driftd.retrain.schedule import make_trigger
 from driftd.retrain.worker import TrainingWorker
 from driftd.service import logs
 from driftd.service.app import create_app
-from driftd.service.engine import Engine
 from driftd.service.header_timeout import HeaderTimeout
+from driftd.service.parts import Parts, assemble
 from driftd.service.sdnotify import Notifier, Watchdog
 
 __all__ = ["LIVE_SECTIONS", "Daemon", "Source"]
@@ -110,7 +108,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.engine = Engine(config, self.metrics)
+        self.parts: Parts | None = None  # built at startup
+        self.cancel = threading.Event()  # set at shutdown: a fit or a load in progress stops
         self.notifier = Notifier.from_environ()
         self.watchdog = Watchdog.from_environ(self.notifier)
         # Training jobs and the periodic chores (checkpoint, retention) each get a thread, so
@@ -122,7 +121,6 @@ class Daemon:
         self.trainer = TrainingWorker(
             memory_limit_bytes=mem * 1024 * 1024 if mem else None, nice=config.training.nice
         )
-        self.retrainer: Retrainer | None = None
         self.header_timeout = HeaderTimeout(
             config.server.read_timeout_seconds,
             lambda reason: self.metrics.rejected.labels(reason).inc(),
@@ -157,12 +155,8 @@ class Daemon:
     def _schedule(self) -> AsyncIOScheduler | None:
         """Scheduled retrains (interval or cron) from ``[retrain]``; None when not configured."""
         cfg = self.config.retrain
-        trigger: Any
-        if cfg.interval_seconds is not None:
-            trigger = IntervalTrigger(seconds=cfg.interval_seconds)
-        elif cfg.cron is not None:
-            trigger = CronTrigger.from_crontab(cfg.cron)
-        else:
+        trigger = make_trigger(cfg, now=time.time())
+        if trigger is None:
             return None
         scheduler = AsyncIOScheduler()
         scheduler.add_job(
@@ -178,21 +172,32 @@ class Daemon:
         return scheduler
 
     async def _scheduled_retrain(self) -> None:
-        if self.retrainer is not None:
-            await asyncio.to_thread(self.retrainer.request, "schedule")
+        if self.parts is not None:
+            await asyncio.to_thread(self.parts.retrainer.request, "schedule")
 
     def startup(self) -> None:
-        self.engine.open()
+        _serve_single_threaded()
         self.trainer.start()  # spawns and imports in the background, ahead of the first job
-        self.engine.loader = self.trainer.load  # rollbacks load there, not beside requests
-        self.retrainer = Retrainer(self.engine, alerter=self.alerter, fit=self.trainer)
+        cfg = self.config
+        fit = functools.partial(
+            self.trainer, timeout=cfg.training.timeout_seconds, cancel=self.cancel
+        )
+        self.parts = assemble(
+            cfg,
+            self.metrics,
+            state_dir=cfg.state_dir,
+            fit=fit,
+            loader=self.trainer.load,  # rollbacks load there, not beside requests
+            alerter=self.alerter,
+            cancel=self.cancel,
+        )
         now = time.monotonic()
-        self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
+        self._next_checkpoint = now + cfg.monitor.checkpoint_interval_seconds
         self._next_trim = now
-        live = self.engine.serving.current
+        live = self.parts.models.current
         log.info(
             "driftd started: state %s, %s",
-            self.engine.state_dir,
+            cfg.state_dir,
             f"serving model v{live.version:06d}" if live else "no model yet",
         )
 
@@ -208,22 +213,23 @@ class Daemon:
     def shutdown(self) -> None:
         for source in self.sources:
             source.close()
-        self.engine.cancel.set()
+        self.cancel.set()
         self.training.shutdown(wait=True, cancel_futures=True)
         self.trainer.close()
         self.chores.shutdown(wait=True, cancel_futures=True)
-        self.engine.close()
+        if self.parts is not None:
+            self.parts.close()
         self.alerter.close(timeout=2.0)
         log.info("driftd stopped")
 
     def run(self) -> int:
         config = uvicorn.Config(
             create_app(
-                self.engine,
+                self.config.schema_obj(),
+                self.config.server,
+                self.metrics,
+                lambda: self.parts,
                 lifespan=self.lifespan,
-                retrainer=lambda: self.retrainer,
-                read_timeout_seconds=self.config.server.read_timeout_seconds,
-                read_idle_seconds=self.config.server.read_idle_seconds,
             ),
             host=self.config.server.host,
             port=self.config.server.port,
@@ -271,32 +277,32 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        self._start_training()
+        if self.parts is None:
+            return
+        self._start_training(self.parts)
         if self._chore is None or self._chore.done():
             if now >= self._next_checkpoint:
                 self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
-                self._chore = self.chores.submit(self.engine.checkpoint)
+                self._chore = self.chores.submit(self.parts.engine.checkpoint)
             elif now >= self._next_trim:
                 self._next_trim = now + self.config.store.retention_interval_seconds
-                self._chore = self.chores.submit(self.engine.trim)
+                self._chore = self.chores.submit(self.parts.engine.trim)
 
-    def _start_training(self) -> None:
-        retrainer = self.retrainer
-        if retrainer is None or (self._train is not None and not self._train.done()):
+    def _start_training(self, parts: Parts) -> None:
+        if self._train is not None and not self._train.done():
             return
-        if self.engine.bootstrap_due():
-            self._train = self.training.submit(self._bootstrap)
+        if parts.bootstrap.due():
+            self._train = self.training.submit(self._bootstrap, parts)
             return
-        if self.engine.serving.current is None:
+        if parts.models.current is None:
             return
-        job = retrainer.poll()
+        job = parts.retrainer.poll()
         if job is not None:
             self.notifier.status(f"{self.status_line()}; retraining ({', '.join(job.reasons)})")
-            self._train = self.training.submit(self._retrain, job)
+            self._train = self.training.submit(self._retrain, parts, job)
 
-    def _retrain(self, job: Job) -> None:
-        assert self.retrainer is not None
-        self.retrainer.run(job)
+    def _retrain(self, parts: Parts, job: Job) -> None:
+        parts.retrainer.run(job)
         self.notifier.status(self.status_line())
 
     def _notify_ready(self, now: float) -> None:
@@ -304,12 +310,14 @@ class Daemon:
         cannot exist before traffic, and a failed bootstrap is retried: in both cases the daemon
         is ready to take requests, so it says so (STATUS tells why there is no model). While a
         first model trains, ask systemd for more start time instead."""
-        engine = self.engine
-        waiting_for_traffic = self.config.bootstrap.data is None
+        parts = self.parts
+        if parts is None:
+            return
+        bootstrap = parts.bootstrap
         if (
-            engine.serving.current is not None
-            or waiting_for_traffic
-            or engine.bootstrap_state == "failed"
+            parts.models.current is not None
+            or bootstrap.from_traffic
+            or bootstrap.state == "failed"
         ):
             self._ready_sent = True
             self.notifier.ready(self.status_line())
@@ -319,18 +327,19 @@ class Daemon:
             self.notifier.status("training the first model")
 
     def _healthy(self) -> bool:
-        return not self.engine.worker._shutdown
+        return self.parts is not None and self.parts.engine.healthy
 
-    def _bootstrap(self) -> None:
-        assert self.retrainer is not None
+    def _bootstrap(self, parts: Parts) -> None:
         self.notifier.status("training the first model")
-        self.retrainer.bootstrap()
+        parts.bootstrap.run()
         self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
-        live = self.engine.serving.current
+        if self.parts is None:
+            return "starting"
+        live = self.parts.models.current
         if live is None:
-            return "no model yet: " + self.engine._no_model_reason()
+            return "no model yet: " + self.parts.no_model_reason()
         return f"serving model v{live.version:06d}"
 
     # -- signals ---------------------------------------------------------------------------
@@ -341,7 +350,6 @@ class Daemon:
         """Put reloaded sections to work: log level, gate, guard, alert receivers, retrain policy
         and schedule. Everything else is read once at start."""
         cfg = self.config
-        self.engine.config = cfg
         if "log" in sections:
             logs.configure(cfg.log.level, cfg.log.format)
         if "alerts" in sections:
@@ -350,8 +358,8 @@ class Daemon:
                 Alerter(cfg.alerts, self.metrics, instance=self._instance()),
             )
             threading.Thread(target=old.close, name="driftd-alerts-close", daemon=True).start()
-        if self.retrainer is not None:
-            self.retrainer.reconfigure(cfg, alerter=self.alerter)
+        if self.parts is not None:
+            self.parts.retrainer.reconfigure(cfg.retrain_settings(), alerter=self.alerter)
         if "retrain" in sections:
             if self.scheduler is not None:
                 self.scheduler.shutdown(wait=False)
@@ -390,13 +398,22 @@ class Daemon:
             )
         else:
             log.info("configuration reloaded: [%s] applied", ", ".join(applied) or "no changes")
-        self.engine.store.add_event(
-            "config_reloaded", {"applied": applied, "needs_restart": restart}, ts=time.time()
-        )
+        if self.parts is not None:
+            self.parts.store.add_event(
+                "config_reloaded", {"applied": applied, "needs_restart": restart}, ts=time.time()
+            )
         self.notifier.ready(self.status_line())
 
 
-def run_config(path: Path) -> int:
-    config = load(path)
-    logs.configure(config.log.level, config.log.format)
-    return Daemon(config).run()
+def _serve_single_threaded() -> None:
+    """Limit OpenMP and BLAS to one thread in the serving process.
+
+    Predictions here are a few rows at a time, where a thread pool only adds wake-up latency,
+    and on a busy host its spinning threads compete with the request path (a single-row
+    HistGradientBoosting predict was measured at over 400 ms under load with the default
+    pools). Training runs in its own process and keeps every core.
+    """
+    import sklearn.ensemble  # noqa: F401 - loads the OpenMP runtime so that the limit reaches it
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)

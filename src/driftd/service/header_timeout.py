@@ -20,10 +20,11 @@ without them is left alone rather than guessed at.
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from driftd.service.http import error_body
 
 __all__ = ["HeaderTimeout"]
 
@@ -59,13 +60,13 @@ class HeaderTimeout:
         else:
             self.reject("read_timeout")
             message = f"the request headers did not arrive within {self.seconds:g} s"
-            body = json.dumps({"error": "read_timeout", "message": message, "errors": []})
+            body = error_body("read_timeout", message)
             transport.write(
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                 b"connection: close\r\ncontent-length: "
                 + str(len(body)).encode()
                 + b"\r\n\r\n"
-                + body.encode()
+                + body
             )
         transport.close()
 

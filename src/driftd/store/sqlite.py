@@ -396,10 +396,6 @@ class Store:
             "last_index": last or 0,
         }
 
-    def last_index(self) -> int:
-        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
-        return int(row[0]) if row else 0
-
     def labelled_count(self, *, since_idx: int = 0) -> int:
         with self.reader() as conn:
             return int(

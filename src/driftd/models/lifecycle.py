@@ -1,0 +1,279 @@
+"""A model's way from bytes to serving: publish -> verify -> load -> warm -> alias -> swap.
+
+The one owner of which version serves. A deploy publishes an immutable registry version, reads
+its bytes back and checks their sha256, loads them (or takes the object the training process
+already loaded from those bytes), warms the model up with real predictions, moves the champion
+alias, and only then swaps the serving reference, in order with traffic (``in_order``), telling
+``on_swap`` so that the detectors start over at the same record. A crash between the alias move
+and the swap serves the new champion after the restart, as intended; a crash before the alias
+move leaves the old one. At start the champion is loaded, or, when it fails verification, the
+newest version that passes, and the audit log says so.
+
+It never exposes a half-loaded model: :attr:`current` is one reference, replaced whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from driftd.errors import IntegrityError
+from driftd.ingest.schema import Schema
+from driftd.metrics import Metrics
+from driftd.models.inputs import rows_to_matrix
+from driftd.models.registry import Registry, Version
+from driftd.models.serving import LiveModel, Serving, WarmupError
+from driftd.store import Store
+
+__all__ = ["Lifecycle", "Loader"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Audit-log events that move the champion alias.
+MOVES = ("deploy", "rollback", "model_fallback")
+
+
+class Loader(Protocol):
+    """Loads verified artifact bytes elsewhere (the training worker) and returns the model, or
+    ``None`` when it cannot now; raises :class:`IntegrityError` for bytes it refuses."""
+
+    def __call__(
+        self, data: bytes, /, *, extra_trusted: Iterable[str], cancel: threading.Event
+    ) -> Any: ...
+
+
+def _now(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+class Lifecycle:
+    """Which version serves, and every change of it. :meth:`open` before use.
+
+    Parameters
+    ----------
+    registry, serving, store
+        Where versions live, the reference requests read, and the audit log.
+    in_order
+        Runs a callable in order with traffic and returns its result (the engine's ingest
+        worker); the swap and ``on_swap`` run there together. Default: at once, here.
+    on_swap
+        Called in order with traffic right after each swap (the monitor rebaselines).
+    loader
+        Loads artifacts out of process (the training worker); any failure there loads here.
+    keep_previous
+        Keep the champion a swap replaces loaded, so that rolling back to it is a swap.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        serving: Serving,
+        store: Store,
+        metrics: Metrics,
+        schema: Schema,
+        *,
+        loader: Loader | None = None,
+        keep_previous: bool = True,
+        in_order: Callable[[Callable[[], Any]], Any] = _now,
+        on_swap: Callable[[], None] = lambda: None,
+        cancel: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.serving = serving
+        self.store = store
+        self.metrics = metrics
+        self.schema = schema
+        self.loader = loader
+        self.keep_previous = keep_previous
+        self.in_order = in_order
+        self.on_swap = on_swap
+        self.cancel = cancel if cancel is not None else threading.Event()
+        self.clock = clock
+        self._load_failures: list[str] = []
+        self._fallback: str | None = None
+        self._previous: LiveModel | None = None  # the champion before the last swap, loaded
+
+    # -- reads -----------------------------------------------------------------------------
+    @property
+    def current(self) -> LiveModel | None:
+        """The serving model, or None before the first one."""
+        return self.serving.current
+
+    @property
+    def load_failures(self) -> tuple[str, ...]:
+        """Versions refused at start, with why."""
+        return tuple(self._load_failures)
+
+    def status(self) -> dict[str, Any] | None:
+        live = self.serving.current
+        if live is None:
+            return None
+        return {
+            "version": live.version,
+            "estimator": live.manifest.get("estimator"),
+            "created": live.manifest.get("created"),
+            "reason": live.manifest.get("reason"),
+            "metrics": live.manifest.get("metrics"),
+            "loaded_at": live.loaded_at,
+            "fallback": self._fallback,
+        }
+
+    def models(self) -> dict[str, Any]:
+        """The registry's versions (newest first, without warm-up rows) and aliases."""
+        live = self.serving.current
+        return {
+            "aliases": self.registry.aliases().as_dict(),
+            "serving": live.version if live else None,
+            "versions": [
+                {k: v for k, v in ver.manifest.items() if k != "warmup"}
+                for ver in reversed(self.registry.versions())
+            ],
+        }
+
+    # -- start -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Sweep leftovers of a crash, serve the champion (or the newest valid version), and
+        complete the audit log if a crash fell between an alias move and its event."""
+        self.registry.sweep()
+        self._load_champion()
+        self._reconcile_history()
+        changed = self.registry.changed_at()
+        if self.serving.current is not None and changed is not None:
+            self.metrics.deployed_at.set(changed)
+
+    def _load_champion(self) -> None:
+        aliases = self.registry.aliases()
+        numbers = self.registry.numbers()
+        order = ([aliases.champion] if aliases.champion in numbers else []) + [
+            n for n in reversed(numbers) if n != aliases.champion
+        ]
+        for number in order:
+            try:
+                live = self._load(number)
+            except (IntegrityError, WarmupError) as exc:
+                self.metrics.model_load_failures.inc()
+                self._load_failures.append(f"v{number:06d}: {exc}")
+                log.error("refusing model v%06d: %s", number, exc)
+                self._event("model_load_failed", {"version": number, "error": str(exc)})
+                continue
+            if number != aliases.champion:
+                why = (
+                    f"champion v{aliases.champion:06d} failed to load; serving v{number:06d}"
+                    if aliases.champion is not None
+                    else f"no champion alias; serving the newest valid version v{number:06d}"
+                )
+                self._fallback = why
+                log.warning("%s", why)
+                self._event("model_fallback", {"version": number, "reason": why})
+                self.registry.set_champion(number)
+            self._serve(live)
+            return
+        if numbers:
+            log.error("no model version in %s could be loaded", self.registry.root)
+
+    def _reconcile_history(self) -> None:
+        champion = self.registry.aliases().champion
+        moves = [e for kind in MOVES for e in self.store.events(kind=kind, limit=1)]
+        last = max(moves, key=lambda e: e.id).data.get("version") if moves else None
+        if champion is not None and last != champion:
+            self._event(
+                "deploy",
+                {"version": champion, "reason": "recovered", "recovered": True, "previous": last},
+            )
+
+    # -- changes ---------------------------------------------------------------------------
+    def deploy(
+        self, artifact: bytes, manifest: dict[str, Any], warmup: Any, *, model: Any = None
+    ) -> Version:
+        """Publish ``artifact`` as a new version and serve it.
+
+        ``model`` is ``artifact`` already loaded (by the training process, with the same trusted
+        types): then only the published bytes are read back and verified, and that object
+        serves, so the serving process does not spend the load's GIL time beside requests."""
+        version = self.registry.publish(artifact, manifest)
+        live = self._load(version.number, warmup, model=model)
+        self._switch(live, "deploy", {"reason": manifest.get("reason"), "job": manifest.get("job")})
+        log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
+        return version
+
+    def rollback(self, version: int | None, *, details: dict[str, Any]) -> tuple[int, int | None]:
+        """Serve ``version`` (default: the previous champion) again; returns (to, from).
+
+        Raises ValueError when there is nothing to roll back to, IntegrityError or WarmupError
+        when the target fails verification or warm-up. The previous champion is a swap when it
+        is still loaded (verified and warmed up when it was)."""
+        aliases = self.registry.aliases()
+        target = version if version is not None else aliases.previous
+        if target is None:
+            raise ValueError("there is no previous version to roll back to")
+        if target not in self.registry.numbers():
+            raise ValueError(f"version {target} does not exist")
+        if target == aliases.champion:
+            raise ValueError(f"version {target} is already the champion")
+        kept = self._previous
+        if kept is not None and kept.version == target:
+            live = LiveModel(kept.version, kept.model, kept.manifest, self.clock())
+        else:
+            live = self._load(target)
+        self._switch(live, "rollback", {"from": aliases.champion, **details})
+        return target, aliases.champion
+
+    def _switch(self, live: LiveModel, event: str, details: dict[str, Any]) -> None:
+        """Move the alias (here: its fsyncs must not hold up traffic waiting in order), then, in
+        order with traffic, swap the reference, record the event and call ``on_swap``."""
+        aliases = self.registry.set_champion(live.version)
+
+        def swap() -> None:
+            self._fallback = None
+            self._serve(live)
+            self._event(event, {**details, "version": live.version, "previous": aliases.previous})
+            self.on_swap()
+
+        self.in_order(swap)
+        self.metrics.deployed_at.set(self.clock())
+
+    def _serve(self, live: LiveModel) -> None:
+        old = self.serving.swap(live)
+        self._previous = old if self.keep_previous else None
+        self.metrics.set_model(live.version, live.manifest)
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load(self, number: int, warmup: Any = None, *, model: Any = None) -> LiveModel:
+        """Verify a version's bytes, load them (unless ``model`` is them already loaded), warm
+        the model up."""
+        version, data = self.registry.read(number)
+        if model is None and self.loader is not None:
+            try:
+                model = self.loader(
+                    data, extra_trusted=self.registry.extra_trusted, cancel=self.cancel
+                )
+            except IntegrityError as exc:
+                raise IntegrityError(f"{version.name}: {exc}") from exc
+            except Exception:  # whatever went wrong there, load it here
+                log.exception(
+                    "loading %s in the training worker failed; loading it here", version.name
+                )
+        if model is None:
+            model = self.registry.loads(version, data)
+        live = LiveModel(number, model, version.manifest, self.clock())
+        live.warm_up(warmup if warmup is not None else self._warmup_rows(version))
+        return live
+
+    def _warmup_rows(self, version: Version) -> Any:
+        rows = version.manifest.get("warmup") or []
+        if not rows:
+            raise WarmupError(f"{version.name}: manifest has no warm-up rows")
+        try:
+            return rows_to_matrix(self.schema, rows)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise WarmupError(
+                f"{version.name}: warm-up rows do not match the schema ({exc})"
+            ) from exc
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        self.store.add_event(kind, data, ts=self.clock())

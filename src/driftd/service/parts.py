@@ -1,0 +1,144 @@
+"""The daemon's parts, built and wired in one place: store, engine, lifecycle, retrainer, bootstrap.
+
+The daemon and replay both assemble their parts here, so that a replay runs the very components
+a daemon runs, only with another clock, another fit and another state directory. Each part
+gets its own settings section and its collaborators; nothing here reaches into a part after.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftd._fs import TMP_PREFIX
+from driftd.alerts import Alerter
+from driftd.config import Config
+from driftd.metrics import Metrics
+from driftd.models.lifecycle import Lifecycle, Loader
+from driftd.models.registry import Registry
+from driftd.models.serving import Serving
+from driftd.retrain.bootstrap import Bootstrap
+from driftd.retrain.retrainer import Fit, Retrainer, on_a_thread
+from driftd.service.engine import CHECKPOINT, Engine
+from driftd.store import Store
+
+__all__ = ["STORE_FILE", "Parts", "assemble"]
+
+STORE_FILE = "driftd.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """One daemon's working parts, open. :meth:`close` when done."""
+
+    store: Store
+    engine: Engine
+    models: Lifecycle
+    retrainer: Retrainer
+    bootstrap: Bootstrap
+    started: float
+    clock: Callable[[], float]
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` answers."""
+        return {
+            "ready": self.models.current is not None,
+            "uptime_seconds": round(self.clock() - self.started, 3),
+            "model": self.models.status(),
+            "bootstrap": self.bootstrap.status(),
+            **self.engine.status(),
+            "retrain": self.retrainer.status(),
+            "recent_events": [e.as_dict() for e in self.store.events(limit=10)],
+        }
+
+    def no_model_reason(self) -> str:
+        return self.bootstrap.no_model_reason()
+
+    def close(self) -> None:
+        """Checkpoint the monitor, drain the engine's worker, close the store."""
+        try:
+            self.engine.close()
+        finally:
+            self.store.close()
+
+
+def assemble(
+    config: Config,
+    metrics: Metrics,
+    *,
+    state_dir: Path,
+    fit: Fit,
+    loader: Loader | None = None,
+    alerter: Alerter | None = None,
+    cancel: threading.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    defer: Callable[[Callable[[], None]], None] = on_a_thread,
+) -> Parts:
+    """Open the state directory and build the parts on it: the monitor restored from its
+    checkpoint, the champion loaded, the retrain policy restored."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    for leftover in state_dir.glob(f"{TMP_PREFIX}*"):  # a checkpoint write cut short by a crash
+        leftover.unlink(missing_ok=True)
+    schema = config.schema_obj()
+    store = Store(state_dir / STORE_FILE, schema).open()
+    serving = Serving()
+    engine = Engine(
+        schema,
+        store,
+        serving,
+        metrics,
+        monitor=config.monitor,
+        retention=config.store,
+        checkpoint=state_dir / CHECKPOINT,
+        clock=clock,
+    )
+    models = Lifecycle(
+        Registry(state_dir / "models", extra_trusted=config.model.trusted_types),
+        serving,
+        store,
+        metrics,
+        schema,
+        loader=loader,
+        keep_previous=config.model.keep_previous,
+        in_order=engine.run,
+        on_swap=engine.rebaseline,
+        cancel=cancel,
+        clock=clock,
+    )
+    engine.open()
+    models.open()
+    settings = config.retrain_settings()
+    retrainer = Retrainer(
+        store,
+        models,
+        metrics,
+        settings,
+        schema=schema,
+        rejected_dir=state_dir / "rejected",
+        fit=fit,
+        alerter=alerter,
+        clock=clock,
+        defer=defer,
+    )
+    engine.subscribe(on_alarm=retrainer.on_alarm, on_joined=retrainer.on_joined)
+    data = config.bootstrap.data
+    bootstrap = Bootstrap(
+        config.bootstrap,
+        retrainer,
+        store,
+        serving,
+        metrics,
+        schema=schema,
+        history=config.resolve(data) if data not in (None, "synth") else None,
+        synthetic=(config.demo.stream, config.demo.concepts[0]) if data == "synth" else None,
+        cooldown=settings.retrain.cooldown_seconds,
+        backoff_max=settings.retrain.backoff_max_seconds,
+        clock=clock,
+    )
+    return Parts(store, engine, models, retrainer, bootstrap, clock(), clock)

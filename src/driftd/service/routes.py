@@ -1,0 +1,232 @@
+"""The HTTP API's endpoints (v1), one module-level function each, over the daemon's parts.
+
+An endpoint reads what it works with from ``request.app.state.api`` (:class:`Api`), set once by
+:func:`~driftd.service.app.create_app`; the parts exist once the daemon has started (the
+lifespan runs before the first request). Work that touches the store or the monitor runs on the
+engine's worker; an endpoint holds no business logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Query, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from driftd.config import ServerConfig
+from driftd.errors import IntegrityError
+from driftd.ingest.validation import FieldError
+from driftd.metrics import Metrics
+from driftd.models.serving import WarmupError
+from driftd.service.body import Bodies
+from driftd.service.engine import NoModel
+from driftd.service.http import ApiError, RollbackRequest, error_response, json_response
+from driftd.service.parts import Parts
+
+__all__ = [
+    "Api",
+    "events",
+    "healthz",
+    "labels",
+    "models",
+    "predict",
+    "prometheus",
+    "readyz",
+    "records",
+    "retrain",
+    "rollback",
+    "status",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """What the endpoints work with: the server's settings, bodies, metrics, and the parts
+    (``None`` until the daemon has started)."""
+
+    server: ServerConfig
+    bodies: Bodies
+    metrics: Metrics
+    parts: Callable[[], Parts | None]
+
+
+def _api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
+
+
+def _parts(api: Api) -> Parts:
+    parts = api.parts()
+    if parts is None:
+        raise ApiError(503, "starting", "the daemon is still starting")
+    return parts
+
+
+def _authorize(api: Api, request: Request) -> None:
+    token = api.server.token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def _on_worker(parts: Parts, fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(parts.engine.executor, fn, *args)
+
+
+# -- traffic -----------------------------------------------------------------------------------
+async def predict(request: Request) -> Response:
+    start = time.perf_counter()
+    api = _api(request)
+    _authorize(api, request)
+    bodies = api.bodies
+    kind = bodies.media_type(request, ndjson=False)
+    body = bodies.parse(bodies.validators.predict, await bodies.read(request), kind)
+    instances, ids = body["instances"], body.get("ids")
+    bodies.check_batch(len(instances))
+    if ids is not None and len(ids) != len(instances):
+        got = f"got {len(ids)} ids for {len(instances)} instances"
+        raise ApiError(
+            422,
+            "invalid_record",
+            "ids must have one entry per instance",
+            [FieldError(None, "ids", got, "length")],
+        )
+    parts = _parts(api)
+    try:
+        result = await _on_worker(parts, parts.engine.predict, instances, ids, time.time())
+    except NoModel:
+        raise ApiError(
+            503, "no_model", parts.no_model_reason(), headers={"Retry-After": "5"}
+        ) from None
+    api.metrics.predict_duration.observe(time.perf_counter() - start)
+    return json_response(
+        {
+            "predictions": result.predictions,
+            "ids": result.ids,
+            "model_version": result.version,
+            "duplicates": result.duplicates,
+        }
+    )
+
+
+async def records(request: Request) -> Response:
+    api = _api(request)
+    _authorize(api, request)
+    bodies = api.bodies
+    kind = bodies.media_type(request, ndjson=True)
+    body = await bodies.read(request)
+    parts = _parts(api)
+    adapter, ingest = bodies.validators.records, parts.engine.add_records
+    result = await _on_worker(
+        parts, bodies.parsed, adapter, body, kind, ingest, "records", time.time()
+    )
+    first = result.inserted_idx[0] if result.inserted_idx else None
+    return json_response(
+        {"accepted": result.accepted, "duplicates": result.duplicates, "first_index": first}
+    )
+
+
+async def labels(request: Request) -> Response:
+    api = _api(request)
+    _authorize(api, request)
+    bodies = api.bodies
+    kind = bodies.media_type(request, ndjson=True)
+    body = await bodies.read(request)
+    parts = _parts(api)
+    adapter, ingest = bodies.validators.labels, parts.engine.add_labels
+    return json_response(
+        await _on_worker(parts, bodies.parsed, adapter, body, kind, ingest, time.time())
+    )
+
+
+# -- operators ---------------------------------------------------------------------------------
+async def retrain(request: Request) -> Response:
+    api = _api(request)
+    _authorize(api, request)
+    parts = _parts(api)
+    decision = await asyncio.to_thread(parts.retrainer.request, "operator", operator=True)
+    return json_response({"job": decision.job_id, "outcome": decision.outcome}, 202)
+
+
+async def rollback(request: Request) -> Response:
+    api = _api(request)
+    _authorize(api, request)
+    parts = _parts(api)
+    body = await api.bodies.read(request)
+    version = None
+    if body.strip():
+        api.bodies.media_type(request, ndjson=False)
+        try:
+            version = RollbackRequest.model_validate_json(body).version
+        except ValidationError as exc:
+            errors = [
+                FieldError(None, ".".join(map(str, e["loc"])) or "(body)", e["msg"], e["type"])
+                for e in exc.errors(include_input=False, include_url=False)
+            ]
+            code = 400 if errors and errors[0].type == "json_invalid" else 422
+            raise ApiError(code, "invalid_request", "invalid rollback request", errors) from None
+    try:
+        done = await asyncio.to_thread(parts.retrainer.rollback, version, reason="operator")
+    except (ValueError, IntegrityError, WarmupError) as exc:
+        raise ApiError(409, "rollback_refused", str(exc)) from None
+    return json_response(done)
+
+
+# -- reads -------------------------------------------------------------------------------------
+async def status(request: Request) -> Response:
+    return json_response(await asyncio.to_thread(_parts(_api(request)).status))
+
+
+async def models(request: Request) -> Response:
+    return json_response(await asyncio.to_thread(_parts(_api(request)).models.models))
+
+
+async def events(
+    request: Request,
+    kind: str | None = Query(None, max_length=64, description="Only events of this kind"),
+    before: int | None = Query(
+        # SQLite integers are 64-bit; a larger value must be a 422, not an overflow (500).
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="Only events with a smaller id (paging)",
+    ),
+    limit: int = Query(100, ge=1, le=1000),
+) -> Response:
+    store = _parts(_api(request)).store
+    rows = await asyncio.to_thread(store.events, kind=kind, before=before, limit=limit)
+    items = [e.as_dict() for e in rows]
+    return json_response(
+        {"events": items, "next_before": items[-1]["id"] if len(items) == limit else None}
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    parts = _parts(_api(request))
+    live = parts.models.current
+    if live is None:  # not a refusal of anything sent: not counted as one
+        return error_response(ApiError(503, "no_model", parts.no_model_reason()))
+    return json_response({"status": "ready", "model_version": live.version})
+
+
+async def prometheus(request: Request) -> Response:
+    data = await asyncio.to_thread(generate_latest, _api(request).metrics.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,269 @@
+"""The lifecycle in process: deploys, swaps and rollbacks on a real registry and store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftd.config import load_text
+from driftd.ingest.schema import Schema
+from driftd.metrics import Metrics
+from driftd.models.inputs import rows_to_matrix
+from driftd.models.lifecycle import Lifecycle, Loader
+from driftd.models.registry import Registry
+from driftd.models.serving import Serving
+from driftd.retrain.config import ModelConfig
+from driftd.retrain.fit import FitJob, fit_and_dump
+from driftd.store import Store
+from tests.conftest import config_text, make_rows
+
+MODEL = ModelConfig(estimator="sklearn.linear_model.LogisticRegression")
+Make = Callable[..., Lifecycle]
+
+
+@pytest.fixture
+def schema(tmp_path: Path) -> Schema:
+    return load_text(config_text(tmp_path / "state", bootstrap=None)).schema_obj()
+
+
+@pytest.fixture
+def store(tmp_path: Path, schema: Schema) -> Iterator[Store]:
+    s = Store(tmp_path / "driftd.sqlite3", schema).open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def make(tmp_path: Path, schema: Schema, store: Store) -> Make:
+    """A lifecycle on the test's registry and store, opened."""
+
+    def build(
+        *, keep_previous: bool = True, loader: Loader | None = None, **kwargs: Any
+    ) -> Lifecycle:
+        models = Lifecycle(
+            Registry(tmp_path / "models"),
+            Serving(),
+            store,
+            Metrics(),
+            schema,
+            keep_previous=keep_previous,
+            loader=loader,
+            **kwargs,
+        )
+        models.open()
+        return models
+
+    return build
+
+
+@pytest.fixture(params=[True, False], ids=["keep_previous", "reload"])
+def lifecycle(request: pytest.FixtureRequest, make: Make) -> Lifecycle:
+    return make(keep_previous=request.param)
+
+
+def deploy(models: Lifecycle, seed: int) -> int:
+    rows = make_rows(300, seed=seed, flip=seed % 2 == 1)
+    X = rows_to_matrix(models.schema, [r["features"] for r in rows])
+    fit = fit_and_dump(FitJob(MODEL, models.schema, X, [r["label"] for r in rows]))
+    assert fit.ok, fit.error
+    warm = [r["features"] for r in rows[:4]]
+    version = models.deploy(fit.artifact, {"reason": "test", "warmup": warm}, X[:4])
+    return version.number
+
+
+def test_a_rollback_serves_the_version_asked_for_and_moves_the_alias(lifecycle: Lifecycle) -> None:
+    """With ``keep_previous`` the previous champion comes back from memory (the very object that
+    served before); without it, it is loaded, verified and warmed up from the registry again."""
+    first = deploy(lifecycle, 0)
+    served_first = lifecycle.current
+    second = deploy(lifecycle, 1)
+    assert lifecycle.current is not None and lifecycle.current.version == second
+
+    assert lifecycle.rollback(first, details={"by": "test"}) == (first, second)
+
+    live = lifecycle.current
+    assert live is not None and live.version == first
+    assert lifecycle.registry.aliases().champion == first
+    assert served_first is not None
+    assert (live.model is served_first.model) == lifecycle.keep_previous
+    # the rolled-back model answers as it did before
+    X = rows_to_matrix(lifecycle.schema, [r["features"] for r in make_rows(50, seed=9)])
+    assert live.predict(X) == served_first.predict(X)
+    kinds = [e.kind for e in lifecycle.store.events(limit=10)]
+    assert kinds.count("rollback") == 1 and kinds.count("deploy") == 2
+    (event,) = lifecycle.store.events(kind="rollback", limit=1)
+    assert event.data == {"from": second, "by": "test", "version": first, "previous": second}
+
+
+def test_a_rollback_past_the_previous_champion_loads_from_the_registry(
+    lifecycle: Lifecycle,
+) -> None:
+    first = deploy(lifecycle, 0)
+    served_first = lifecycle.current
+    deploy(lifecycle, 1)
+    deploy(lifecycle, 2)
+    lifecycle.rollback(first, details={})
+    live = lifecycle.current
+    assert served_first is not None and live is not None and live.version == first
+    assert live.model is not served_first.model
+
+
+def test_a_rollback_to_nothing_or_to_the_champion_is_refused(lifecycle: Lifecycle) -> None:
+    with pytest.raises(ValueError, match="no previous version"):
+        lifecycle.rollback(None, details={})
+    only = deploy(lifecycle, 0)
+    with pytest.raises(ValueError, match="already the champion"):
+        lifecycle.rollback(only, details={})
+    with pytest.raises(ValueError, match="does not exist"):
+        lifecycle.rollback(99, details={})
+    assert lifecycle.registry.aliases().champion == only
+
+
+def test_a_deploy_serves_the_model_the_training_process_loaded(lifecycle: Lifecycle) -> None:
+    """Given the candidate as the training process loaded it, a deploy reads back and verifies
+    the published bytes but serves that object: no second load in the serving process."""
+    rows = make_rows(300, seed=3)
+    X = rows_to_matrix(lifecycle.schema, [r["features"] for r in rows])
+    y = [r["label"] for r in rows]
+    job = FitJob(MODEL, lifecycle.schema, X, y, holdout=(X[:50], y[:50]))
+    fit = fit_and_dump(job)
+    assert fit.ok and fit.evaluation is not None
+    model = fit.evaluation.model()
+    assert model is not None
+    warm = [r["features"] for r in rows[:4]]
+    manifest = {"reason": "test", "warmup": warm}
+    version = lifecycle.deploy(fit.artifact, manifest, X[:4], model=model)
+    live = lifecycle.current
+    assert live is not None and live.version == version.number
+    assert live.model is model
+    _, from_disk = lifecycle.registry.load(version.number)
+    assert live.predict(X) == from_disk.predict(X).tolist()
+
+
+def test_the_swap_and_on_swap_run_together_in_order_with_traffic(make: Make) -> None:
+    """The alias moves first; the reference swap, its audit event and ``on_swap`` (the
+    detectors' rebaseline) run in one ``in_order`` call, so no record falls between them."""
+    seen: list[tuple[str, int | None]] = []
+    models: Lifecycle
+
+    def in_order(fn: Callable[[], Any]) -> Any:
+        seen.append(("before", models.current.version if models.current else None))
+        out = fn()
+        seen.append(("after", models.current.version if models.current else None))
+        return out
+
+    def on_swap() -> None:
+        assert models.registry.aliases().champion == models.current.version  # type: ignore[union-attr]
+        seen.append(("on_swap", models.current.version if models.current else None))
+
+    models = make(in_order=in_order, on_swap=on_swap)
+    first = deploy(models, 0)
+    second = deploy(models, 1)
+    models.rollback(first, details={})
+    assert seen == [
+        ("before", None),
+        ("on_swap", first),
+        ("after", first),
+        ("before", first),
+        ("on_swap", second),
+        ("after", second),
+        ("before", second),
+        ("on_swap", first),
+        ("after", first),
+    ]
+
+
+def test_at_start_the_champion_serves_and_a_crash_before_its_event_is_recorded(
+    make: Make, store: Store
+) -> None:
+    """An alias moved without its audit event (a crash between the two) is recorded at the
+    next start as a recovered deploy, and the champion serves."""
+    models = make()
+    deploy(models, 0)
+    second = deploy(models, 1)
+    models.registry.set_champion(1)  # as if a deploy of v1 moved the alias and then crashed
+    again = make()
+    assert again.current is not None and again.current.version == 1
+    (event,) = store.events(kind="deploy", limit=1)
+    assert event.data == {
+        "version": 1,
+        "reason": "recovered",
+        "recovered": True,
+        "previous": second,
+    }
+    assert again.load_failures == ()
+
+
+def test_a_champion_that_fails_verification_falls_back_to_the_newest_valid_version(
+    make: Make, tmp_path: Path, store: Store
+) -> None:
+    models = make()
+    first = deploy(models, 0)
+    second = deploy(models, 1)
+    artifact = tmp_path / "models" / f"v{second:06d}" / "model.skops"
+    artifact.write_bytes(artifact.read_bytes()[:-10])  # torn: its sha256 no longer matches
+    again = make()
+    assert again.current is not None and again.current.version == first
+    assert again.registry.aliases().champion == first
+    assert len(again.load_failures) == 1 and again.load_failures[0].startswith("v000002")
+    assert again.status() is not None and "failed to load" in again.status()["fallback"]  # type: ignore[index]
+    kinds = [e.kind for e in store.events(limit=3)]
+    assert kinds[:2] == ["model_fallback", "model_load_failed"]
+
+
+def test_a_load_from_the_registry_can_run_in_the_training_worker(make: Make) -> None:
+    """With a loader (the daemon's training worker), a rollback past the previous champion
+    verifies the bytes here and has the worker load them; the model serves as loaded there."""
+    from driftd.retrain.worker import TrainingWorker
+
+    worker = TrainingWorker()
+    worker.start()
+    loaded: list[Any] = []
+
+    def loader(data: bytes, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + 60  # the worker starts in the background
+        while (model := worker.load(data, **kwargs)) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        loaded.append(model)
+        return model
+
+    models = make(keep_previous=False, loader=loader)
+    try:
+        first = deploy(models, 0)
+        deploy(models, 1)
+        loaded.clear()
+        models.rollback(first, details={})
+    finally:
+        worker.close()
+    live = models.current
+    assert live is not None and live.version == first and loaded and live.model is loaded[0]
+    X = rows_to_matrix(models.schema, [r["features"] for r in make_rows(50, seed=9)])
+    _, from_disk = models.registry.load(first)
+    assert live.predict(X) == from_disk.predict(X).tolist()
+
+
+@pytest.mark.parametrize("outcome", ["cannot now", "fails"])
+def test_a_loader_that_cannot_load_leaves_the_load_to_this_process(
+    make: Make, outcome: str
+) -> None:
+    """A worker busy fitting (None) or one whose load broke (an exception): the rollback still
+    happens, loading in this process."""
+    calls: list[bytes] = []
+
+    def loader(data: bytes, **kwargs: Any) -> Any:
+        calls.append(data)
+        if outcome == "fails":
+            raise EOFError("the worker went away")
+        return None
+
+    models = make(keep_previous=False, loader=loader)
+    first = deploy(models, 0)
+    deploy(models, 1)
+    calls.clear()
+    models.rollback(first, details={})
+    live = models.current
+    assert calls and live is not None and live.version == first

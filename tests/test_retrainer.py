@@ -1,0 +1,280 @@
+"""The retrainer, the bootstrap and the guard in process: the daemon's own parts on a fake clock,
+with the fit run in this process (or replaced by one that fails), no daemon and no sleep."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftd.config import load_text
+from driftd.metrics import Metrics
+from driftd.models.inputs import rows_to_matrix
+from driftd.retrain.fit import FitJob, FitResult, fit_and_dump
+from driftd.service.parts import Parts, assemble
+from tests.conftest import config_text, make_rows, write_csv
+
+
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Fits:
+    """The fit the retrainer is given: in this process, every job kept; ``fail`` or
+    ``shuffle`` make the next fits fail or learn noise."""
+
+    def __init__(self) -> None:
+        self.jobs: list[FitJob] = []
+        self.fail: str | None = None
+        self.shuffle = False
+
+    def __call__(self, job: FitJob) -> FitResult:
+        self.jobs.append(job)
+        if self.fail is not None:
+            return FitResult(False, error=self.fail)
+        if self.shuffle:
+            y = list(job.y)
+            random.Random(0).shuffle(y)
+            job = FitJob(job.model, job.schema, job.X, y, holdout=job.holdout, metrics=job.metrics)
+        return fit_and_dump(job)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fits() -> Fits:
+    return Fits()
+
+
+@pytest.fixture
+def deferred() -> list[Callable[[], None]]:
+    return []
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def build(
+    tmp_path: Path,
+    clock: Clock,
+    fits: Fits,
+    deferred: list[Callable[[], None]],
+    metrics: Metrics,
+) -> Iterator[Callable[..., Parts]]:
+    """Parts on the test's state directory, bootstrapped from ``boot`` rows unless None."""
+    opened: list[Parts] = []
+
+    def make(boot: int | None = 1000, **sections: str) -> Parts:
+        data = None if boot is None else write_csv(tmp_path / "boot.csv", make_rows(boot, seed=1))
+        body = {
+            "retrain": "cooldown_seconds = 60\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
+            "min_new_labels = 100",
+            "gate": "min_holdout = 50",
+            "guard": "records = 0",
+            **sections,
+        }
+        text = config_text(tmp_path / "state", bootstrap=data and str(data), sections=body)
+        parts = assemble(
+            load_text(text, env={}),
+            metrics,
+            state_dir=tmp_path / "state",
+            fit=fits,
+            clock=clock,
+            defer=deferred.append,
+        )
+        opened.append(parts)
+        return parts
+
+    yield make
+    for parts in opened:
+        parts.close()
+
+
+def play(parts: Parts, rows: list[dict[str, Any]], prefix: str, clock: Clock) -> None:
+    """Predict each batch of 100 and send its labels, a second of fake time per batch."""
+    engine = parts.engine
+    for i in range(0, len(rows), 100):
+        part = rows[i : i + 100]
+        ids = [f"{prefix}-{i + k}" for k in range(len(part))]
+        clock.now += 1
+        engine.run(engine.predict, [r["features"] for r in part], ids, clock())
+        labels = [{"id": k, "label": r["label"]} for k, r in zip(ids, part, strict=True)]
+        engine.run(engine.add_labels, labels, clock())
+
+
+def kinds(parts: Parts, limit: int = 50) -> list[str]:
+    return [e.kind for e in parts.store.events(limit=limit)]
+
+
+def finished(parts: Parts) -> dict[str, Any]:
+    (event,) = parts.store.events(kind="retrain_finished", limit=1)
+    return event.data
+
+
+def test_the_first_model_is_trained_from_the_bootstrap_file_and_serves(
+    build: Callable[..., Parts],
+) -> None:
+    parts = build()
+    assert parts.models.current is None and parts.bootstrap.due()
+    assert parts.bootstrap.run() == "deployed"
+    live = parts.models.current
+    assert live is not None and live.version == 1
+    assert not parts.bootstrap.due() and parts.bootstrap.status()["state"] == "done"
+    assert finished(parts)["outcome"] == "deployed"
+
+
+def test_a_failed_bootstrap_waits_out_its_backoff_on_the_clock(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """Each failure doubles the wait (from the cooldown); the reason says when it retries."""
+    parts = build()
+    fits.fail = "the estimator is broken"
+    assert parts.bootstrap.run() == "failed"
+    assert not parts.bootstrap.due()
+    assert "retrying in 60 s" in parts.bootstrap.no_model_reason()
+    clock.now += 59
+    assert not parts.bootstrap.due()
+    clock.now += 1
+    assert parts.bootstrap.due()
+    assert parts.bootstrap.run() == "failed"
+    clock.now += 119
+    assert not parts.bootstrap.due()
+    clock.now += 1
+    fits.fail = None
+    assert parts.bootstrap.due() and parts.bootstrap.run() == "deployed"
+
+
+def test_without_a_file_the_first_model_waits_for_labelled_traffic(
+    build: Callable[..., Parts], clock: Clock
+) -> None:
+    parts = build(boot=None)
+    assert not parts.bootstrap.due()
+    assert "waiting for 200 labelled records" in parts.bootstrap.no_model_reason()
+    rows = make_rows(200, seed=3)
+    records = [{"id": f"r{i}", **r} for i, r in enumerate(rows)]
+    parts.engine.run(parts.engine.add_records, records, "records", clock())
+    assert parts.bootstrap.due() and parts.bootstrap.run() == "deployed"
+
+
+def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """The labels flip: the error stream alarms, and once min_rows_after_drift labelled rows
+    exist after the change point the retrain fits on those rows only, and deploys."""
+    parts = build()
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "old", clock)
+    assert parts.retrainer.poll() is None
+    play(parts, make_rows(600, seed=3, flip=True), "new", clock)
+    alarms = parts.store.events(kind="drift_alarm", limit=5)
+    assert alarms and all(a.data["alarm"] == "concept_drift" for a in alarms)
+    point = alarms[0].data["change_point"]
+    job = parts.retrainer.poll()
+    assert job is not None and job.reasons == ["drift"] and job.drift_point == point
+    assert parts.retrainer.run(job) == "deployed"
+    trained = fits.jobs[-1]
+    window = finished(parts)["window"]
+    assert window["since_drift_point"] == point and window["first_index"] >= point
+    # trained on the new concept only: the model it made predicts the flipped labels
+    fresh = make_rows(200, seed=4, flip=True)
+    live = parts.models.current
+    assert live is not None and live.version == 2 and len(trained.y) < 600
+    X = rows_to_matrix(parts.engine.schema, [r["features"] for r in fresh])
+    accuracy = sum(p == r["label"] for p, r in zip(live.predict(X), fresh, strict=True)) / 200
+    assert accuracy > 0.9
+
+
+def test_a_candidate_that_loses_to_the_champion_is_rejected_kept_and_backs_off(
+    build: Callable[..., Parts], clock: Clock, fits: Fits, tmp_path: Path, metrics: Metrics
+) -> None:
+    parts = build()
+    parts.bootstrap.run()
+    play(parts, make_rows(500, seed=2), "a", clock)
+    fits.shuffle = True
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    started = clock.now
+    assert job is not None and parts.retrainer.run(job) == "rejected"
+    assert parts.models.current is not None and parts.models.current.version == 1
+    verdict = json.loads((tmp_path / "state" / "rejected" / job.id / "verdict.json").read_text())
+    assert any(not r["passed"] for r in verdict["verdict"]["rules"])
+    assert parts.retrainer.status()["consecutive_rejections"] == 1
+    runs = metrics.registry.get_sample_value("driftd_retrain_runs_total", {"outcome": "rejected"})
+    assert runs == 1
+    # the backoff doubles the cooldown: a request 61 s after the job started is still refused
+    play(parts, make_rows(200, seed=6), "b", clock)
+    clock.now = started + 61
+    assert parts.retrainer.request("schedule").reason == "backoff"
+    clock.now = started + 120
+    assert parts.retrainer.request("schedule").outcome == "queued"
+
+
+def test_a_failed_fit_is_recorded_and_starts_the_cooldown(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    parts = build()
+    parts.bootstrap.run()
+    play(parts, make_rows(500, seed=2), "a", clock)
+    fits.fail = "MemoryError: training exceeded the memory limit"
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "failed"
+    assert finished(parts)["error"] == fits.fail
+    assert parts.retrainer.request("schedule").reason == "cooldown"
+    clock.now += 60
+    assert parts.retrainer.request("schedule").outcome == "queued"
+
+
+def test_the_guard_rolls_back_a_champion_that_fails_live_through_defer(
+    build: Callable[..., Parts], clock: Clock, deferred: list[Callable[[], None]]
+) -> None:
+    """A new champion whose first labelled records score far under its holdout is rolled
+    back; the rollback is handed to ``defer`` (it waits for the ingest worker the guard runs
+    on) and restores the previous champion."""
+    parts = build(
+        guard="records = 100\nmargin = 0.1", gate="min_holdout = 50\nmin_absolute_change = -0.1"
+    )
+    parts.bootstrap.run()
+    play(parts, make_rows(500, seed=2), "a", clock)
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "deployed"
+    assert parts.retrainer.status()["guard"] == {"version": 2, "seen": 0, "needed": 100}
+    play(parts, make_rows(100, seed=5, flip=True), "b", clock)
+    assert "guard_failed" in kinds(parts) and len(deferred) == 1
+    deferred.pop()()
+    live = parts.models.current
+    assert live is not None and live.version == 1
+    (event,) = parts.store.events(kind="rollback", limit=1)
+    assert event.data["reason"] == "guard" and event.data["from"] == 2
+    assert parts.retrainer.status()["guard"] is None
+
+
+def test_a_restart_keeps_the_policy_and_records_an_interrupted_job(
+    build: Callable[..., Parts], clock: Clock
+) -> None:
+    parts = build()
+    parts.bootstrap.run()
+    play(parts, make_rows(300, seed=2), "a", clock)
+    parts.retrainer.request("operator", operator=True)
+    assert parts.retrainer.poll() is not None  # started; the process dies here, unclosed
+    again = build()
+    assert "retrain_interrupted" in kinds(again)
+    assert again.models.current is not None and again.models.current.version == 1
+    assert again.retrainer.request("schedule").reason == "cooldown"
