@@ -22,11 +22,11 @@ from pydantic import ValidationError
 
 from driftd.config import ServerConfig
 from driftd.errors import IntegrityError
-from driftd.ingest.validation import FieldError
+from driftd.ingest.validation import FieldError, Validators
 from driftd.metrics import Metrics
 from driftd.models.serving import WarmupError
 from driftd.service.body import Bodies
-from driftd.service.engine import NoModel
+from driftd.service.engine import Engine, NoModel
 from driftd.service.http import ApiError, RollbackRequest, error_response, json_response
 from driftd.service.parts import Parts
 
@@ -124,16 +124,7 @@ async def predict(request: Request) -> Response:
 
 
 async def records(request: Request) -> Response:
-    api = _api(request)
-    _authorize(api, request)
-    bodies = api.bodies
-    kind = bodies.media_type(request, ndjson=True)
-    body = await bodies.read(request)
-    parts = _parts(api)
-    adapter, ingest = bodies.validators.records, parts.engine.add_records
-    result = await _on_worker(
-        parts, bodies.parsed, adapter, body, kind, ingest, "records", time.time()
-    )
+    result = await _store(request, lambda v: v.records, lambda e: e.add_records, "records")
     first = result.inserted_idx[0] if result.inserted_idx else None
     return json_response(
         {"accepted": result.accepted, "duplicates": result.duplicates, "first_index": first}
@@ -141,16 +132,26 @@ async def records(request: Request) -> Response:
 
 
 async def labels(request: Request) -> Response:
+    return json_response(await _store(request, lambda v: v.labels, lambda e: e.add_labels))
+
+
+async def _store(
+    request: Request,
+    adapter: Callable[[Validators], Any],
+    ingest: Callable[[Engine], Callable[..., Any]],
+    *args: Any,
+) -> Any:
+    """Read a batch (JSON or NDJSON), then parse it and hand it to the engine in one task on
+    its worker; ``args`` and the time follow the batch."""
     api = _api(request)
     _authorize(api, request)
     bodies = api.bodies
     kind = bodies.media_type(request, ndjson=True)
     body = await bodies.read(request)
     parts = _parts(api)
-    adapter, ingest = bodies.validators.labels, parts.engine.add_labels
-    return json_response(
-        await _on_worker(parts, bodies.parsed, adapter, body, kind, ingest, time.time())
-    )
+    then = ingest(parts.engine)
+    chosen = adapter(bodies.validators)
+    return await _on_worker(parts, bodies.parsed, chosen, body, kind, then, *args, time.time())
 
 
 # -- operators ---------------------------------------------------------------------------------
