@@ -36,13 +36,15 @@ class AlarmConfig:
     """When detections become alarms.
 
     ``features`` distinct features must drift within ``window`` records for a data-drift
-    alarm; a detector firing again within ``suppress`` records of its last reported firing is
-    not reported, and neither is an alarm of the same kind. ``correct_for_features`` divides
+    alarm (one by default: a drift confined to one feature alarms, and the per-feature
+    confidence correction below keeps the family's false alarms within budget); a detector
+    firing again within ``suppress`` records of its last reported firing is not reported, and
+    neither is an alarm of the same kind. ``correct_for_features`` divides
     the per-feature detector confidence (ADWIN ``delta``, KSWIN ``alpha``) by the number of
     features, Bonferroni-style, so the family-wise false-alarm rate stays put as features grow.
     """
 
-    features: int = field(default=2, metadata={"min": 1})
+    features: int = field(default=1, metadata={"min": 1})
     window: int = field(default=2000, metadata={"min": 1})
     suppress: int = field(default=1000, metadata={"min": 0})
     correct_for_features: bool = True

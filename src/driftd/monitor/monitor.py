@@ -59,8 +59,8 @@ class Monitor:
     >>> for e in events[:3]:
     ...     print(e.kind, e.alarm, e.signal, e.feature, e.index, e.change_point)
     detection None feature x 3039 2984
+    alarm data_drift feature x 3039 2984
     detection None category colour 3135 2048
-    alarm data_drift category colour 3135 2048
 
     """
 
