@@ -63,7 +63,7 @@ class Scenario:
     name: str
     make: Callable[[int], Stream]
     length: int
-    river: Callable[[], Any]
+    river: tuple[Callable[[], Any], ...]
     signal: str  # the signal that should detect it: feature, category, error
     target: int | None = None  # alarm delay target, records
     cp_target: int | None = None  # change-point error target, records
@@ -157,16 +157,16 @@ def error_rate(before: float, after: float) -> Callable[[int], Stream]:
 
 SCENARIOS = [
     Scenario(
-        "one of 20 features +1 sd", mean_shift(1.0), 2 * CHANGE, drift.ADWIN, "feature", 60, 100
+        "one of 20 features +1 sd", mean_shift(1.0), 2 * CHANGE, (drift.ADWIN,), "feature", 60, 100
     ),
     Scenario(
-        "one of 20 features +0.5 sd", mean_shift(0.5), 2 * CHANGE, drift.ADWIN, "feature", 200
+        "one of 20 features +0.5 sd", mean_shift(0.5), 2 * CHANGE, (drift.ADWIN,), "feature", 200
     ),
     Scenario(
         "one of 20 features variance 1 -> 3",
         variance(3.0),
         4 * CHANGE,
-        drift.ADWIN,
+        (drift.ADWIN,),
         "feature",
         600,
         500,
@@ -175,21 +175,21 @@ SCENARIOS = [
         "one category 20% -> 40%",
         category_share(0.2, 0.4),
         3 * CHANGE,
-        drift.ADWIN,
+        (drift.ADWIN,),
         "category",
         250,
     ),
     Scenario(
-        "x0, x1 correlation 0 -> 0.9", correlation(0.9), 4 * CHANGE, drift.ADWIN, "feature", 1000
+        "x0, x1 correlation 0 -> 0.9", correlation(0.9), 4 * CHANGE, (drift.ADWIN,), "feature", 1000
     ),
     Scenario(
-        "+1 sd over 20,000 records", ramp(1.0, 20_000), 5 * CHANGE, drift.ADWIN, "feature", 3000
+        "+1 sd over 20,000 records", ramp(1.0, 20_000), 5 * CHANGE, (drift.ADWIN,), "feature", 3000
     ),
     Scenario(
         "error rate 0.1 -> 0.2",
         error_rate(0.1, 0.2),
         4 * CHANGE,
-        drift.binary.HDDMA,
+        (drift.binary.HDDMA, drift.ADWIN),
         "error",
         400,
         300,
@@ -198,7 +198,7 @@ SCENARIOS = [
         "error rate 0.1 -> 0.3",
         error_rate(0.1, 0.3),
         4 * CHANGE,
-        drift.binary.HDDMA,
+        (drift.binary.HDDMA, drift.ADWIN),
         "error",
         150,
         300,
@@ -256,7 +256,7 @@ class Result:
     alarm: list[int | None] = field(default_factory=list)
     detection: list[int | None] = field(default_factory=list)
     cp_error: list[int] = field(default_factory=list)
-    river: list[int | None] = field(default_factory=list)
+    river: dict[str, list[int | None]] = field(default_factory=dict)
 
 
 def run_scenario(sc: Scenario, seeds: range, config: MonitorConfig) -> Result:
@@ -272,7 +272,9 @@ def run_scenario(sc: Scenario, seeds: range, config: MonitorConfig) -> Result:
         if alarm is not None:
             out.cp_error.append(abs(alarm.change_point - sc.change))
         assert stream.watched is not None
-        out.river.append(river_delay(sc.river, stream.watched, sc.change))
+        for make in sc.river:
+            name = make.__name__
+            out.river.setdefault(name, []).append(river_delay(make, stream.watched, sc.change))
     return out
 
 
@@ -361,10 +363,10 @@ def main() -> None:
         r = run_scenario(sc, seeds, config)
         cp = median(list(r.cp_error)) if r.cp_error else "-"
         cp_note = f" {verdict(r.cp_error, sc.cp_target)}" if sc.cp_target else ""
-        bare = sc.river().__class__.__name__
+        bare = ", ".join(f"{name} {median(v)}" for name, v in r.river.items())
         print(
             f"| {sc.name} | {median(r.alarm)} | {verdict(r.alarm, sc.target)} |"
-            f" {median(r.detection)} | {cp}{cp_note} | {bare} {median(r.river)} |"
+            f" {median(r.detection)} | {cp}{cp_note} | {bare} |"
             f"  ({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
