@@ -55,7 +55,7 @@ class MonitorConfig:
     """Detectors per signal, their parameters, the live score window and the alarm policy."""
 
     numeric_detector: NumericDetector = "adwin"
-    error_detector: ErrorDetector = "hddm_a"
+    error_detector: ErrorDetector = "adwin"
     regression_error_detector: RegressionErrorDetector = "adwin"
     detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_feature: dict[str, str] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from driftd.ingest.schema import Schema
 from driftd.monitor._index import IndexMap
 from driftd.monitor.alarms import AlarmPolicy
 from driftd.monitor.categories import CategoryWatch
+from driftd.monitor.changepoint import RecentValues
 from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import MonitorConfig
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
@@ -58,8 +59,8 @@ class Monitor:
     >>> events = monitor.update(3000, batch(3, "rgbbbb"), None, now=2.0)
     >>> for e in events[:3]:
     ...     print(e.kind, e.alarm, e.signal, e.feature, e.index, e.change_point)
-    detection None feature x 3039 2984
-    alarm data_drift feature x 3039 2984
+    detection None feature x 3039 3000
+    alarm data_drift feature x 3039 3000
     detection None category colour 3135 2048
 
     """
@@ -106,6 +107,7 @@ class Monitor:
         self._features_map = IndexMap()
         self._prediction_map = IndexMap()
         self._error_map = IndexMap()
+        self._fresh_estimates()
         self._policy = AlarmPolicy(
             cfg.alarm.features, cfg.alarm.window, cfg.alarm.suppress, n_features
         )
@@ -118,6 +120,17 @@ class Monitor:
         self._counts = {"detection": 0, "warning": 0, "alarm": 0, "suppressed": 0}
         self._labels = 0
         self._last_alarm: dict[str, Any] | None = None
+
+    def _fresh_estimates(self) -> None:
+        """The recent values the change points are estimated from (feature and error
+        streams, by stream position), and where each detector's current regime began."""
+        self._recent = RecentValues(len(self.schema.numeric))
+        self._recent.end = self._features_map.length
+        self._recent_errors = RecentValues(1)
+        self._recent_errors.end = self._error_map.length
+        self._numeric_order = {name: i for i, name in enumerate(self._numeric)}
+        self._regime: dict[tuple[Signal, str | None], int] = {}
+        self._rebaselined: dict[Signal, int] = {}
 
     def _params(self, kind: str, factor: int) -> dict[str, Any]:
         params = dict(self.config.detector_params.get(kind, {}))
@@ -164,9 +177,15 @@ class Monitor:
         fmap = self._features_map
         fmap.extend_range(start_index, n)
         order = 0
-        columns = numeric.T.tolist() if numeric is not None else None
+        if numeric is None and self._numeric:
+            columns = [list(map(operator.itemgetter(name), features)) for name in self._numeric]
+            numeric = np.array(columns, dtype=np.float64).T
+        else:
+            columns = numeric.T.tolist() if numeric is not None else []
+        if numeric is not None:
+            self._recent.extend(numeric)
         for name, watch in self._numeric.items():
-            column = columns[order] if columns else list(map(operator.itemgetter(name), features))
+            column = columns[order]
             raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
             order += 1
         for name, cats in self._categorical.items():
@@ -237,6 +256,7 @@ class Monitor:
             self._live.extend(errors)
         self._labels += len(indices)
         self._error_map.extend(indices)
+        self._recent_errors.extend(np.asarray(errors, dtype=np.float64))
         raw: list[tuple[int, int, Signal, str | None, Hit]] = [
             (self._error_map.index_at(hit.at), 0, "error", None, hit)
             for hit in self._error.feed(errors)
@@ -258,6 +278,11 @@ class Monitor:
         self._policy.reset()
         self._last_drift.clear()
         self._change.clear()
+        self._regime.clear()
+        self._rebaselined = {
+            "feature": self._features_map.length,
+            "error": self._error_map.length,
+        }
         self._baseline = max(self._baseline, index)
 
     # -- policy -------------------------------------------------------------------------------
@@ -276,7 +301,10 @@ class Monitor:
         }
         events: list[MonitorEvent] = []
         for index, _, signal, feature, hit in raw:
-            change = maps[signal].index_at(hit.change)
+            at = hit.change
+            if hit.level == DRIFT:
+                at = self._estimate(signal, feature, hit)
+            change = maps[signal].index_at(at)
             stats = dict(hit.stats)
             if signal == "error":
                 stats["detector"] = self._error.kind
@@ -309,6 +337,29 @@ class Monitor:
             elif signal == "error" and self._policy.concept_drift(index):
                 events.append(self._alarm("concept_drift", signal, None, index, now, change, stats))
         return events
+
+    def _estimate(self, signal: Signal, feature: str | None, hit: Hit) -> int:
+        """The stream position where the change the detector found most likely began: the
+        maximum-likelihood split of the stream's values since its current regime began (see
+        :mod:`driftd.monitor.changepoint`); the detector's own guess where there are no values
+        (categories and predictions, for now)."""
+        if signal == "feature" and feature is not None:
+            recent, column = self._recent, self._numeric_order[feature]
+        elif signal == "error":
+            recent, column = self._recent_errors, 0
+        else:
+            return hit.change
+        key = (signal, feature)
+        start = self._regime.get(key, self._reset_at(signal))
+        found = recent.change_point(column, start, hit.at + 1)
+        if found is None:
+            return hit.change
+        self._regime[key] = found  # the next change is looked for after this one
+        return found
+
+    def _reset_at(self, signal: Signal) -> int:
+        """The stream position of the last rebaseline (0 before the first)."""
+        return self._rebaselined.get(signal, 0)
 
     def _alarm(  # noqa: PLR0917 - an event's fields, in MonitorEvent's order
         self,
@@ -413,6 +464,8 @@ class Monitor:
             raise CheckpointMismatch("checkpoint does not hold a monitor")
         monitor.schema = schema
         monitor.config = config
+        if "_recent" not in monitor.__dict__:  # written before change points were estimated
+            monitor._fresh_estimates()
         alarm = config.alarm
         monitor._policy.configure(alarm.features, alarm.window, alarm.suppress)
         monitor._live.configure(config.live_window, config.live_min_labels)
