@@ -409,7 +409,7 @@ def test_numeric_features_given_as_an_array_give_the_same_detections() -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_an_alarm_carries_the_maximum_likelihood_change_point(seed: int) -> None:
     """Not the detector's bucket edge: the split of the feature's values since its regime
-    began that best explains a shift in mean (bench_detection.py: median error 4 records at
+    began that best explains a shift in mean (bench_detection.py: median error 1 record at
     +1 sd, against 160 from ADWIN's window)."""
     monitor = Monitor(numeric_schema(20))
     rng = np.random.default_rng(seed)

@@ -124,10 +124,8 @@ class Monitor:
     def _fresh_estimates(self) -> None:
         """The recent values the change points are estimated from (feature and error
         streams, by stream position), and where each detector's current regime began."""
-        self._recent = RecentValues(len(self.schema.numeric))
-        self._recent.end = self._features_map.length
-        self._recent_errors = RecentValues(1)
-        self._recent_errors.end = self._error_map.length
+        self._recent = RecentValues(len(self.schema.numeric), start=self._features_map.length)
+        self._recent_errors = RecentValues(1, start=self._error_map.length)
         self._numeric_order = {name: i for i, name in enumerate(self._numeric)}
         self._regime: dict[tuple[Signal, str | None], int] = {}
         self._rebaselined: dict[Signal, int] = {}
@@ -177,13 +175,12 @@ class Monitor:
         fmap = self._features_map
         fmap.extend_range(start_index, n)
         order = 0
-        if numeric is None and self._numeric:
-            columns = [list(map(operator.itemgetter(name), features)) for name in self._numeric]
-            numeric = np.array(columns, dtype=np.float64).T
-        else:
-            columns = numeric.T.tolist() if numeric is not None else []
         if numeric is not None:
+            columns = numeric.T.tolist()
             self._recent.extend(numeric)
+        else:
+            columns = [list(map(operator.itemgetter(name), features)) for name in self._numeric]
+            self._recent.extend_columns(columns)
         for name, watch in self._numeric.items():
             column = columns[order]
             raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
@@ -256,7 +253,7 @@ class Monitor:
             self._live.extend(errors)
         self._labels += len(indices)
         self._error_map.extend(indices)
-        self._recent_errors.extend(np.asarray(errors, dtype=np.float64))
+        self._recent_errors.extend_columns([errors])
         raw: list[tuple[int, int, Signal, str | None, Hit]] = [
             (self._error_map.index_at(hit.at), 0, "error", None, hit)
             for hit in self._error.feed(errors)
