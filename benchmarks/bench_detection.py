@@ -11,8 +11,9 @@ one stream that changed). Per scenario, over ``--seeds`` seeds (default 20):
 * change-point error: |estimated change point - true change| of that first alarm;
 * river: records from the change to the bare detector's first detection after it.
 
-Stationary streams give false alarms per 1,000,000 records (x 20 features): numeric,
-categorical, both mixed, and a Bernoulli(0.1) error stream. The targets are printed beside
+Stationary streams give false alarms per 1,000,000 records (x 20 features): normal, heavy-
+tailed (Student t with 3 degrees of freedom), skewed (log-normal) and correlated numeric
+features, categorical, both mixed, and a Bernoulli(0.1) error stream. The targets are printed beside
 each figure; a miss says by how much.
 
 Run by hand, one benchmark at a time:  .venv/bin/python benchmarks/bench_detection.py
@@ -307,6 +308,13 @@ def stationary(config: MonitorConfig, seeds: range, length: int) -> dict[str, fl
     """Alarms (and detections) per 1,000,000 records on streams that never change."""
     kinds: dict[str, Callable[[int], Stream]] = {
         "20 numeric": lambda s: Stream(numeric=gaussian(length, np.random.default_rng(s))),
+        "20 numeric, Student t(3)": lambda s: Stream(
+            numeric=np.random.default_rng(s).standard_t(3, (length, N_FEATURES))
+        ),
+        "20 numeric, log-normal": lambda s: Stream(
+            numeric=np.random.default_rng(s).lognormal(0.0, 1.0, (length, N_FEATURES))
+        ),
+        "20 numeric, pairwise correlation 0.5": lambda s: Stream(numeric=_correlated(length, s)),
         "20 categorical": lambda s: _categorical(length, s, N_FEATURES),
         "10 numeric + 10 categorical": lambda s: _mixed(length, s),
         "Bernoulli(0.1) errors": lambda s: Stream(
@@ -324,6 +332,13 @@ def stationary(config: MonitorConfig, seeds: range, length: int) -> dict[str, fl
         out[f"{name}: alarms / 1M"] = alarms / total * 1e6
         out[f"{name}: detections / 1M"] = detections / total * 1e6
     return out
+
+
+def _correlated(n: int, seed: int) -> np.ndarray:
+    """Standard normal features, every pair correlated 0.5 (one shared factor)."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=(n, 1))
+    return np.sqrt(0.5) * shared + np.sqrt(0.5) * gaussian(n, rng)
 
 
 def _categorical(n: int, seed: int, k: int) -> Stream:

@@ -153,7 +153,9 @@ def test_on_the_default_config_a_drift_in_one_of_20_features_raises_an_alarm(see
 
 
 def test_data_drift_alarm_needs_k_features_within_w_records() -> None:
-    config = MonitorConfig(alarm=AlarmConfig(features=2, window=1000, suppress=1000))
+    # the mean detectors alone: a window straddling a step also has a larger variance
+    alarm = AlarmConfig(features=2, window=1000, suppress=1000)
+    config = MonitorConfig(alarm=alarm, second_moments=False)
     monitor = Monitor(numeric_schema(3), config)
     x0 = streams.mean_shift(20_000, 5_000, 0, 2.0)
     x1 = streams.mean_shift(20_000, 12_000, 1, 2.0)  # 7,000 records later: outside the window
@@ -170,7 +172,9 @@ def test_data_drift_alarm_needs_k_features_within_w_records() -> None:
 
 
 def test_a_detector_firing_again_within_the_suppression_span_is_not_reported() -> None:
-    config = MonitorConfig(alarm=AlarmConfig(features=1, window=100, suppress=5000))
+    # the mean detector alone: a window straddling a step also has a larger variance
+    alarm = AlarmConfig(features=1, window=100, suppress=5000)
+    config = MonitorConfig(alarm=alarm, second_moments=False)
     monitor = Monitor(numeric_schema(), config)
     x = streams.mean_shift(12_000, 4_000, 3, 2.0)
     x[5_000:] += 2.0  # a second shift 1,000 records after the first: suppressed
@@ -452,3 +456,48 @@ def test_recent_values_keep_the_newest_and_survive_a_checkpoint() -> None:
     assert again.window(1, 950, 960)[1].tolist() == [-float(i) for i in range(950, 960)]
     again.extend(np.array([[1000.0, -1000.0]]))
     assert again.window(0, 999, 1001)[1].tolist() == [999.0, 1000.0]
+
+
+def feed_block(monitor: Monitor, block: np.ndarray) -> list[MonitorEvent]:
+    """Feed an array of records in batches of 1,000, as the daemon passes its stored block."""
+    names = [f.name for f in monitor.schema.features]
+    events: list[MonitorEvent] = []
+    for start in range(0, len(block), 1000):
+        part = block[start : start + 1000]
+        events += monitor.update(start, Rows(part, names), None, float(start), numeric=part)
+    return events
+
+
+def test_on_the_default_config_a_variance_change_in_one_feature_alarms() -> None:
+    """ADWIN watches the mean and missed 19 of 20 of these; the variance test sees them."""
+    block = np.random.default_rng(4).normal(size=(4 * CHANGE, 20))
+    block[CHANGE:, 5] *= 3**0.5
+    alarm = first(feed_block(Monitor(numeric_schema(20)), block), "alarm")
+    assert alarm.stats["test"] == "variance" and alarm.stats["features"] == ["x5"]
+    assert alarm.index - CHANGE <= 600
+    assert abs(alarm.change_point - CHANGE) <= 100
+
+
+def test_on_the_default_config_a_correlation_change_alarms_and_names_the_pair() -> None:
+    """Both marginals stay standard normal: only the pair's correlation goes 0 -> 0.9."""
+    block = np.random.default_rng(5).normal(size=(4 * CHANGE, 20))
+    block[CHANGE:, 9] = 0.9 * block[CHANGE:, 2] + (1 - 0.81) ** 0.5 * block[CHANGE:, 9]
+    alarm = first(feed_block(Monitor(numeric_schema(20)), block), "alarm")
+    assert alarm.stats["test"] == "correlation"
+    assert sorted(alarm.stats["features"]) == ["x2", "x9"]
+    assert alarm.index - CHANGE <= 1000
+
+
+@pytest.mark.parametrize("tails", ["student_t", "lognormal", "correlated"])
+def test_the_second_moment_tests_hold_their_budget_on_heavy_tails_and_correlation(
+    tails: str,
+) -> None:
+    rng = np.random.default_rng(6)
+    if tails == "student_t":
+        block = rng.standard_t(3, (200_000, 20))
+    elif tails == "lognormal":
+        block = rng.lognormal(0.0, 1.0, (200_000, 20))
+    else:
+        block = 0.5**0.5 * rng.normal(size=(200_000, 1)) + 0.5**0.5 * rng.normal(size=(200_000, 20))
+    events = feed_block(Monitor(numeric_schema(20)), block)
+    assert [e for e in events if "test" in e.stats] == []

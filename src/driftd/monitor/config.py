@@ -52,7 +52,14 @@ class AlarmConfig:
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
-    """Detectors per signal, their parameters, the live score window and the alarm policy."""
+    """Detectors per signal, their parameters, the live score window and the alarm policy.
+
+    ``second_moments`` adds tests of each numeric feature's variance and of each pair's
+    correlation every ``moments_window`` records against the first ``moments_reference``
+    records after a rebaseline (pairs only up to ``moments_pairs_max_features`` numeric
+    features); their threshold keeps the whole family at one false alarm per
+    ``false_alarm_run`` records on average (see :mod:`driftd.monitor.moments`).
+    """
 
     numeric_detector: NumericDetector = "adwin"
     error_detector: ErrorDetector = "adwin"
@@ -65,6 +72,11 @@ class MonitorConfig:
     live_min_labels: int = field(default=50, metadata={"min": 1})
     seed: int = 0
     checkpoint_interval_seconds: float = field(default=30.0, metadata={"min": 0.1})
+    second_moments: bool = True
+    moments_window: int = field(default=250, metadata={"min": 50})
+    moments_reference: int = field(default=1000, metadata={"min": 100})
+    moments_pairs_max_features: int = field(default=32, metadata={"min": 0})
+    false_alarm_run: float = field(default=1e8, metadata={"min": 1000})
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
 
     def validate(self) -> list[str]:
@@ -109,6 +121,10 @@ class MonitorConfig:
             "category_reference": self.category_reference,
             "seed": self.seed,
             "correct_for_features": self.alarm.correct_for_features,
+            "second_moments": self.second_moments,
+            "moments_window": self.moments_window,
+            "moments_reference": self.moments_reference,
+            "moments_pairs_max_features": self.moments_pairs_max_features,
         }
         text = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

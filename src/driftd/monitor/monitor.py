@@ -21,11 +21,12 @@ from driftd.ingest.schema import Schema
 from driftd.monitor._index import IndexMap
 from driftd.monitor.alarms import AlarmPolicy
 from driftd.monitor.categories import CategoryWatch
-from driftd.monitor.changepoint import RecentValues
+from driftd.monitor.changepoint import RecentValues, mean_change
 from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import MonitorConfig
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
+from driftd.monitor.moments import SecondMoments, threshold_for
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 
 __all__ = ["Monitor"]
@@ -104,6 +105,18 @@ class Monitor:
             self._prediction = Watch(cfg.numeric_detector, self._params(cfg.numeric_detector, 1))
             kind = cfg.regression_error_detector
         self._error = Watch(kind, self._params(kind, 1))
+        self._moments: SecondMoments | None = None
+        if cfg.second_moments and schema.numeric:
+            k = len(schema.numeric)
+            pairs = 1 < k <= cfg.moments_pairs_max_features
+            tests = k + (k * (k - 1) // 2 if pairs else 0)
+            self._moments = SecondMoments(
+                list(schema.numeric),
+                window=cfg.moments_window,
+                reference=cfg.moments_reference,
+                threshold=threshold_for(cfg.false_alarm_run, cfg.moments_window, tests),
+                pairs=pairs,
+            )
         self._features_map = IndexMap()
         self._prediction_map = IndexMap()
         self._error_map = IndexMap()
@@ -177,14 +190,19 @@ class Monitor:
         order = 0
         if numeric is not None:
             columns = numeric.T.tolist()
-            self._recent.extend(numeric)
         else:
             columns = [list(map(operator.itemgetter(name), features)) for name in self._numeric]
-            self._recent.extend_columns(columns)
+            numeric = np.array(columns, dtype=np.float64).T if columns else None
+        if numeric is not None:
+            self._recent.extend(numeric)
         for name, watch in self._numeric.items():
             column = columns[order]
             raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
             order += 1
+        if self._moments is not None and numeric is not None:
+            for m in self._moments.feed(numeric):
+                hit = Hit(m.at, DRIFT, m.at - self._moments.window + 1, m.stats())
+                raw.append((fmap.index_at(m.at), order, "feature", m.features[0], hit))
         for name, cats in self._categorical.items():
             column = list(map(operator.itemgetter(name), features))
             raw.extend((fmap.index_at(h.at), order, "category", name, h) for h in cats.feed(column))
@@ -271,6 +289,8 @@ class Monitor:
             cats.reset()
         self._prediction.reset()
         self._error.reset()
+        if self._moments is not None:
+            self._moments.reset()
         self._live.reset()
         self._policy.reset()
         self._last_drift.clear()
@@ -313,7 +333,7 @@ class Monitor:
                     MonitorEvent("warning", None, signal, feature, index, now, change, stats)
                 )
                 continue
-            key = (signal, feature, stats.get("category"))
+            key = (signal, feature, stats.get("category"), stats.get("test"))
             if not self._policy.admit(key, index):
                 self._counts["suppressed"] += 1
                 continue
@@ -327,7 +347,11 @@ class Monitor:
                 group = self._policy.feature_drift(feature, index)
                 if group:
                     first = min(self._change.get(f, change) for f in group)
-                    alarm_stats = {"features": list(group), "needed": self._policy.needed}
+                    # a correlation names both features of the pair that changed
+                    named = list(dict.fromkeys([*group, *stats.get("features", ())]))
+                    alarm_stats = {"features": named, "needed": self._policy.needed}
+                    if "test" in stats:
+                        alarm_stats["test"] = stats["test"]
                     events.append(
                         self._alarm("data_drift", signal, feature, index, now, first, alarm_stats)
                     )
@@ -340,6 +364,9 @@ class Monitor:
         maximum-likelihood split of the stream's values since its current regime began (see
         :mod:`driftd.monitor.changepoint`); the detector's own guess where there are no values
         (categories and predictions, for now)."""
+        test = hit.stats.get("test")
+        if signal == "feature" and test is not None and self._moments is not None:
+            return self._estimate_moment(feature, hit)
         if signal == "feature" and feature is not None:
             recent, column = self._recent, self._numeric_order[feature]
         elif signal == "error":
@@ -353,6 +380,28 @@ class Monitor:
             return hit.change
         self._regime[key] = found  # the next change is looked for after this one
         return found
+
+    def _estimate_moment(self, feature: str | None, hit: Hit) -> int:
+        """The change point of a variance or correlation change: the mean-shift split of the
+        squared deviations, or of the pair's standardised products, since the regime began."""
+        assert self._moments is not None
+        names = hit.stats["features"]
+        key: tuple[Signal, str | None] = ("feature", f"{hit.stats['test']}:{','.join(names)}")
+        start = self._regime.get(key, self._reset_at("feature"))
+        mean, sd = self._moments.reference_mean, self._moments.reference_sd
+        cols = [self._numeric_order[n] for n in names]
+        first, values = self._recent.window(cols[0], start, hit.at + 1)
+        z = (values - mean[cols[0]]) / sd[cols[0]]
+        if hit.stats["test"] == "variance":
+            series = z**2
+        else:
+            _, other = self._recent.window(cols[1], first, hit.at + 1)
+            series = z * (other - mean[cols[1]]) / sd[cols[1]]
+        k = mean_change(series)
+        if k is None:
+            return hit.change
+        self._regime[key] = first + k
+        return first + k
 
     def _reset_at(self, signal: Signal) -> int:
         """The stream position of the last rebaseline (0 before the first)."""
