@@ -54,11 +54,15 @@ class AlarmConfig:
 class MonitorConfig:
     """Detectors per signal, their parameters, the live score window and the alarm policy.
 
-    ``second_moments`` adds tests of each numeric feature's variance and of each pair's
-    correlation every ``moments_window`` records against the first ``moments_reference``
-    records after a rebaseline (pairs only up to ``moments_pairs_max_features`` numeric
-    features); their threshold keeps the whole family at one false alarm per
-    ``false_alarm_run`` records on average (see :mod:`driftd.monitor.moments`).
+    ``robust_scale`` feeds ADWIN feature detectors each value in robust standard deviations
+    from the feature's median (fitted on the first ``robust_warmup`` values after a
+    rebaseline), clipped to +-4, so that a heavy-tailed feature does not fool them (see
+    :mod:`driftd.monitor.robust`). ``second_moments`` adds tests of each numeric feature's
+    variance and of each pair's correlation every ``moments_window`` records against the
+    first ``moments_reference`` records after a rebaseline (pairs only up to
+    ``moments_pairs_max_features`` numeric features); their threshold keeps the whole
+    family at one false alarm per ``false_alarm_run`` records on average (see
+    :mod:`driftd.monitor.moments`).
     """
 
     numeric_detector: NumericDetector = "adwin"
@@ -72,6 +76,8 @@ class MonitorConfig:
     live_min_labels: int = field(default=50, metadata={"min": 1})
     seed: int = 0
     checkpoint_interval_seconds: float = field(default=30.0, metadata={"min": 0.1})
+    robust_scale: bool = True
+    robust_warmup: int = field(default=100, metadata={"min": 10})
     second_moments: bool = True
     moments_window: int = field(default=250, metadata={"min": 50})
     moments_reference: int = field(default=1000, metadata={"min": 100})
@@ -121,6 +127,8 @@ class MonitorConfig:
             "category_reference": self.category_reference,
             "seed": self.seed,
             "correct_for_features": self.alarm.correct_for_features,
+            "robust_scale": self.robust_scale,
+            "robust_warmup": self.robust_warmup,
             "second_moments": self.second_moments,
             "moments_window": self.moments_window,
             "moments_reference": self.moments_reference,

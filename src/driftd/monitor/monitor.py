@@ -27,6 +27,7 @@ from driftd.monitor.config import MonitorConfig
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
 from driftd.monitor.moments import SecondMoments, threshold_for
+from driftd.monitor.robust import RobustScale
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 
 __all__ = ["Monitor"]
@@ -105,6 +106,12 @@ class Monitor:
             self._prediction = Watch(cfg.numeric_detector, self._params(cfg.numeric_detector, 1))
             kind = cfg.regression_error_detector
         self._error = Watch(kind, self._params(kind, 1))
+        scaled = [name for name, w in self._numeric.items() if w.kind == "adwin"]
+        self._robust = (
+            RobustScale(len(schema.numeric), warmup=cfg.robust_warmup)
+            if cfg.robust_scale and scaled
+            else None
+        )
         self._moments: SecondMoments | None = None
         if cfg.second_moments and schema.numeric:
             k = len(schema.numeric)
@@ -195,8 +202,15 @@ class Monitor:
             numeric = np.array(columns, dtype=np.float64).T if columns else None
         if numeric is not None:
             self._recent.extend(numeric)
+        robust = (
+            self._robust.feed(numeric) if self._robust is not None and numeric is not None else None
+        )
+        scaled = robust.T.tolist() if robust is not None else None
         for name, watch in self._numeric.items():
-            column = columns[order]
+            if self._robust is not None and watch.kind == "adwin":
+                column = scaled[order] if scaled is not None else []  # [] during its warm-up
+            else:
+                column = columns[order]
             raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
             order += 1
         if self._moments is not None and numeric is not None:
@@ -291,6 +305,8 @@ class Monitor:
         self._error.reset()
         if self._moments is not None:
             self._moments.reset()
+        if self._robust is not None:
+            self._robust.reset()
         self._live.reset()
         self._policy.reset()
         self._last_drift.clear()
