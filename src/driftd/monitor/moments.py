@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BUCKETS", "GRID", "MomentHit", "SecondMoments", "threshold_for"]
+__all__ = ["BUCKETS", "CHUNK", "GRID", "MomentHit", "SecondMoments", "threshold_for"]
 
 #: Quantile buckets of the reference a value is scored by: fine enough to lose little power
 #: (the scores of 64 equal buckets have 99% of a normal's variance), coarse enough that the
@@ -55,6 +55,8 @@ BUCKETS = 64
 #: Cells of the grid a value is placed on before its bucket is looked up (a vectorised
 #: lookup over the whole batch instead of a search per feature).
 GRID = 1024
+#: Records gathered before they are scored and summed, when they arrive a few at a time.
+CHUNK = 64
 
 
 def threshold_for(run_length: float, window: int, tests: int) -> float:
@@ -128,6 +130,8 @@ class SecondMoments:
 
     def _reset(self) -> None:
         k = len(self.names)
+        self._pending: list[npt.NDArray[np.float64]] = []
+        self._pending_n = 0
         self._ref_rows: list[npt.NDArray[np.float64]] = []
         self._ref_n = 0
         self._mean = np.zeros(k)
@@ -161,7 +165,18 @@ class SecondMoments:
         return self._ready
 
     def feed(self, block: npt.NDArray[np.float64]) -> list[MomentHit]:
-        """Feed the next records (an ``(n, k)`` array); return the tests that fired."""
+        """Feed the next records (an ``(n, k)`` array); return the tests that fired.
+
+        Records arriving a few at a time (single predictions) wait until :data:`CHUNK` have
+        come, so that each is not a dozen array operations of its own; a test that fires is
+        reported up to ``CHUNK - 1`` records late, at the position of its window's end."""
+        if self._pending or len(block) < CHUNK:
+            self._pending.append(np.array(block, dtype=np.float64))
+            self._pending_n += len(block)
+            if self._pending_n < CHUNK:
+                return []
+            block = np.concatenate(self._pending)
+            self._pending, self._pending_n = [], 0
         hits: list[MomentHit] = []
         i, n = 0, len(block)
         if not self._ready:
