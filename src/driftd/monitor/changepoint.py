@@ -33,6 +33,8 @@ __all__ = ["MIN_SIDE", "RECENT", "RecentValues", "mean_change"]
 #: defaults make on a step in the mean (+0.5 sd: 175 records), and few enough that keeping them
 #: costs the monitor nothing measurable (4,096 cost it 5-10% of its throughput).
 RECENT = 2048
+#: Batches smaller than this are merged as they arrive.
+_SMALL = 64
 #: Fewest values on either side of a split the estimate considers.
 MIN_SIDE = 5
 
@@ -78,6 +80,17 @@ class RecentValues:
     def _append(self, n: int, data: Any) -> None:
         if n == 0:
             return
+        last = self._chunks[-1] if self._chunks else None
+        if last is not None and last[1] + n <= _SMALL and type(last[2]) is type(data):
+            # records arriving one at a time: grow the last small batch instead of keeping
+            # thousands of one-record ones
+            pos, m, old = self._chunks.pop()
+            if isinstance(data, np.ndarray):
+                data = np.concatenate([old, data])
+            else:
+                data = [a + b for a, b in zip(old, data, strict=True)]
+            n, self.end, self._kept = m + n, self.end - m, self._kept - m
+            del pos
         self._chunks.append((self.end, n, data))
         self._kept += n
         self.end += n
@@ -102,8 +115,9 @@ class RecentValues:
         return first, np.concatenate(parts)
 
     def change_point(self, column: int, start: int, stop: int) -> int | None:
-        """The estimated stream position of a change between ``start`` and ``stop``."""
-        first, values = self.window(column, start, stop)
+        """The estimated stream position of a change between ``start`` and ``stop``, from at
+        most ``capacity`` values before ``stop`` (whatever else happens to be kept)."""
+        first, values = self.window(column, max(start, stop - self.capacity), stop)
         k = mean_change(values)
         return None if k is None else first + k
 

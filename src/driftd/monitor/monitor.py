@@ -21,7 +21,7 @@ from driftd.ingest.schema import Schema
 from driftd.monitor._index import IndexMap
 from driftd.monitor.alarms import AlarmPolicy
 from driftd.monitor.categories import CategoryWatch
-from driftd.monitor.changepoint import RecentValues, mean_change
+from driftd.monitor.changepoint import RECENT, RecentValues, mean_change
 from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import MonitorConfig
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
@@ -334,10 +334,6 @@ class Monitor:
         }
         events: list[MonitorEvent] = []
         for index, _, signal, feature, hit in raw:
-            at = hit.change
-            if hit.level == DRIFT:
-                at = self._estimate(signal, feature, hit)
-            change = maps[signal].index_at(at)
             stats = dict(hit.stats)
             if signal == "error":
                 stats["detector"] = self._error.kind
@@ -345,6 +341,7 @@ class Monitor:
                 stats["detector"] = self._numeric[feature].kind
             if hit.level != DRIFT:
                 self._counts["warning"] += 1
+                change = maps[signal].index_at(hit.change)
                 events.append(
                     MonitorEvent("warning", None, signal, feature, index, now, change, stats)
                 )
@@ -353,6 +350,8 @@ class Monitor:
             if not self._policy.admit(key, index):
                 self._counts["suppressed"] += 1
                 continue
+            # estimated only for what is reported: a suppressed firing needs no change point
+            change = maps[signal].index_at(self._estimate(signal, feature, hit))
             self._counts["detection"] += 1
             self._last_drift[(signal, feature)] = index
             events.append(
@@ -406,12 +405,13 @@ class Monitor:
         start = self._regime.get(key, self._reset_at("feature"))
         mean, sd = self._moments.reference_mean, self._moments.reference_sd
         cols = [self._numeric_order[n] for n in names]
-        first, values = self._recent.window(cols[0], start, hit.at + 1)
+        stop = hit.at + 1
+        first, values = self._recent.window(cols[0], max(start, stop - RECENT), stop)
         z = (values - mean[cols[0]]) / sd[cols[0]]
         if hit.stats["test"] == "variance":
             series = z**2
         else:
-            _, other = self._recent.window(cols[1], first, hit.at + 1)
+            _, other = self._recent.window(cols[1], first, stop)
             series = z * (other - mean[cols[1]]) / sd[cols[1]]
         k = mean_change(series)
         if k is None:
