@@ -195,13 +195,15 @@ class Monitor:
         fmap = self._features_map
         fmap.extend_range(start_index, n)
         order = 0
-        if numeric is not None:
-            columns = numeric.T.tolist()
-        else:
+        columns: list[list[float]] | None = None
+        if numeric is None and self._numeric:
             columns = [list(map(operator.itemgetter(name), features)) for name in self._numeric]
-            numeric = np.array(columns, dtype=np.float64).T if columns else None
+            numeric = np.array(columns, dtype=np.float64).T
         if numeric is not None:
             self._recent.extend(numeric)
+            raw_fed = self._robust is None or any(w.kind != "adwin" for w in self._numeric.values())
+            if columns is None and raw_fed:  # only a detector fed raw values needs the lists
+                columns = numeric.T.tolist()
         robust = (
             self._robust.feed(numeric) if self._robust is not None and numeric is not None else None
         )
@@ -210,6 +212,7 @@ class Monitor:
             if self._robust is not None and watch.kind == "adwin":
                 column = scaled[order] if scaled is not None else []  # [] during its warm-up
             else:
+                assert columns is not None
                 column = columns[order]
             raw.extend((fmap.index_at(h.at), order, "feature", name, h) for h in watch.feed(column))
             order += 1
