@@ -30,6 +30,7 @@ from driftd.store import Store
 __all__ = ["STORE_FILE", "Parts", "assemble"]
 
 STORE_FILE = "driftd.sqlite3"
+WAL_CHECKPOINT_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,9 @@ def assemble(
     for leftover in state_dir.glob(f"{TMP_PREFIX}*"):  # a checkpoint write cut short by a crash
         leftover.unlink(missing_ok=True)
     schema = config.schema_obj()
-    store = Store(state_dir / STORE_FILE, schema).open()
+    # The WAL is copied back by a thread of its own, not by whichever write crosses SQLite's
+    # 1,000-page mark (10+ ms every few batches; docs/benchmarks.md).
+    store = Store(state_dir / STORE_FILE, schema, checkpoint_every=WAL_CHECKPOINT_SECONDS).open()
     serving = Serving()
     engine = Engine(
         schema,
