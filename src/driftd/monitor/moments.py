@@ -27,7 +27,7 @@ err with probability ``window / (run_length * m)``, two-sided (Bonferroni).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
->>> watch = SecondMoments(["a", "b", "c"], window=250, reference=1000, threshold=6.0)
+>>> watch = SecondMoments(["a", "b", "c"], window=250, reference=1000, run_length=1e8)
 >>> watch.feed(rng.normal(size=(2000, 3)))
 []
 >>> x = rng.normal(size=(250, 3))
@@ -98,8 +98,9 @@ class SecondMoments:
         The numeric features, in the order of the columns fed.
     window, reference
         Records per test, and records that form the reference after a reset.
-    threshold
-        Standard errors a statistic must pass (see :func:`threshold_for`).
+    run_length
+        Records between false alarms of all the tests together, on average: the threshold,
+        in standard errors, is derived from it (:func:`threshold_for`).
     pairs
         Whether to test correlations (all pairs; the caller turns it off for wide schemas).
     """
@@ -110,16 +111,16 @@ class SecondMoments:
         *,
         window: int = 250,
         reference: int = 1000,
-        threshold: float = 6.0,
+        run_length: float = 1e8,
         pairs: bool = True,
     ) -> None:
         self.names = list(names)
         self.window = window
         self.reference = reference
-        self.threshold = threshold
         self.pairs = pairs and len(names) > 1
         k = len(names)
         self._upper = np.triu_indices(k, 1)
+        self.threshold = threshold_for(run_length, window, self.tests)
         self.pos = 0
         self._reset()
 
@@ -158,11 +159,6 @@ class SecondMoments:
     @property
     def reference_sd(self) -> npt.NDArray[np.float64]:
         return self._sd
-
-    @property
-    def ready(self) -> bool:
-        """Whether the reference is complete and windows are tested."""
-        return self._ready
 
     def feed(self, block: npt.NDArray[np.float64]) -> list[MomentHit]:
         """Feed the next records (an ``(n, k)`` array); return the tests that fired.

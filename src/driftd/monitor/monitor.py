@@ -26,7 +26,7 @@ from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import MonitorConfig
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
-from driftd.monitor.moments import SecondMoments, threshold_for
+from driftd.monitor.moments import SecondMoments
 from driftd.monitor.robust import RobustScale
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 
@@ -114,15 +114,12 @@ class Monitor:
         )
         self._moments: SecondMoments | None = None
         if cfg.second_moments and schema.numeric:
-            k = len(schema.numeric)
-            pairs = 1 < k <= cfg.moments_pairs_max_features
-            tests = k + (k * (k - 1) // 2 if pairs else 0)
             self._moments = SecondMoments(
                 list(schema.numeric),
                 window=cfg.moments_window,
                 reference=cfg.moments_reference,
-                threshold=threshold_for(cfg.false_alarm_run, cfg.moments_window, tests),
-                pairs=pairs,
+                run_length=cfg.false_alarm_run,
+                pairs=len(schema.numeric) <= cfg.moments_pairs_max_features,
             )
         self._features_map = IndexMap()
         self._prediction_map = IndexMap()
