@@ -22,11 +22,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, config_text
 
 EXAMPLES = int(os.environ.get("DRIFTD_FUZZ_EXAMPLES", "30"))
 SEED = os.environ.get("DRIFTD_FUZZ_SEED", "20240601")
 HOOKS_DIR = Path(__file__).parent / "hostile"
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, state_dir: Path, bootstrap_csv: Path) -> Path:
+    """The class type fixed in the schema, so that the document states it: left to the first
+    label, it documents "an integer or a string" and refuses the type not chosen, which
+    schemathesis rightly reports as a schema-valid request refused."""
+    path = tmp_path / "driftd.toml"
+    text = config_text(state_dir, bootstrap=str(bootstrap_csv))
+    path.write_text(
+        text.replace('task = "classification"', 'task = "classification"\nlabel_type = "integer"')
+    )
+    return path
 
 
 def schemathesis_cli() -> Path:

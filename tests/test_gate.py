@@ -135,7 +135,16 @@ CASES = [
         False,
         ["evaluated", "vs_champion"],
     ),
-    ("NaN champion is no bar", "accuracy", GateConfig(threshold=0.5), 0.9, math.nan, 100, True, []),
+    (
+        "a champion that cannot be scored fails closed",
+        "accuracy",
+        GateConfig(threshold=0.5),
+        0.9,
+        math.nan,
+        100,
+        False,
+        ["vs_champion"],
+    ),
     ("holdout too small", "accuracy", GateConfig(min_holdout=50), 0.9, 0.8, 49, False, ["holdout"]),
 ]
 

@@ -17,6 +17,7 @@ import json
 import math
 import tempfile
 import typing
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def wire_records(draw: st.DrawFn, task: str) -> Obj:
     if draw(st.booleans()):
         parts.append(("id", value(st.text(min_size=1, max_size=12))))
     if draw(st.booleans()):
-        parts.append(("timestamp", value(st.floats(0, 2e9))))
+        parts.append(("timestamp", value(st.floats(-10, 2e9))))
     parts += [
         (key, value(st.one_of(st.none(), label)))
         for key in ("prediction", "label")
@@ -157,6 +158,15 @@ def valid_label(v: Any, task: str) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def valid_id(v: Any) -> bool:
+    """1 to 12 characters (the schema's cap here), none of them a control character."""
+    return (
+        isinstance(v, str)
+        and 1 <= len(v) <= 12
+        and not any(unicodedata.category(c) == "Cc" for c in v)
+    )
+
+
 def acceptable(record: Obj, task: str) -> bool:
     """The contract, restated independently of pydantic."""
     keys = [k for k, _ in record.pairs]
@@ -175,9 +185,11 @@ def acceptable(record: Obj, task: str) -> bool:
                 return False
         elif not finite_number(v):
             return False
-    if "id" in fields and not (isinstance(fields["id"], str) and 1 <= len(fields["id"]) <= 12):
+    if "id" in fields and not valid_id(fields["id"]):
         return False
-    if "timestamp" in fields and not finite_number(fields["timestamp"]):
+    if "timestamp" in fields and not (
+        finite_number(fields["timestamp"]) and fields["timestamp"] >= 0
+    ):
         return False
     return all(
         fields[key] is None or valid_label(fields[key], SCHEMAS[task].task)

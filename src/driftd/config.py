@@ -97,6 +97,8 @@ class SchemaConfig:
     id_field: str | None = None
     timestamp_field: str | None = None
     max_string_length: int = field(default=256, metadata={"min": 1, "max": 1_000_000})
+    label_type: Literal["integer", "string"] | None = None
+    max_timestamp_ahead_seconds: float = field(default=3600.0, metadata={"min": 0})
 
     def validate(self) -> list[str]:
         errors = []
@@ -127,6 +129,8 @@ class SchemaConfig:
             id_field=self.id_field,
             timestamp_field=self.timestamp_field,
             max_string_length=self.max_string_length,
+            label_type=self.label_type if self.task == "classification" else None,
+            max_timestamp_ahead=self.max_timestamp_ahead_seconds,
         )
 
 

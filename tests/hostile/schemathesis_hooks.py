@@ -3,15 +3,20 @@
 ``POST /v1/predict`` takes ``ids`` with one entry per instance. JSON Schema cannot say that two
 arrays have the same length, so a schema-valid ("positive") case may carry a mismatched ``ids``
 and be refused with a 422, which the positive-data check would report as a false failure. Such
-a positive case is sent without ``ids`` instead. Negative cases are left alone: the daemon must
-refuse them whatever they hold.
+a positive case is sent without ``ids`` instead. Likewise a timestamp is at most the receiving
+clock plus the allowed skew, which no static schema can state: a positive case's later
+timestamps are sent as the present. Negative cases are left alone: the daemon must refuse
+them whatever they hold.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import schemathesis
+
+BATCHES = ("/v1/records", "/v1/labels")
 
 
 @schemathesis.hook
@@ -27,4 +32,9 @@ def map_case(context: Any, case: Any) -> Any:
         and len(body["ids"]) != len(body.get("instances") or [])
     ):
         case.body = {k: v for k, v in body.items() if k != "ids"}
+    if positive and case.operation.path in BATCHES and isinstance(body, list):
+        now = time.time()
+        for item in body:
+            if isinstance(item, dict) and isinstance(item.get("timestamp"), int | float):
+                item["timestamp"] = min(item["timestamp"], now)
     return case

@@ -29,7 +29,7 @@ from msgspec.structs import astuple
 
 from driftd.ingest.batch import Batch, packer
 from driftd.ingest.schema import Label, Schema
-from driftd.ingest.validation import may_repeat_keys
+from driftd.ingest.validation import CONTROL, may_repeat_keys
 
 __all__ = ["ColumnDecoder", "Columns", "Rows"]
 
@@ -82,7 +82,7 @@ class Columns:
         """The store's batch; a record without a time gets ``now``."""
         return Batch(
             self.rows,
-            [t or now for t in self.timestamps] if self.timestamps else now,
+            [now if t is None else t for t in self.timestamps] if self.timestamps else now,
             ids=self.ids,
             predictions=self.predictions,
             labels=self.labels,
@@ -107,17 +107,16 @@ class ColumnDecoder:
             forbid_unknown_fields=True,
         )
         ident = Annotated[str, Meta(min_length=1, max_length=schema.max_id_length)]
-        label: Any = (
-            int | Annotated[str, Meta(min_length=1, max_length=schema.max_string_length)]
-            if schema.task == "classification"
-            else float
-        )
+        string = Annotated[str, Meta(min_length=1, max_length=schema.max_string_length)]
+        label: Any = {None: int | string, "integer": int, "string": string}[schema.label_type]
+        if schema.task == "regression":
+            label = float
         record = msgspec.defstruct(
             "Record",
             [
                 ("features", features),
                 ("id", ident | UnsetType, UNSET),
-                ("timestamp", float | UnsetType, UNSET),
+                ("timestamp", Annotated[float, Meta(ge=0)] | UnsetType, UNSET),
                 ("prediction", label | None | UnsetType, UNSET),
                 ("label", label | None | UnsetType, UNSET),
             ],
@@ -159,6 +158,8 @@ class ColumnDecoder:
         )
         if timestamps is not None and not all(map(math.isfinite, filter(None, timestamps))):
             return None
+        if ids is not None and CONTROL.search("".join(filter(None, ids))):
+            return None  # one search over the joined ids, in C
         keys = n * (1 + k) + sum(
             c.given for c in (ids, timestamps, predictions, labels) if c is not None
         )

@@ -130,8 +130,13 @@ def coerce_row(
     elif isinstance(label, bool | float):
         msg = f"line {line}, column {schema.target!r}: expected a class label"
         raise ValueError(msg)
+    elif schema.label_type == "string":
+        label = str(label)  # a CSV's "1" and a JSONL's 1 are the class "1"
     elif isinstance(label, str) and label.lstrip("-").isdigit():
         label = int(label)
+    elif schema.label_type == "integer" and not isinstance(label, int):
+        msg = f"line {line}, column {schema.target!r}: expected an integer class label"
+        raise ValueError(msg)
     ident = row.get(schema.id_field) if schema.id_field else None
     ts_raw = row.get(schema.timestamp_field) if schema.timestamp_field else None
     ts = (

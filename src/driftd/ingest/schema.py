@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NotRequired, TypedDict
 
-__all__ = ["Feature", "Label", "LabelRecord", "Record", "Schema"]
+__all__ = ["Feature", "Label", "LabelRecord", "LabelType", "Record", "Schema", "label_type_of"]
 
 Kind = Literal["numeric", "categorical"]
 Task = Literal["classification", "regression"]
+LabelType = Literal["integer", "string"]
 Value = float | str
 Label = int | str | float
 
@@ -32,6 +33,12 @@ class Schema:
 
     ``target`` and ``id_field`` name the label and id columns in flat history files (CSV, JSONL);
     over HTTP a record is ``{"id", "timestamp", "features", "prediction", "label"}``.
+
+    ``label_type`` fixes the type of a class label (classification only): a model fitted on
+    ``1`` and ``"1"`` alike would answer strings to consumers that expect integers. Left unset,
+    the first label or prediction stored fixes it (see :func:`label_type_of`). A timestamp is
+    seconds since the epoch, at least 0 and at most ``max_timestamp_ahead`` seconds after the
+    receiving clock.
     """
 
     features: tuple[Feature, ...]
@@ -41,6 +48,8 @@ class Schema:
     timestamp_field: str | None = None
     max_string_length: int = 256
     max_id_length: int = 128
+    label_type: LabelType | None = None
+    max_timestamp_ahead: float = 3600.0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -65,6 +74,11 @@ class Schema:
         """A stable description of the schema; a checkpoint written under another is refused."""
         cols = ",".join(f"{f.name}:{f.kind}" for f in self.features)
         return f"{self.task}|{self.target}|{cols}"
+
+
+def label_type_of(value: Label) -> LabelType:
+    """The class type a label has: ``1`` is an integer, ``"1"`` a string."""
+    return "string" if isinstance(value, str) else "integer"
 
 
 class Record(TypedDict):

@@ -20,7 +20,7 @@ import json
 import re
 import types
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NotRequired, Union
 
@@ -29,9 +29,18 @@ import typing_extensions
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from driftd.ingest.schema import Schema
+from driftd.ingest.schema import Label, LabelType, Schema
 
-__all__ = ["MAX_ERRORS", "FieldError", "InvalidInput", "Validators", "may_repeat_keys"]
+__all__ = [
+    "ID_PATTERN",
+    "MAX_ERRORS",
+    "FieldError",
+    "InvalidInput",
+    "Validators",
+    "late_timestamps",
+    "may_repeat_keys",
+    "mistyped_labels",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,15 @@ class InvalidInput(ValueError):
 
 
 _STRICT_FINITE = Field(strict=True, allow_inf_nan=False)
+_AUTO_LABEL = (
+    "A class label, an integer or a string. The schema's label_type is unset, so the first"
+    " label stored or the first model's classes fix the type; a label of the other type is"
+    " then refused (422, label_type)."
+)
+# An id ends up in logs, events and the audit trail: no control character (C0, DEL, C1) in it,
+# so that a NUL or a newline cannot cut or forge a line there.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_ERRORS = 100  # listed per refusal: 1 MB of bad keys must not become a 10 MB answer
 
 
@@ -103,24 +121,33 @@ class Validators:
             f.name: (number if f.kind == "numeric" else category) for f in s.features
         }
         features = _typed_dict("Features", columns)
-        if s.task == "classification":
-            label: Any = Union[  # noqa: UP007 - a runtime type expression built from the schema
-                Annotated[int, Field(strict=True)],
-                Annotated[str, Field(strict=True, min_length=1, max_length=s.max_string_length)],
+        integer = Annotated[int, Field(strict=True)]
+        string = Annotated[str, Field(strict=True, min_length=1, max_length=s.max_string_length)]
+        label: Any
+        if s.task == "regression":
+            label = number
+        elif s.label_type is None:
+            label = Annotated[
+                Union[integer, string],  # noqa: UP007 - a runtime type built from the schema
+                Field(description=_AUTO_LABEL),
             ]
         else:
-            label = number
-        ident = Annotated[str, Field(strict=True, min_length=1, max_length=s.max_id_length)]
+            label = integer if s.label_type == "integer" else string
+        ident = Annotated[
+            str,
+            Field(strict=True, min_length=1, max_length=s.max_id_length, pattern=ID_PATTERN),
+        ]
+        timestamp = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
         record_fields = {
             "id": NotRequired[ident],
-            "timestamp": NotRequired[number],
+            "timestamp": NotRequired[timestamp],
             "features": features,
             "prediction": NotRequired[label | None],
             "label": NotRequired[label | None],
         }
         record = _typed_dict("Record", record_fields)
         label_record = _typed_dict(
-            "LabelRecord", {"id": ident, "label": label, "timestamp": NotRequired[number]}
+            "LabelRecord", {"id": ident, "label": label, "timestamp": NotRequired[timestamp]}
         )
         batch = Field(max_length=self.max_items)
         predict = _typed_dict(
@@ -330,6 +357,8 @@ _MESSAGES = {
     "string_too_long": "string is longer than the configured maximum",
     "string_too_short": "string must not be empty",
     "int_type": "expected an integer",
+    "string_pattern_mismatch": "control characters are not allowed in an id",
+    "greater_than_equal": "expected seconds since the epoch, at least 0",
 }
 
 
@@ -368,9 +397,52 @@ def _json_message(err: ErrorDetails) -> str:
     return msg.replace("Invalid JSON: ", "malformed JSON: ")
 
 
+def late_timestamps(
+    timestamps: Sequence[float | None], limit: float, *, field: str = "timestamp"
+) -> list[FieldError]:
+    """One error per time after ``limit`` (the receiving clock plus the allowed skew): a
+    timestamp from the future is a producer's broken clock, and it would keep the record
+    clear of time-based retention for as long as it is ahead."""
+    return [
+        FieldError(
+            i, field, f"timestamp {t:.6g} is later than the clock plus the allowed skew", "too_late"
+        )
+        for i, t in enumerate(timestamps)
+        if t is not None and t > limit
+    ][:MAX_ERRORS]
+
+
+def mistyped_labels(
+    fixed: LabelType, columns: Mapping[str, Sequence[Label | None] | None]
+) -> list[FieldError]:
+    """One error per label or prediction whose class type is not ``fixed``."""
+    wanted = str if fixed == "string" else int
+    allowed = {wanted, type(None)}
+    if all(values is None or set(map(type, values)) <= allowed for values in columns.values()):
+        return []  # the common case, in C: no loop in Python
+    errors = [
+        FieldError(
+            i,
+            name,
+            f"expected an {fixed} class label, the type the labels of this model have",
+            "label_type",
+        )
+        for name, values in columns.items()
+        if values is not None
+        for i, v in enumerate(values)
+        if v is not None and type(v) is not wanted
+    ]
+    return sorted(errors, key=lambda e: (e.index or 0, e.field))[:MAX_ERRORS]
+
+
 def _label_message(err: ErrorDetails) -> str:
     if err["type"] == "finite_number":
         return _MESSAGES["finite_number"]
+    if err["loc"][-1] in ("label", "prediction"):  # one type, not a union: the schema fixed it
+        if err["type"] in ("int_type", "int_from_float"):
+            return "expected an integer class label (the schema's label_type)"
+        if err["type"] in ("string_type", "string_too_short", "string_too_long"):
+            return "expected a non-empty string class label (the schema's label_type)"
     return (
         "expected an integer or a non-empty string for a class label,"
         " or a finite number for a regression target"

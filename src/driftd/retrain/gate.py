@@ -184,9 +184,14 @@ class Gate:
         if candidate is None:
             return Rule("vs_champion", False, f"no candidate {m} to compare with the champion")
         if not math.isfinite(champion):
-            # A champion that cannot be scored is no bar; the absolute rules still apply.
+            # Closed, not open: a champion that cannot be scored on the holdout means the two
+            # do not see the same task (labels of another type, classes it never knew), and
+            # a candidate that passes only the absolute rules could answer in other types.
             return Rule(
-                "vs_champion", True, f"champion {m} is {champion}; compared on absolute rules only"
+                "vs_champion",
+                False,
+                f"the champion's {m} on the holdout is {champion}: it cannot be compared,"
+                " so no candidate replaces it",
             )
         gain = candidate - champion if self.higher else champion - candidate
         reasons, good = [], True

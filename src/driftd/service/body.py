@@ -16,9 +16,9 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from driftd.config import ServerConfig
-from driftd.ingest.columns import ColumnDecoder
+from driftd.ingest.columns import ColumnDecoder, Columns
 from driftd.ingest.schema import Schema
-from driftd.ingest.validation import FieldError, InvalidInput, Validators
+from driftd.ingest.validation import FieldError, InvalidInput, Validators, late_timestamps
 from driftd.service.http import CLOSE, ApiError
 
 __all__ = ["JSON_TYPES", "NDJSON_TYPES", "Bodies"]
@@ -40,6 +40,7 @@ class Bodies:
         # Parsing stops at the batch cap; the documented schema leaves the cap to the 413.
         self.validators = Validators(schema, max_items=server.max_batch_size)
         self.columns = ColumnDecoder.for_schema(schema, max_items=server.max_batch_size)
+        self.max_ahead = schema.max_timestamp_ahead
 
     def media_type(self, request: Request, *, ndjson: bool) -> str:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -113,7 +114,7 @@ class Bodies:
                 raise ApiError(413, "batch_too_large", msg) from None
             if exc.malformed:
                 raise ApiError(400, "malformed_json", exc.errors[0].message, exc.errors) from None
-            raise ApiError(422, "invalid_record", str(exc), exc.errors) from None
+            raise _invalid(exc) from None
 
     def check_batch(self, n: int) -> None:
         cap = self.server.max_batch_size
@@ -130,11 +131,32 @@ class Bodies:
             )
 
     def parsed(
-        self, adapter: Any, body: bytes, kind: str, then: Callable[..., Any], *args: Any
+        self,
+        adapter: Any,
+        body: bytes | bytearray,
+        kind: str,
+        then: Callable[..., Any],
+        *args: Any,
+        now: float,
     ) -> Any:
-        """Parse and validate a batch, then ``then(batch, *args)``: run in one task on the
+        """Parse and validate a batch, then ``then(batch, *args, now)``: run in one task on the
         ingest worker, one thread hop per request, and the event loop never spends the
-        milliseconds a large batch takes to parse."""
+        milliseconds a large batch takes to parse. What ``then`` refuses as invalid (a label of
+        the wrong class type) is a 422 like any other invalid field."""
         batch = self.parse(adapter, body, kind)
         self.check_batch(len(batch))
-        return then(batch, *args)
+        times = (
+            batch.timestamps
+            if isinstance(batch, Columns)
+            else [item.get("timestamp") for item in batch]
+        )
+        if times and (late := late_timestamps(times, now + self.max_ahead)):
+            raise _invalid(InvalidInput(late, total=len(late)))
+        try:
+            return then(batch, *args, now)
+        except InvalidInput as exc:
+            raise _invalid(exc) from None
+
+
+def _invalid(exc: InvalidInput) -> ApiError:
+    return ApiError(422, "invalid_record", str(exc), exc.errors)

@@ -24,7 +24,8 @@ from driftd._fs import atomic_write
 from driftd.config import StoreConfig
 from driftd.ingest.batch import Batch
 from driftd.ingest.columns import Columns
-from driftd.ingest.schema import Label, LabelRecord, Record, Schema
+from driftd.ingest.schema import Label, LabelRecord, LabelType, Record, Schema, label_type_of
+from driftd.ingest.validation import InvalidInput, mistyped_labels
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.serving import Serving
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHECKPOINT = "monitor.ckpt"
+LABEL_TYPE = "label_type"  # the store's state key for the class type the first label fixed
 
 
 class NoModel(RuntimeError):
@@ -91,6 +93,7 @@ class Engine:
         self._on_alarm: Callable[[MonitorEvent], None] = lambda _: None
         self._on_joined: Callable[[list[Joined]], None] = lambda _: None
         self._store_records = 0
+        self._label_type: LabelType | None = schema.label_type
 
     # -- lifecycle -------------------------------------------------------------------------
     def subscribe(
@@ -120,6 +123,11 @@ class Engine:
             unseen=lambda: self.monitor.unseen_categories,
         )
         self._store_records = self.store.counts()["records"]
+        self._label_type = (
+            self.schema.label_type
+            or self.store.get_state(LABEL_TYPE)
+            or self.store.first_label_type()
+        )
 
     def close(self) -> None:
         """Write the checkpoint and stop the worker after the work it holds."""
@@ -157,6 +165,8 @@ class Engine:
             raise NoModel("no model yet")
         X = rows_to_matrix(self.schema, instances)
         preds = live.predict(X)
+        if self._label_type is None and preds:  # the first model's classes fix the type
+            self._fix_label_type(label_type_of(preds[0]))
         batch = Batch(instances, now, ids=ids, predictions=preds, model_version=live.version)
         result = self.store.add_records(batch, source="predict", received=now)
         self.metrics.predictions.inc(len(instances))
@@ -167,6 +177,7 @@ class Engine:
         self, records: Sequence[Record] | Columns, source: str, now: float
     ) -> IngestResult:
         batch = records.batch(now) if isinstance(records, Columns) else _batch(records, now)
+        self._check_label_types(prediction=batch.predictions, label=batch.labels)
         result = self.store.add_records(batch, source=source, received=now)
         self._after_ingest(result, batch, source, now)
         return result
@@ -193,6 +204,7 @@ class Engine:
         self._joined(result.joined, now)
 
     def add_labels(self, labels: Sequence[LabelRecord], now: float) -> dict[str, Any]:
+        self._check_label_types(label=[lb["label"] for lb in labels])
         result = self.store.add_labels(
             [(lb["id"], lb["label"], lb.get("timestamp", now)) for lb in labels]
         )
@@ -207,6 +219,38 @@ class Engine:
             "pending": result.pending,
             "duplicates": result.duplicates,
         }
+
+    def _check_label_types(self, **columns: Sequence[Label | None] | None) -> None:
+        """Refuse class labels (and predictions) of another type than the stored ones, as
+        :class:`InvalidInput`. Unless the schema fixes the type, the first label stored does;
+        a model fitted on ``1`` and ``"1"`` alike would answer strings to consumers of integers,
+        and a champion could no longer be scored against its challenger."""
+        if self.schema.task != "classification":
+            return
+        fixed = self._label_type or self._served_label_type()
+        if fixed is None:
+            given = (v for values in columns.values() if values for v in values if v is not None)
+            first = next(given, None)
+            if first is None:
+                return
+            fixed = label_type_of(first)
+        errors = mistyped_labels(fixed, columns)
+        if errors:
+            raise InvalidInput(errors)
+        if self._label_type is None:
+            self._fix_label_type(fixed)
+
+    def _served_label_type(self) -> LabelType | None:
+        """The class type of the serving model's classes, if one serves: a first model fitted
+        on a history file fixes the type before any label has been stored."""
+        live = self.serving.current
+        classes = getattr(live.model, "classes_", None) if live is not None else None
+        return label_type_of(classes[0]) if classes is not None and len(classes) else None
+
+    def _fix_label_type(self, fixed: LabelType) -> None:
+        self._label_type = fixed
+        self.store.put_state(LABEL_TYPE, fixed)
+        log.info("class labels are of type %s from now on", fixed)
 
     def _joined(self, joined: list[Joined], now: float) -> None:
         if not joined:
@@ -326,7 +370,7 @@ def _batch(records: Sequence[Record], now: float) -> Batch:
     given: set[str] = set().union(*records)  # the optional fields any record has
     return Batch(
         [r["features"] for r in records],
-        [r.get("timestamp") or now for r in records] if "timestamp" in given else now,
+        [r.get("timestamp", now) for r in records] if "timestamp" in given else now,
         ids=[r.get("id") for r in records] if "id" in given else None,
         predictions=[r.get("prediction") for r in records] if "prediction" in given else None,
         labels=[r.get("label") for r in records] if "label" in given else None,

@@ -9,6 +9,7 @@ engine's worker; an endpoint holds no business logic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 from collections.abc import Callable
@@ -151,7 +152,8 @@ async def _store(
     parts = _parts(api)
     then = ingest(parts.engine)
     chosen = adapter(bodies.validators)
-    return await _on_worker(parts, bodies.parsed, chosen, body, kind, then, *args, time.time())
+    parse = functools.partial(bodies.parsed, chosen, body, kind, then, *args, now=time.time())
+    return await _on_worker(parts, parse)
 
 
 # -- operators ---------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 
 from driftd.errors import StoreVersionError
 from driftd.ingest.batch import Batch
-from driftd.ingest.schema import Label, Schema
+from driftd.ingest.schema import Label, LabelType, Schema, label_type_of
 from driftd.store.batch_insert import BatchWriter, Ids, chunks
 from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
 
@@ -395,6 +395,14 @@ class Store:
             "first_index": first or 0,
             "last_index": last or 0,
         }
+
+    def first_label_type(self) -> LabelType | None:
+        """The class type of the first stored label, for a store written before the type was
+        kept in its state; ``None`` if no record has a label yet."""
+        row = self.db.execute(
+            "SELECT label FROM records WHERE label IS NOT NULL ORDER BY idx LIMIT 1"
+        ).fetchone()
+        return None if row is None else label_type_of(json.loads(row[0]))
 
     def labelled_count(self, *, since_idx: int = 0) -> int:
         with self.reader() as conn:
