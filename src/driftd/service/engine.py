@@ -88,6 +88,7 @@ class Engine:
         self.clock = clock
         self.monitor = Monitor(schema, monitor)
         self.monitor_index = 0
+        self.monitor_join = 0  # the last join the monitor has seen, by the store's numbering
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-ingest")
         self._closed = False
         self._on_alarm: Callable[[MonitorEvent], None] = lambda _: None
@@ -257,11 +258,16 @@ class Engine:
             return
         for j in joined:
             self.metrics.label_delay.observe(j.delay)
+        events = self._outcomes(joined, now)
+        self._record_events(events, now)
+        self._on_joined(joined)
+
+    def _outcomes(self, joined: list[Joined], now: float) -> list[MonitorEvent]:
         events = self.monitor.update_outcomes(
             [j.idx for j in joined], [j.prediction for j in joined], [j.label for j in joined], now
         )
-        self._record_events(events, now)
-        self._on_joined(joined)
+        self.monitor_join = max(self.monitor_join, joined[-1].seq)
+        return events
 
     def _record_events(self, events: list[MonitorEvent], now: float) -> None:
         if not events:
@@ -287,15 +293,20 @@ class Engine:
     def checkpoint(self) -> None:
         """Write the detector state atomically (header line, then the monitor's bytes)."""
 
-        def dump() -> tuple[int, bytes]:
-            return self.monitor_index, self.monitor.dumps()
+        def dump() -> tuple[int, int, bytes]:
+            return self.monitor_index, self.monitor_join, self.monitor.dumps()
 
-        index, data = self.run(dump)
-        header = {"format": 1, "last_index": index, "schema": self.schema.fingerprint()}
+        index, join, data = self.run(dump)
+        header = {
+            "format": 1,
+            "last_index": index,
+            "last_join": join,
+            "schema": self.schema.fingerprint(),
+        }
         atomic_write(self.checkpoint_path, json.dumps(header).encode() + b"\n" + data)
 
     def _restore_monitor(self) -> None:
-        last = 0
+        last, last_join = 0, 0
         try:
             raw = self.checkpoint_path.read_bytes()
         except FileNotFoundError:
@@ -306,6 +317,8 @@ class Engine:
                 header = json.loads(head)
                 self.monitor = Monitor.loads(body, self.schema, self.monitor_config)
                 last = int(header["last_index"])
+                # A checkpoint from before joins were numbered: nothing is known to replay.
+                last_join = int(header.get("last_join", self.store.last_join))
                 log.info("monitor restored from its checkpoint at record %d", last)
             except CheckpointMismatch as exc:
                 self._monitor_reset(f"checkpoint written under another configuration ({exc})")
@@ -329,6 +342,15 @@ class Engine:
             replayed += len(batch)
         if replayed:
             log.info("monitor caught up on %d record(s) stored after its checkpoint", replayed)
+        # And the outcomes joined after it, in the order they joined, into the error detector.
+        # Their events, like the records', were recorded before the crash.
+        self.monitor_join = last_join
+        outcomes = 0
+        while joined := self.store.joined_after(self.monitor_join):
+            self._outcomes(joined, self.clock())
+            outcomes += len(joined)
+        if outcomes:
+            log.info("monitor caught up on %d outcome(s) joined after its checkpoint", outcomes)
 
     def _monitor_reset(self, why: str) -> None:
         log.warning("monitor starts fresh: %s", why)

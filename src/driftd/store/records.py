@@ -21,13 +21,15 @@ __all__ = ["Event", "IngestResult", "Joined", "LabelResult", "Snapshot"]
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    """A label that met its prediction: the record's index and time, both values, and the delay."""
+    """A label that met its prediction: the record's index, both values, the delay, the model
+    that predicted, and the join's number in the order outcomes joined (``seq``)."""
 
     idx: int
     prediction: Label
     label: Label
     delay: float
     model_version: int | None = None
+    seq: int = 0
 
 
 @dataclass(slots=True)

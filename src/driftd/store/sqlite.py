@@ -35,8 +35,20 @@ __all__ = ["SCHEMA_VERSION", "Store"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BACKSTOP_PAGES = 20_000  # 80 MB of WAL at SQLite's default 4 KiB page
+
+# Each step takes a store of the version before to its version, in the open's transaction.
+_MIGRATIONS = {
+    # The order labels met their predictions, so that a restart can replay into the error
+    # detector the outcomes joined after the monitor's last checkpoint (label_ts follows the
+    # producers' clocks, not the order of arrival).
+    2: (
+        "ALTER TABLE records ADD COLUMN join_seq INTEGER",
+        "CREATE INDEX IF NOT EXISTS records_joined ON records (join_seq)"
+        " WHERE join_seq IS NOT NULL",
+    ),
+}
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,9 +63,11 @@ CREATE TABLE IF NOT EXISTS records (
     prediction TEXT,
     model_version INTEGER,
     label TEXT,
-    label_ts REAL
+    label_ts REAL,
+    join_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_labelled ON records (idx) WHERE label IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_joined ON records (join_seq) WHERE join_seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS pending_labels (
     rid TEXT PRIMARY KEY,
     label TEXT NOT NULL,
@@ -96,6 +110,7 @@ class Store:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pending = 0
+        self._join_seq = 0  # the last join's sequence number
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Store:
@@ -118,7 +133,10 @@ class Store:
                     "INSERT OR IGNORE INTO meta VALUES ('features', ?)",
                     (self.schema.fingerprint(),),
                 )
+        elif version < SCHEMA_VERSION:
+            self._migrate(db, version)
         self._db = db
+        self._join_seq = db.execute("SELECT max(join_seq) FROM records").fetchone()[0] or 0
         self._pending = db.execute("SELECT count(*) FROM pending_labels").fetchone()[0]
         if self.checkpoint_every is not None:
             # Copying the WAL back into the database (every 1,000 pages by default) would
@@ -143,6 +161,14 @@ class Store:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:  # busy or I/O: the next round or the writer retries
                     log.debug("WAL checkpoint skipped: %s", exc)
+
+    def _migrate(self, db: sqlite3.Connection, version: int) -> None:
+        with _tx(db):
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[step]:
+                    db.execute(stmt)
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        log.info("store upgraded from schema %d to %d", version, SCHEMA_VERSION)
 
     def _check_version(self, db: sqlite3.Connection) -> int | None:
         has_meta = db.execute(
@@ -215,13 +241,23 @@ class Store:
                 result.duplicates = [
                     rid for rid, p in zip(ids, positions, strict=True) if p is None
                 ]
-            if batch.predictions is not None and batch.labels is not None:
+            if batch.predictions is not None and batch.labels is not None and accepted:
+                # One statement numbers the joins: by index, gaps where a record has no
+                # outcome (the numbers only need to keep the order).
+                base = self._join_seq + 1 - first
                 outcomes = zip(positions, batch.predictions, batch.labels, strict=True)
                 result.joined = [
-                    Joined(p, pred, label, 0.0, batch.model_version)
+                    Joined(p, pred, label, 0.0, batch.model_version, base + p)
                     for p, pred, label in outcomes
                     if p is not None and label is not None and pred is not None
                 ]
+                if result.joined:
+                    db.execute(
+                        "UPDATE records SET join_seq = idx + ? WHERE idx BETWEEN ? AND ?"
+                        " AND label IS NOT NULL AND prediction IS NOT NULL",
+                        (base, first, first + accepted - 1),
+                    )
+                    self._join_seq = result.joined[-1].seq
             if self._pending:
                 result.joined += self._join_pending(db, list(ids), received)
         return result
@@ -245,16 +281,27 @@ class Store:
         return joined
 
     def _apply_label(self, db: sqlite3.Connection, rid: str, label: str, ts: float) -> list[Joined]:
-        row = db.execute(
-            "UPDATE records SET label=?, label_ts=? WHERE rid=? AND label IS NULL"
-            " RETURNING idx, ts, prediction, model_version",
-            (label, ts, rid),
-        ).fetchone()
+        row = self._label_row(db, rid, label, ts)
         if row is None or row[2] is None:
             return []
-        return [
-            Joined(row[0], json.loads(row[2]), json.loads(label), max(0.0, ts - row[1]), row[3])
-        ]
+        delay = max(0.0, ts - row[1])
+        return [Joined(row[0], json.loads(row[2]), json.loads(label), delay, row[3], row[4])]
+
+    def _label_row(
+        self, db: sqlite3.Connection, rid: str, label: str, ts: float
+    ) -> tuple[Any, ...] | None:
+        """Set the label of record ``rid`` if it has none; the next join number goes with it
+        when it meets a prediction. ``(idx, ts, prediction, model_version, join_seq)``."""
+        row: tuple[Any, ...] | None = db.execute(
+            "UPDATE records SET label=?, label_ts=?,"
+            " join_seq = CASE WHEN prediction IS NULL THEN NULL ELSE ? END"
+            " WHERE rid=? AND label IS NULL"
+            " RETURNING idx, ts, prediction, model_version, join_seq",
+            (label, ts, self._join_seq + 1, rid),
+        ).fetchone()
+        if row is not None and row[4] is not None:
+            self._join_seq = row[4]
+        return row
 
     def add_labels(self, labels: Sequence[tuple[str, Label, float]]) -> LabelResult:
         """Attach delayed labels ``(id, label, time)`` to their records in one transaction.
@@ -266,15 +313,12 @@ class Store:
         with self._lock, _tx(self.db) as db:
             for rid, label, ts in labels:
                 text = json.dumps(label)
-                row = db.execute(
-                    "UPDATE records SET label=?, label_ts=? WHERE rid=? AND label IS NULL"
-                    " RETURNING idx, ts, prediction, model_version",
-                    (text, ts, rid),
-                ).fetchone()
+                row = self._label_row(db, rid, text, ts)
                 if row is not None:
                     if row[2] is not None:
+                        delay = max(0.0, ts - row[1])
                         result.joined.append(
-                            Joined(row[0], json.loads(row[2]), label, max(0.0, ts - row[1]), row[3])
+                            Joined(row[0], json.loads(row[2]), label, delay, row[3], row[4])
                         )
                     continue
                 exists = db.execute("SELECT 1 FROM records WHERE rid=?", (rid,)).fetchone()
@@ -437,6 +481,25 @@ class Store:
         categorical = [json.loads(r[3]) for r in rows] if self._categorical else [[] for _ in rows]
         labels = [json.loads(r[4]) for r in rows]
         return Snapshot.of(idx, ts, numeric, categorical, labels)
+
+    def joined_after(self, seq: int, *, limit: int = 10_000) -> list[Joined]:
+        """Outcomes joined after join number ``seq``, in the order they joined: what the
+        monitor replays into the error detector after a restart."""
+        with self.reader() as conn:
+            rows = conn.execute(
+                "SELECT idx, prediction, label, max(0.0, label_ts - ts), model_version, join_seq"
+                " FROM records WHERE join_seq > ? ORDER BY join_seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return [
+            Joined(i, json.loads(pred), json.loads(label), delay, version, s)
+            for i, pred, label, delay, version, s in rows
+        ]
+
+    @property
+    def last_join(self) -> int:
+        """The last join's number (0 before the first)."""
+        return self._join_seq
 
     def records_after(
         self, idx: int, *, limit: int = 10_000
