@@ -14,6 +14,7 @@ from driftd.models.serving import Serving
 from driftd.monitor import MonitorConfig
 from driftd.service.engine import Engine
 from driftd.store import Store
+from driftd.store.sqlite import SCHEMA_VERSION
 
 SCHEMA = Schema(features=(Feature("x0"), Feature("x1")))
 NOW = 1_000_000.0
@@ -101,13 +102,14 @@ def test_a_store_of_schema_one_is_upgraded_and_numbers_its_joins(tmp_path: Path)
     db = sqlite3.connect(path)
     db.executescript(
         "DROP INDEX records_joined; ALTER TABLE records DROP COLUMN join_seq;"
+        " ALTER TABLE records DROP COLUMN proba;"
         " UPDATE meta SET value='1' WHERE key='schema_version';"
     )
     db.close()
     store = Store(path, SCHEMA).open()
     try:
         version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'")
-        assert version.fetchone()[0] == "2"
+        assert version.fetchone()[0] == str(SCHEMA_VERSION)
         store.add_records(
             Batch([{"x0": 0.0, "x1": 1.0}] * 3, NOW, ids=["a", "b", "c"], predictions=[0, 1, 0]),
             source="predict",

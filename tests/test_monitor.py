@@ -378,6 +378,7 @@ def test_status_and_states_are_json_able() -> None:
         ("category", "c"),
         ("prediction", None),
         ("error", None),
+        ("estimated", None),
     ]
     assert all(isinstance(s, DetectorState) for s in states)
 

@@ -80,6 +80,7 @@ class _LiveCollector(Collector):
         self.detectors: StateReader = lambda: ()
         self.store_records: Callable[[], int] = lambda: 0
         self.live_score: Callable[[], tuple[str, float | None]] = lambda: ("accuracy", None)
+        self.estimated: Callable[[], Mapping[str, Mapping[str, float]]] = dict
         self.unseen: Callable[[], Mapping[str, int]] = dict
         self.categorical: list[str] = []
 
@@ -110,6 +111,23 @@ class _LiveCollector(Collector):
         )
         score.add_metric([metric], float("nan") if live is None else live)
         yield score
+        estimated = GaugeMetricFamily(
+            "driftd_estimated_score",
+            "The serving model's score estimated from its class probabilities over the live"
+            " window, before labels arrive (CBPE; absent until enough predictions).",
+            labels=["metric"],
+        )
+        band = GaugeMetricFamily(
+            "driftd_estimated_score_band",
+            "Bounds of the estimated score's sampling-error band (3 standard errors).",
+            labels=["metric", "bound"],
+        )
+        for name, est in self.estimated().items():
+            estimated.add_metric([name], est["value"])
+            band.add_metric([name, "lower"], est["lower"])
+            band.add_metric([name, "upper"], est["upper"])
+        yield estimated
+        yield band
         # A counter kept by the monitor (it survives restarts in the checkpoint); exported
         # here so that every categorical feature has a series from the start.
         unseen = CounterMetricFamily(
@@ -253,7 +271,7 @@ class Metrics:
             self.records.labels(source)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
-        for kind in ("data_drift", "concept_drift"):
+        for kind in ("data_drift", "concept_drift", "performance_drop_estimated"):
             self.drift_alarms.labels(kind)
 
     def declare_features(
@@ -271,11 +289,12 @@ class Metrics:
         store_records: Callable[[], int],
         live_score: Callable[[], tuple[str, float | None]],
         unseen: Callable[[], Mapping[str, int]],
+        estimated: Callable[[], Mapping[str, Mapping[str, float]]] = dict,
     ) -> None:
         """Where the scrape-time gauges read the daemon's live state from."""
         live = self.live
         live.detectors, live.store_records = detectors, store_records
-        live.live_score, live.unseen = live_score, unseen
+        live.live_score, live.unseen, live.estimated = live_score, unseen, estimated
 
     def set_model(self, version: int, manifest: dict[str, Any]) -> None:
         self.model_version.set(version)

@@ -23,7 +23,8 @@ class Batch:
 
     ``ts`` is one time for every record or one per record. ``ids`` has one entry per record,
     ``None`` where the store is to make one up (``None`` alone: for all of them);
-    ``predictions`` and ``labels`` are ``None`` when no record has one. ``numeric``, when
+    ``predictions`` and ``labels`` are ``None`` when no record has one, ``probas`` (each a
+    mapping of class, as a string, to its probability) likewise. ``numeric``, when
     given, is the numeric features already packed as the store writes them (native float64
     rows in the schema's order), so that they are not taken out of ``features`` again.
     """
@@ -35,6 +36,7 @@ class Batch:
     labels: Sequence[Label | None] | None = None
     model_version: int | None = None
     numeric: bytes | None = None
+    probas: Sequence[Mapping[str, float] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.features)

@@ -38,6 +38,23 @@ class LiveModel:
         out: npt.NDArray[Any] = self.model.predict(X)
         return [v.item() if isinstance(v, np.generic) else v for v in out]
 
+    def probabilities(self, X: npt.NDArray[Any]) -> list[dict[str, float]] | None:
+        """Each row's class probabilities, class (as a string) -> probability, or ``None`` for
+        a model that gives none (a regressor, an SVC without ``probability=True``) or gives
+        some that are not finite."""
+        proba = getattr(self.model, "predict_proba", None)  # absent where it is not offered
+        classes = getattr(self.model, "classes_", None)
+        if proba is None or classes is None:
+            return None
+        try:
+            out = np.asarray(proba(X), dtype=np.float64)
+        except (AttributeError, NotImplementedError, ValueError, TypeError):
+            return None
+        if out.ndim != 2 or out.shape[1] != len(classes) or not np.isfinite(out).all():
+            return None
+        names = [str(c) for c in np.asarray(classes).tolist()]
+        return [dict(zip(names, row, strict=True)) for row in out.tolist()]
+
     def warm_up(self, rows: npt.NDArray[Any]) -> float:
         """Predict ``rows`` one at a time; raise :class:`WarmupError` on any
         failure. Returns the median single-row latency in seconds, leaving out the first call,

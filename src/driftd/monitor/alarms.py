@@ -87,6 +87,10 @@ class AlarmPolicy:
         """Record a reported error-stream drift; return whether it raises an alarm."""
         return self._alarm("concept_drift", index)
 
+    def performance_drop(self, index: int) -> bool:
+        """Record a reported rise of the estimated error; return whether it raises an alarm."""
+        return self._alarm("performance_drop_estimated", index)
+
     def drifting(self) -> list[str]:
         """Features with a reported drift in the current window, oldest first."""
         return sorted(self._recent, key=self._recent.__getitem__)

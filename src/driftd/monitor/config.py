@@ -62,7 +62,10 @@ class MonitorConfig:
     first ``moments_reference`` records after a rebaseline (pairs only up to
     ``moments_pairs_max_features`` numeric features); their threshold keeps the whole
     family at one false alarm per ``false_alarm_run`` records on average (see
-    :mod:`driftd.monitor.moments`).
+    :mod:`driftd.monitor.moments`). ``estimate_performance`` (classification) estimates the
+    live score from the models' class probabilities before labels arrive and watches the
+    expected error with ADWIN (:mod:`driftd.monitor.estimated`); with ``estimated_retrain``
+    its alarm reaches the retrain trigger like a drift alarm.
     """
 
     numeric_detector: NumericDetector = "adwin"
@@ -83,6 +86,8 @@ class MonitorConfig:
     moments_reference: int = field(default=1000, metadata={"min": 100})
     moments_pairs_max_features: int = field(default=32, metadata={"min": 0})
     false_alarm_run: float = field(default=1e8, metadata={"min": 1000})
+    estimate_performance: bool = True
+    estimated_retrain: bool = True
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
 
     def validate(self) -> list[str]:
@@ -133,6 +138,7 @@ class MonitorConfig:
             "moments_window": self.moments_window,
             "moments_reference": self.moments_reference,
             "moments_pairs_max_features": self.moments_pairs_max_features,
+            "estimate_performance": self.estimate_performance,
         }
         text = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -14,8 +14,8 @@ from typing import Any, Literal
 __all__ = ["AlarmKind", "DetectorState", "EventKind", "MonitorEvent", "Signal"]
 
 EventKind = Literal["detection", "warning", "alarm"]
-AlarmKind = Literal["data_drift", "concept_drift"]
-Signal = Literal["feature", "category", "prediction", "error"]
+AlarmKind = Literal["data_drift", "concept_drift", "performance_drop_estimated"]
+Signal = Literal["feature", "category", "prediction", "error", "estimated"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from driftd.monitor.categories import CategoryWatch
 from driftd.monitor.changepoint import RECENT, RecentValues, mean_change
 from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import MonitorConfig
+from driftd.monitor.estimated import Estimate, EstimatedScore
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
 from driftd.monitor.moments import SecondMoments
@@ -31,6 +32,14 @@ from driftd.monitor.robust import RobustScale
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 
 __all__ = ["Monitor"]
+
+
+def _class_order(name: str) -> tuple[int, int, str]:
+    """Classes in their natural order, as scikit-learn sorts them: integers by value (their
+    names are strings here), then strings."""
+    integer = name.lstrip("-").isdigit()
+    return (0, int(name), "") if integer else (1, 0, name)
+
 
 Value = float | str
 Label = int | str | float
@@ -124,6 +133,12 @@ class Monitor:
         self._features_map = IndexMap()
         self._prediction_map = IndexMap()
         self._error_map = IndexMap()
+        self._estimated_map = IndexMap()
+        self._estimated: EstimatedScore | None = None
+        self._estimated_watch: Watch | None = None
+        if schema.task == "classification" and cfg.estimate_performance:
+            self._estimated = EstimatedScore(cfg.live_window, cfg.live_min_labels)
+            self._estimated_watch = Watch("adwin", self._params("adwin", 1))
         self._fresh_estimates()
         self._policy = AlarmPolicy(
             cfg.alarm.features, cfg.alarm.window, cfg.alarm.suppress, n_features
@@ -166,6 +181,7 @@ class Monitor:
         now: float,
         *,
         numeric: npt.NDArray[np.float64] | None = None,
+        probas: Sequence[Mapping[str, float] | None] | None = None,
     ) -> list[MonitorEvent]:
         """Feed records ``start_index, start_index + 1, ...``; return what they revealed.
 
@@ -173,6 +189,8 @@ class Monitor:
         and are skipped. Predictions of records before the last :meth:`rebaseline` are
         ignored: they came from the previous model. ``numeric``, the numeric features as an
         ``(n, k)`` array in the schema's order, saves taking the columns out of the dicts.
+        ``probas``, each prediction's class probabilities (class as a string -> probability),
+        feed the estimated score.
         """
         if predictions is not None and len(predictions) != len(features):
             raise ValueError(
@@ -184,6 +202,7 @@ class Monitor:
             features = features[skip:]
             predictions = predictions[skip:] if predictions is not None else None
             numeric = numeric[skip:] if numeric is not None else None
+            probas = probas[skip:] if probas is not None else None
             start_index += skip
         n = len(features)
         if n == 0:
@@ -223,6 +242,8 @@ class Monitor:
             order += 1
         if predictions is not None:
             raw.extend(self._feed_predictions(start_index, predictions, order))
+            if probas is not None and self._estimated is not None:
+                raw.extend(self._feed_estimated(start_index, predictions, probas, order + 1))
         self._next_index = start_index + n
         return self._events(raw, now)
 
@@ -247,6 +268,42 @@ class Monitor:
         return [
             (pmap.index_at(h.at), order, "prediction", None, h)
             for h in self._prediction.feed(values)
+        ]
+
+    def _feed_estimated(
+        self,
+        start: int,
+        predictions: Sequence[Label | None],
+        probas: Sequence[Mapping[str, float] | None],
+        order: int,
+    ) -> list[tuple[int, int, Signal, str | None, Hit]]:
+        """The probability of each predicted class into the estimate, and the expected error
+        (one minus it) into its detector. Predictions of the model before a rebaseline and
+        those without probabilities are left out."""
+        assert self._estimated is not None
+        assert self._estimated_watch is not None
+        offset = max(0, self._baseline - start)
+        at, confidence = [], []
+        positives: list[tuple[float, bool]] | None = []
+        for i in range(offset, len(predictions)):
+            proba, pred = probas[i], predictions[i]
+            if proba is None or pred is None or (c := proba.get(str(pred))) is None:
+                continue
+            at.append(start + i)
+            confidence.append(c)
+            if positives is not None and len(proba) == 2:
+                positive = max(proba, key=_class_order)
+                positives.append((proba[positive], str(pred) == positive))
+            else:
+                positives = None  # not a binary model: accuracy only
+        if not at:
+            return []
+        self._estimated.extend(confidence, positives=positives)
+        self._estimated_map.extend(at)
+        emap = self._estimated_map
+        return [
+            (emap.index_at(h.at), order, "estimated", None, h)
+            for h in self._estimated_watch.feed([1.0 - c for c in confidence])
         ]
 
     def update_outcomes(
@@ -303,6 +360,9 @@ class Monitor:
             cats.reset()
         self._prediction.reset()
         self._error.reset()
+        if self._estimated is not None and self._estimated_watch is not None:
+            self._estimated.reset()
+            self._estimated_watch.reset()
         if self._moments is not None:
             self._moments.reset()
         if self._robust is not None:
@@ -331,6 +391,7 @@ class Monitor:
             "category": self._features_map,
             "prediction": self._prediction_map,
             "error": self._error_map,
+            "estimated": self._estimated_map,
         }
         events: list[MonitorEvent] = []
         for index, _, signal, feature, hit in raw:
@@ -372,6 +433,14 @@ class Monitor:
                     )
             elif signal == "error" and self._policy.concept_drift(index):
                 events.append(self._alarm("concept_drift", signal, None, index, now, change, stats))
+            elif (
+                signal == "estimated"
+                and stats.get("mean_after", 0.0) > stats.get("mean_before", 0.0)
+                and self._policy.performance_drop(index)
+            ):
+                # Only a rise of the expected error: a model growing more confident is no alarm.
+                kind = "performance_drop_estimated"
+                events.append(self._alarm(kind, signal, None, index, now, change, stats))
         return events
 
     def _estimate(self, signal: Signal, feature: str | None, hit: Hit) -> int:
@@ -434,7 +503,13 @@ class Monitor:
         stats: dict[str, Any],
     ) -> MonitorEvent:
         self._counts["alarm"] += 1
-        alarm: AlarmKind = "data_drift" if kind == "data_drift" else "concept_drift"
+        alarm: AlarmKind = (
+            "data_drift"
+            if kind == "data_drift"
+            else "performance_drop_estimated"
+            if kind == "performance_drop_estimated"
+            else "concept_drift"
+        )
         event = MonitorEvent("alarm", alarm, signal, feature, index, now, change, dict(stats))
         self._last_alarm = event.as_dict()
         return event
@@ -470,12 +545,23 @@ class Monitor:
                 "error", None, self._state("error", None, self._error.warning), self._error.estimate
             )
         )
+        if self._estimated_watch is not None:
+            w = self._estimated_watch
+            out.append(
+                DetectorState("estimated", None, self._state("estimated", None, False), w.estimate)
+            )
         return out
 
     @property
     def live_score(self) -> tuple[str, float | None]:
         """``("accuracy", value)`` or ``("mae", value)``; the value is None until enough labels."""
         return self._live.metric, self._live.value
+
+    @property
+    def estimated_scores(self) -> dict[str, Estimate]:
+        """The live score estimated from the probabilities (accuracy; F1 and ROC AUC for a
+        binary model), empty until ``live_min_labels`` predictions with probabilities."""
+        return self._estimated.scores() if self._estimated is not None else {}
 
     @property
     def unseen_categories(self) -> dict[str, int]:
@@ -495,6 +581,7 @@ class Monitor:
             "labels": self._labels,
             "baseline_index": self._baseline,
             "live_score": {"metric": metric, "value": value, "count": self._live.count},
+            "estimated_score": {m: e.as_dict() for m, e in self.estimated_scores.items()},
             "detectors": [s.as_dict() for s in self.detector_states()],
             "numeric_detectors": {name: w.kind for name, w in self._numeric.items()},
             "error_detector": self._error.kind,

@@ -121,6 +121,7 @@ class Engine:
             ),
             store_records=lambda: self._store_records,
             live_score=lambda: self.monitor.live_score,
+            estimated=lambda: {m: e.as_dict() for m, e in self.monitor.estimated_scores.items()},
             unseen=lambda: self.monitor.unseen_categories,
         )
         self._store_records = self.store.counts()["records"]
@@ -168,7 +169,10 @@ class Engine:
         preds = live.predict(X)
         if self._label_type is None and preds:  # the first model's classes fix the type
             self._fix_label_type(label_type_of(preds[0]))
-        batch = Batch(instances, now, ids=ids, predictions=preds, model_version=live.version)
+        probas = live.probabilities(X) if self.schema.task == "classification" else None
+        batch = Batch(
+            instances, now, ids=ids, predictions=preds, model_version=live.version, probas=probas
+        )
         result = self.store.add_records(batch, source="predict", received=now)
         self.metrics.predictions.inc(len(instances))
         self._after_ingest(result, batch, "predict", now)
@@ -189,16 +193,23 @@ class Engine:
         if result.duplicates:
             self.metrics.duplicates.inc(len(result.duplicates))
         if result.accepted:
-            features, predictions = batch.features, batch.predictions
+            features, predictions, probas = batch.features, batch.predictions, batch.probas
             if result.inserted is not None:  # leave out the re-sent records
                 kept = result.inserted
                 features = [f for f, k in zip(features, kept, strict=True) if k]
                 if predictions is not None:
                     predictions = [p for p, k in zip(predictions, kept, strict=True) if k]
+                if probas is not None:
+                    probas = [p for p, k in zip(probas, kept, strict=True) if k]
             if predictions is not None and all(p is None for p in predictions):
                 predictions = None
             events = self.monitor.update(
-                result.inserted_idx[0], features, predictions, now, numeric=result.numeric
+                result.inserted_idx[0],
+                features,
+                predictions,
+                now,
+                numeric=result.numeric,
+                probas=probas,
             )
             self.monitor_index = result.inserted_idx[-1]
             self._record_events(events, now)
@@ -278,7 +289,9 @@ class Engine:
                 self.metrics.drift_detected.labels(e.signal, e.feature or "").inc()
             elif e.kind == "alarm" and e.alarm is not None:
                 self.metrics.drift_alarms.labels(e.alarm).inc()
-                self._on_alarm(e)
+                estimated = e.alarm == "performance_drop_estimated"
+                if not estimated or self.monitor_config.estimated_retrain:
+                    self._on_alarm(e)
                 log.warning(
                     "drift alarm (%s) at record %d, change point %d",
                     e.alarm,

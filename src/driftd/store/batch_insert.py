@@ -94,6 +94,8 @@ class BatchWriter:
             columns["prediction"] = batch.predictions
         if batch.labels is not None:
             columns["label"] = batch.labels
+        if batch.probas is not None:
+            columns["proba"] = batch.probas
         if self._categorical:
             columns["cat"] = [_as_list(self._categorical_of(f)) for f in batch.features]
         rows = json.dumps(list(zip(*columns.values(), strict=True))) if columns else _keys(n)
@@ -157,6 +159,7 @@ class BatchWriter:
         ts = [batch.ts] * n if isinstance(batch.ts, int | float) else batch.ts
         preds = batch.predictions or [None] * n
         labels = batch.labels or [None] * n
+        probas = batch.probas or [None] * n
         width = 8 * len(self._numeric)
         params = [
             (
@@ -170,9 +173,10 @@ class BatchWriter:
                 batch.model_version,
                 None if label is None else json.dumps(label),
                 None if label is None else received,
+                None if proba is None else json.dumps(proba),
             )
-            for i, (rid, t, f, pred, label, k) in enumerate(
-                zip(rids, ts, batch.features, preds, labels, keep, strict=True)
+            for i, (rid, t, f, pred, label, proba, k) in enumerate(
+                zip(rids, ts, batch.features, preds, labels, probas, keep, strict=True)
             )
             if k
         ]
@@ -182,7 +186,7 @@ class BatchWriter:
 
 _INSERT = (
     "INSERT INTO records (rid, ts, received, source, num, cat, prediction, model_version,"
-    " label, label_ts) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " label, label_ts, proba) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -221,11 +225,12 @@ def _batch_insert(columns: tuple[str, ...]) -> str:
     label = text("label")
     return f"""
         INSERT INTO records (rid, ts, received, source, num, cat, prediction, model_version,
-                             label, label_ts)
+                             label, label_ts, proba)
         SELECT {rid}, {ts}, :received, :source,
                coalesce(substr(:num, r.key * :width + 1, :width), X''), {cat},
                {text("prediction")}, :version,
-               {label}, CASE WHEN {label} IS NULL THEN NULL ELSE :received END
+               {label}, CASE WHEN {label} IS NULL THEN NULL ELSE :received END,
+               {text("proba")}
         FROM json_each(:rows) AS r
     """  # noqa: S608 - the columns are fixed names, the values all parameters
 

@@ -35,7 +35,7 @@ __all__ = ["SCHEMA_VERSION", "Store"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BACKSTOP_PAGES = 20_000  # 80 MB of WAL at SQLite's default 4 KiB page
 
 # Each step takes a store of the version before to its version, in the open's transaction.
@@ -48,6 +48,9 @@ _MIGRATIONS = {
         "CREATE INDEX IF NOT EXISTS records_joined ON records (join_seq)"
         " WHERE join_seq IS NOT NULL",
     ),
+    # The class probabilities behind each prediction, for estimating the live score before
+    # the labels arrive: a JSON object of class -> probability.
+    3: ("ALTER TABLE records ADD COLUMN proba TEXT",),
 }
 
 _DDL = """
@@ -64,7 +67,8 @@ CREATE TABLE IF NOT EXISTS records (
     model_version INTEGER,
     label TEXT,
     label_ts REAL,
-    join_seq INTEGER
+    join_seq INTEGER,
+    proba TEXT
 );
 CREATE INDEX IF NOT EXISTS records_labelled ON records (idx) WHERE label IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_joined ON records (join_seq) WHERE join_seq IS NOT NULL;

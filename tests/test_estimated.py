@@ -1,0 +1,138 @@
+"""The score estimated from class probabilities (CBPE): unbiased against realized labels drawn
+from those probabilities, a band that is the realized score's spread, and an alarm when the
+expected error rises before any label arrives."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from driftd.ingest.schema import Feature, Schema
+from driftd.monitor import Monitor, MonitorConfig
+from driftd.monitor.estimated import BAND_SE, EstimatedScore
+from driftd.service.parts import STORE_FILE
+from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_estimates_match_the_realized_scores_of_labels_drawn_from_the_probabilities(
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    n = 1000
+    p = rng.beta(2, 2, size=n).round(2)  # rounded: ties in the scores
+    predicted = p >= 0.5
+    est = EstimatedScore(window=n, min_count=10)
+    est.extend(
+        np.where(predicted, p, 1 - p).tolist(),
+        positives=list(zip(p.tolist(), predicted.tolist(), strict=True)),
+    )
+    scores = est.scores()
+    realized: dict[str, list[float]] = {"accuracy": [], "f1": [], "roc_auc": []}
+    for _ in range(400):
+        y = rng.random(n) < p
+        realized["accuracy"].append(float((y == predicted).mean()))
+        realized["f1"].append(float(f1_score(y, predicted)))
+        realized["roc_auc"].append(float(roc_auc_score(y, p)))
+    for metric, values in realized.items():
+        got, spread = scores[metric], float(np.std(values))
+        assert got.value == pytest.approx(np.mean(values), abs=0.003), metric
+        half_width = (got.upper - got.value) / BAND_SE
+        assert half_width == pytest.approx(spread, rel=0.2), metric
+
+
+def test_no_estimate_before_enough_predictions_and_accuracy_only_beyond_two_classes() -> None:
+    est = EstimatedScore(window=100, min_count=50)
+    est.extend([0.9] * 49, positives=None)
+    assert est.scores() == {}
+    est.extend([0.7], positives=None)
+    assert set(est.scores()) == {"accuracy"}
+
+
+def covariate_shift_stream(
+    seed: int, n: int, shift_at: int
+) -> tuple[list[dict[str, float]], list[int], list[dict[str, float]]]:
+    """A logistic model's predictions: confident far from the boundary, then the inputs move
+    onto it (covariate shift), so confidence, and accuracy, fall with no label."""
+    rng = random.Random(seed)
+    feats, preds, probas = [], [], []
+    for i in range(n):
+        x = rng.gauss(3.0 if i < shift_at else 0.0, 1.0) * rng.choice((-1, 1))
+        p1 = 1 / (1 + np.exp(-2 * x))
+        feats.append({"x": x})
+        preds.append(int(p1 >= 0.5))
+        probas.append({"0": 1 - p1, "1": p1})
+    return feats, preds, probas
+
+
+def test_a_covariate_shift_raises_an_estimated_performance_alarm_without_labels() -> None:
+    monitor = Monitor(Schema(features=(Feature("x"),)), MonitorConfig())
+    feats, preds, probas = covariate_shift_stream(seed=3, n=8000, shift_at=4000)
+    events = []
+    for start in range(0, 8000, 500):
+        stop = start + 500
+        events += monitor.update(
+            start, feats[start:stop], preds[start:stop], now=0.0, probas=probas[start:stop]
+        )
+        if start == 3500:
+            before = monitor.estimated_scores["accuracy"]
+    alarms = [e for e in events if e.alarm == "performance_drop_estimated"]
+    assert alarms, [e.as_dict() for e in events]
+    assert 4000 <= alarms[0].index < 4600, alarms[0].as_dict()
+    after = monitor.estimated_scores["accuracy"]
+    assert before.value > 0.95 and after.value < 0.85, (before, after)
+    assert after.lower <= after.value <= after.upper
+    assert set(monitor.status()["estimated_score"]) == {"accuracy", "f1", "roc_auc"}
+
+
+def test_a_stationary_stream_raises_no_estimated_alarm_and_a_rebaseline_starts_over() -> None:
+    monitor = Monitor(Schema(features=(Feature("x"),)), MonitorConfig())
+    feats, preds, probas = covariate_shift_stream(seed=4, n=100_000, shift_at=100_000)
+    events = []
+    for start in range(0, 100_000, 1000):
+        stop = start + 1000
+        events += monitor.update(
+            start, feats[start:stop], preds[start:stop], now=0.0, probas=probas[start:stop]
+        )
+    assert [e for e in events if e.signal == "estimated"] == []
+    monitor.rebaseline(100_000)
+    assert monitor.estimated_scores == {}
+
+
+def test_the_daemon_stores_each_predictions_probabilities_and_exports_the_estimate(
+    tmp_path: Path,
+) -> None:
+    csv_path = write_csv(tmp_path / "boot.csv", make_rows(1000, seed=1))
+    cfg = tmp_path / "driftd.toml"
+    cfg.write_text(config_text(tmp_path / "state", bootstrap=str(csv_path)))
+    daemon = DaemonProcess(cfg).start()
+    try:
+        with daemon.client() as c:
+            rows = [r["features"] for r in make_rows(100, seed=5)]
+            answer = c.post(
+                "/v1/predict", json={"instances": rows, "ids": [f"p{i}" for i in range(100)]}
+            )
+            assert answer.status_code == 200, answer.text
+            status = c.get("/v1/status").json()
+            estimate = status["monitor"]["estimated_score"]["accuracy"]
+            assert estimate["lower"] <= estimate["value"] <= estimate["upper"]
+            assert estimate["count"] == 100
+            text = c.get("/metrics").text
+            assert 'driftd_estimated_score{metric="accuracy"}' in text
+            assert 'driftd_estimated_score_band{bound="lower",metric="roc_auc"}' in text
+        db = sqlite3.connect(tmp_path / "state" / STORE_FILE)
+        try:
+            stored = db.execute("SELECT prediction, proba FROM records WHERE rid='p0'").fetchone()
+        finally:
+            db.close()
+        proba = json.loads(stored[1])
+        assert set(proba) == {"0", "1"} and sum(proba.values()) == pytest.approx(1.0)
+        assert proba[str(json.loads(stored[0]))] >= 0.5
+    finally:
+        daemon.stop()
