@@ -81,6 +81,19 @@ def require_tool(name: str) -> str:
     return path
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for 127.0.0.1 and localhost, and its key, by openssl."""
+    openssl = require_tool("openssl")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    args = ["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
+    args += ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    args += ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    subprocess.run(
+        [openssl, *args, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
+    )
+    return cert, key
+
+
 def yaml_module() -> Any:
     """PyYAML; skipped without it, unless CI demands every check (then fail)."""
     try:
