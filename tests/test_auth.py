@@ -8,7 +8,11 @@ token gets ``403 forbidden``, none or an unknown token ``401 unauthorized``.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +193,27 @@ def test_closed_probes_need_the_read_scope(tmp_path: Path) -> None:
             assert r.status_code == 403
     finally:
         daemon.stop()
+
+
+def test_the_cli_sends_its_token_to_reads_and_to_operator_actions(live: DaemonProcess) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "driftd", *args, "--url", live.url],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+
+    assert cli("status").returncode == 1
+    shown = cli("events", "--limit", "1", "--token", TOKENS["read"])
+    assert shown.returncode == 0, shown.stderr
+    assert "events" in json.loads(shown.stdout)
+    refused = cli("rollback", "--token", TOKENS["read"])
+    assert refused.returncode == 1
+    assert "HTTP 403: this route needs a token with the 'operate' scope" in refused.stderr
+    env["DRIFTD_TOKEN"] = TOKENS["read"]
+    assert cli("models").returncode == 0
