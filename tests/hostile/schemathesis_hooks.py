@@ -5,13 +5,36 @@ arrays have the same length, so a schema-valid ("positive") case may carry a mis
 and be refused with a 422, which the positive-data check would report as a false failure. Such
 a positive case is sent without ``ids`` instead. Negative cases are left alone: the daemon must
 refuse them whatever they hold.
+
+The daemon under test has one token per scope; each operation's ``security`` in the document
+names its scope, and :class:`ScopeToken` sends that scope's token (from ``DRIFTD_FUZZ_TOKENS``,
+a JSON object of scope -> token), so that cases reach the handlers. Schemathesis' own
+``ignored_auth`` check then removes and spoils the token to hold the daemon to its refusals.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import schemathesis
+
+TOKENS: dict[str, str] = json.loads(os.environ["DRIFTD_FUZZ_TOKENS"])
+
+
+@schemathesis.auth(refresh_interval=None, retry_on=[])
+class ScopeToken:
+    """The token of the scope the operation declares; none for an open operation."""
+
+    def get(self, case: Any, context: Any) -> str | None:
+        for requirement in context.operation.definition.raw.get("security", []):
+            for scope in requirement.get("bearer", []):
+                return TOKENS[scope]
+        return None
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
 @schemathesis.hook
