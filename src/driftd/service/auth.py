@@ -24,8 +24,8 @@ __all__ = ["Authorizer"]
 class Authorizer:
     """Which scopes a bearer token holds, among ``tokens`` (scope -> its tokens).
 
-    Without any token, nothing is checked (the daemon listens on loopback, or the operator
-    opted out with ``allow_unauthenticated_remote``).
+    Without any token (``enabled`` false) routes are registered without the check: the daemon
+    listens on loopback, or the operator opted out with ``allow_unauthenticated_remote``.
     """
 
     def __init__(self, tokens: Mapping[Scope, Sequence[str]]) -> None:
@@ -51,8 +51,6 @@ class Authorizer:
 
     def check(self, authorization: str | None, scope: Scope) -> None:
         """Return if the header's token holds ``scope``; raise the refusal otherwise."""
-        if not self.enabled:
-            return
         held = self.scopes_of(authorization)
         if scope in held:
             return
@@ -84,5 +82,4 @@ class Authorizer:
 
 
 def _digest(token: str) -> bytes:
-    # Headers arrive as latin-1; configured tokens are visible ASCII, encoded the same either way.
-    return hashlib.sha256(token.encode("latin-1", errors="replace")).digest()
+    return hashlib.sha256(token.encode()).digest()
