@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -81,6 +82,19 @@ def require_tool(name: str) -> str:
     return path
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for 127.0.0.1 and localhost, and its key, by openssl."""
+    openssl = require_tool("openssl")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    args = ["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
+    args += ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    args += ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    subprocess.run(
+        [openssl, *args, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
+    )
+    return cert, key
+
+
 def yaml_module() -> Any:
     """PyYAML; skipped without it, unless CI demands every check (then fail)."""
     try:
@@ -97,14 +111,28 @@ def load_yaml(path: Path) -> Any:
 
 
 class DaemonProcess:
-    """``driftd run`` in a subprocess; its JSON log lines are collected from stderr."""
+    """``driftd run`` in a subprocess; its JSON log lines are collected from stderr.
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    ``probe_token`` is sent while waiting for readiness (for a daemon whose probes need the
+    read scope); ``verify`` is the TLS verification of every client (for a daemon on HTTPS).
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        *,
+        probe_token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
+        self.probe_token = probe_token
+        self.verify = verify
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[dict[str, Any]] = []
         self.port: int | None = None
+        self.scheme = "http"
         self._reader: threading.Thread | None = None
 
     def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> DaemonProcess:
@@ -138,23 +166,24 @@ class DaemonProcess:
             except ValueError:
                 entry = {"message": line.rstrip(), "level": "raw"}
             self.lines.append(entry)
-            m = re.search(r"listening on http://[^:]+:(\d+)", str(entry.get("message", "")))
+            m = re.search(r"listening on (https?)://[^:]+:(\d+)", str(entry.get("message", "")))
             if m:
-                self.port = int(m.group(1))
+                self.scheme, self.port = m.group(1), int(m.group(2))
 
     def log_text(self) -> str:
         return "\n".join(str(e.get("message")) for e in self.lines[-40:])
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kw)
+        return httpx.Client(base_url=self.url, timeout=30, verify=self.verify, **kw)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        with self.client() as c:
+        token = self.probe_token
+        with self.client(headers={"Authorization": f"Bearer {token}"} if token else None) as c:
             while time.monotonic() < deadline:
                 if c.get("/readyz").status_code == 200:
                     return

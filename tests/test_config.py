@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from driftd.config import load, load_text
 from driftd.errors import ConfigError
+from tests.conftest import require_tool, self_signed_cert
 
 MINIMAL = """
 [schema]
@@ -136,3 +139,163 @@ def test_example_toml_documents_every_key() -> None:
 
     walk(Config, "")
     assert not missing, missing
+
+
+# -- auth scopes and TLS ------------------------------------------------------------------------
+TOKEN_A = "ingest-token-0123456789"
+TOKEN_B = "read-token-0123456789ab"
+
+
+def test_scoped_tokens_come_from_the_file_and_token_files_and_server_token_holds_every_scope(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "read.tokens").write_text(f"\n{TOKEN_B}  \n\nanother-read-token-0123\n")
+    path = tmp_path / "d.toml"
+    path.write_text(
+        MINIMAL
+        + '[server]\ntoken = "legacy-token-0123456789"\n'
+        + f'[auth.tokens]\ningest = ["{TOKEN_A}"]\n'
+        + '[auth.token_files]\nread = ["read.tokens"]\n'
+    )
+    tokens = load(path, env={}).scope_tokens()
+    assert tokens == {
+        "ingest": (TOKEN_A, "legacy-token-0123456789"),
+        "predict": ("legacy-token-0123456789",),
+        "operate": ("legacy-token-0123456789",),
+        "read": (TOKEN_B, "another-read-token-0123", "legacy-token-0123456789"),
+    }
+
+
+def test_scoped_tokens_can_come_from_the_environment() -> None:
+    cfg = load_text(MINIMAL, env={"DRIFTD_AUTH_TOKENS": f'{{ operate = ["{TOKEN_A}"] }}'})
+    assert cfg.scope_tokens()["operate"] == (TOKEN_A,)
+    assert cfg.scope_tokens()["read"] == ()
+    assert cfg.auth.open_probes
+
+
+def test_bad_tokens_and_token_files_are_listed_with_their_keys_and_never_echoed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "short").write_text(f"{TOKEN_A}\ntoo-short\n")
+    (tmp_path / "empty").write_text("\n\n")
+    (tmp_path / "a-dir").mkdir()
+    path = tmp_path / "d.toml"
+    path.write_text(
+        MINIMAL
+        + '[auth.tokens]\npredict = ["tiny", "has a space in it, 0123"]\n'
+        + '[auth.token_files]\ningest = ["short", "missing"]\noperate = ["empty"]\n'
+        + 'read = ["a-dir"]\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load(path, env={})
+    errors = err.value.errors
+    assert errors == [
+        "auth.tokens.predict[0]: got a token shorter than 16 characters, expected at least 16",
+        "auth.tokens.predict[1]: got a token with a space or a character outside visible ASCII,"
+        " expected neither",
+        f"auth.token_files.ingest[0]: line 2 of {str(tmp_path / 'short')!r}: got a token"
+        " shorter than 16 characters, expected at least 16",
+        f"auth.token_files.ingest[1]: cannot read {str(tmp_path / 'missing')!r}"
+        " (No such file or directory)",
+        f"auth.token_files.operate[0]: {str(tmp_path / 'empty')!r} holds no token,"
+        " expected one token a line",
+        f"auth.token_files.read[0]: cannot read {str(tmp_path / 'a-dir')!r} (Is a directory)",
+    ]
+    assert not [e for e in errors if "tiny" in e or "too-short" in e or TOKEN_A in e]
+
+
+def test_check_config_lists_token_and_tls_errors_with_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(
+        MINIMAL
+        + '[server]\nport = "x"\n'
+        + '[auth.token_files]\nread = ["nowhere"]\n[auth.tokens]\nadmin = ["x"]\n'
+    )
+    first = _check_config(path)
+    assert first.returncode == 2
+    assert "server.port: got 'x', expected an integer" in first.stderr
+    assert "auth.tokens.admin: unknown key (known keys: ingest, operate, predict, read)" in (
+        first.stderr
+    )
+    path.write_text(
+        MINIMAL
+        + '[server]\ntls_certfile = "cert.pem"\n'
+        + '[auth.token_files]\nread = ["nowhere"]\n[auth.tokens]\noperate = ["x"]\n'
+    )
+    second = _check_config(path)
+    assert second.returncode == 2
+    assert "3 error(s)" in second.stderr
+    for expected in (
+        "server.tls_certfile: got only one of tls_certfile and tls_keyfile, expected both",
+        "auth.tokens.operate[0]: got a token shorter than 16 characters",
+        f"auth.token_files.read[0]: cannot read {str(tmp_path / 'nowhere')!r}",
+    ):
+        assert expected in second.stderr, second.stderr
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "driftd", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_a_remote_bind_is_allowed_with_scoped_tokens_only(tmp_path: Path) -> None:
+    (tmp_path / "ingest").write_text(TOKEN_A + "\n")
+    remote = MINIMAL + '[server]\nhost = "0.0.0.0"\n'
+    assert load_text(remote + f'[auth.tokens]\nread = ["{TOKEN_B}"]\n').server.host == "0.0.0.0"
+    files = remote + f'[auth.token_files]\ningest = ["{tmp_path / "ingest"}"]\n'
+    assert load_text(files).scope_tokens()["ingest"] == (TOKEN_A,)
+    with pytest.raises(ConfigError) as err:
+        load_text(remote + "[auth]\nopen_probes = false\n")
+    assert err.value.errors[0].startswith("server.host: got '0.0.0.0' without a token")
+
+
+def test_tls_needs_a_readable_certificate_and_its_own_key(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = self_signed_cert(other)
+
+    def tls(certfile: Path | str, keyfile: Path | str) -> str:
+        return MINIMAL + f'[server]\ntls_certfile = "{certfile}"\ntls_keyfile = "{keyfile}"\n'
+
+    path = tmp_path / "d.toml"
+    path.write_text(tls("cert.pem", "key.pem"))  # relative to the config file
+    assert load(path, env={}).server.tls_keyfile == "key.pem"
+    with pytest.raises(ConfigError) as err:
+        load_text(tls(tmp_path / "none.pem", tmp_path / "key.pem"))
+    assert err.value.errors == [
+        f"server.tls_certfile: cannot read {str(tmp_path / 'none.pem')!r}"
+        " (No such file or directory)"
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_text(tls(cert, other_key))
+    assert len(err.value.errors) == 1
+    assert err.value.errors[0].startswith(
+        f"server.tls_certfile: {str(cert)!r} and {str(other_key)!r} are not a PEM certificate"
+        " and its unencrypted private key"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_text(tls(key, cert))
+    assert "are not a PEM certificate" in err.value.errors[0]
+
+
+def test_an_encrypted_tls_key_is_refused_rather_than_prompted_for(tmp_path: Path) -> None:
+    """OpenSSL would ask for the passphrase on a terminal the daemon does not have."""
+    openssl = require_tool("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    args = ["req", "-x509", "-days", "2", "-subj", "/CN=localhost", "-passout", "pass:secret"]
+    args += ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    subprocess.run(
+        [openssl, *args, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    text = MINIMAL + f'[server]\ntls_certfile = "{cert}"\ntls_keyfile = "{key}"\n'
+    with pytest.raises(ConfigError) as err:
+        load_text(text)
+    assert "its unencrypted private key" in err.value.errors[0]

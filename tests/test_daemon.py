@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from driftd.config import load
 from driftd.models.registry import Registry
 from driftd.service.daemon import Daemon
-from tests.conftest import DaemonProcess, config_text, make_rows
+from tests.conftest import DaemonProcess, config_text, make_rows, self_signed_cert, write_csv
 
 
 def post_batches(client: httpx.Client, n_batches: int, size: int, prefix: str) -> list[str]:
@@ -370,3 +371,29 @@ def test_a_second_sigint_forces_exit_without_waiting_for_open_requests(
         daemon.wait(10)
         assert time.monotonic() - start < 5
     assert any("second interrupt" in str(e.get("message")) for e in daemon.lines)
+
+
+def test_https_with_the_configured_certificate_and_no_plain_http(tmp_path: Path) -> None:
+    """The daemon serves TLS from ``[server] tls_certfile``/``tls_keyfile``; a client that
+    trusts only that certificate connects to 127.0.0.1 and is served; plain HTTP is not."""
+    cert, _ = self_signed_cert(tmp_path)
+    boot = write_csv(tmp_path / "boot.csv", make_rows(1000, seed=1))
+    cfg = tmp_path / "driftd.toml"
+    server = "port = 0\ntls_certfile = 'cert.pem'\ntls_keyfile = 'key.pem'\n"  # beside the file
+    cfg.write_text(
+        config_text(tmp_path / "state", bootstrap=str(boot), sections={"server": server})
+    )
+    trusted = ssl.create_default_context(cafile=str(cert))
+    daemon = DaemonProcess(cfg, verify=trusted).start()
+    try:
+        assert daemon.url.startswith("https://127.0.0.1:")
+        with daemon.client() as c:
+            r = c.post("/v1/predict", json={"instances": [make_rows(1)[0]["features"]]})
+            assert r.status_code == 200, r.text
+            assert c.get("/readyz").json()["model_version"] == 1
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{daemon.url}/healthz", verify=ssl.create_default_context())
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5)
+    finally:
+        daemon.stop()

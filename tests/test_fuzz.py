@@ -7,17 +7,21 @@ invalid data refused, ``405`` with ``Allow`` for undeclared methods. The number 
 operation is bounded so that the run fits in CI; raise it with ``DRIFTD_FUZZ_EXAMPLES`` and vary
 the seed with ``DRIFTD_FUZZ_SEED`` to dig deeper.
 
-The one cross-field rule JSON Schema cannot state (``ids`` has one entry per instance) is taught
-to schemathesis by ``tests/hostile/schemathesis_hooks.py``.
+The daemon has a token per scope, and the document names each operation's scope: the hooks
+(``tests/hostile/schemathesis_hooks.py``) send the right token, and the ``ignored_auth`` check
+sends none and a wrong one. The hooks also teach schemathesis the one cross-field rule JSON
+Schema cannot state (``ids`` has one entry per instance).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,21 @@ from tests.conftest import DaemonProcess, config_text
 EXAMPLES = int(os.environ.get("DRIFTD_FUZZ_EXAMPLES", "30"))
 SEED = os.environ.get("DRIFTD_FUZZ_SEED", "20240601")
 HOOKS_DIR = Path(__file__).parent / "hostile"
+TOKENS = {scope: f"fuzz-{scope}-token-0123456789" for scope in ("ingest", "predict", "operate")}
+TOKENS["read"] = "fuzz-read-token-0123456789"
+
+
+@pytest.fixture
+def daemon(daemon_config: Path) -> Iterator[DaemonProcess]:
+    """The shared test daemon, with one token per scope."""
+    tokens = "".join(f'{scope} = ["{token}"]\n' for scope, token in TOKENS.items())
+    text = daemon_config.read_text()
+    daemon_config.write_text(text + "[auth.tokens]\n" + tokens)
+    proc = DaemonProcess(daemon_config).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture
@@ -50,9 +69,11 @@ def schemathesis_cli() -> Path:
     return path
 
 
-def operations(daemon: DaemonProcess) -> int:
-    with daemon.client() as c:
+def fetch_spec(daemon: DaemonProcess, path: Path) -> int:
+    """Save the document (a read) to ``path``; return how many operations it describes."""
+    with daemon.client(headers={"Authorization": f"Bearer {TOKENS['read']}"}) as c:
         spec = c.get("/openapi.json").json()
+    path.write_text(json.dumps(spec))
     return sum(len(methods) for methods in spec["paths"].values())
 
 
@@ -60,10 +81,12 @@ def test_every_operation_conforms_to_its_openapi_description_under_fuzzing(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     cli = schemathesis_cli()
-    expected_ops = operations(daemon)
+    spec = tmp_path / "openapi.json"
+    expected_ops = fetch_spec(daemon, spec)
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+        "DRIFTD_FUZZ_TOKENS": json.dumps(TOKENS),
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(HOOKS_DIR), os.environ.get("PYTHONPATH", "")) if p
         ),
@@ -73,7 +96,9 @@ def test_every_operation_conforms_to_its_openapi_description_under_fuzzing(
         [
             str(cli),
             "run",
-            f"{daemon.url}/openapi.json",
+            str(spec),
+            "--url",
+            daemon.url,
             "--checks",
             "all",
             "--max-examples",
@@ -112,3 +137,7 @@ def test_every_operation_conforms_to_its_openapi_description_under_fuzzing(
         assert c.get("/healthz").status_code == 200
         metrics = c.get("/metrics").text
     assert re.search(r'driftd_records_rejected_total\{reason="invalid_record"\} [1-9]', metrics)
+    # Cases reached the handlers with their scope's token (predictions were served), and the
+    # ignored_auth check's requests without a valid token were refused.
+    assert re.search(r"^driftd_predictions_total [1-9]", metrics, re.MULTILINE), metrics[:2000]
+    assert re.search(r'driftd_records_rejected_total\{reason="unauthorized"\} [1-9]', metrics)

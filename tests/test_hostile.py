@@ -2,9 +2,10 @@
 
 Each case has its documented status and error code (which is also the ``reason`` it is counted
 under in ``driftd_records_rejected_total``), and after each one the daemon must still answer
-``/healthz`` and a valid prediction. Beyond the corpus: slow clients (a body that stops, a body
-sent a byte at a time), many concurrent large uploads with the daemon's memory watched, and an
-endless chunked upload.
+``/healthz`` and a valid prediction. The daemon has a token per scope; a case sends its route's
+token unless it is an attempt with another scope's token or a spoiled one. Beyond the corpus:
+slow clients (a body that stops, a body sent a byte at a time), many concurrent large uploads
+with the daemon's memory watched, and an endless chunked upload.
 
 Not covered here because uvicorn answers before the app sees anything: a request line or header
 block that is malformed gets uvicorn's own ``400`` (plain text, not counted in the metric).
@@ -39,19 +40,33 @@ FEATURES = '"x1": 0.5, "x2": -1, "color": "red"'
 GOOD = {"x0": 0.25, "x1": 0.5, "x2": -1.0, "color": "red"}
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
+INGEST, PREDICT = "hostile-ingest-token-0123", "hostile-predict-token-012"
+OPERATE, READ = "hostile-operate-token-012", "hostile-read-token-012345"
+AUTH = (
+    f'[auth.tokens]\ningest = ["{INGEST}"]\npredict = ["{PREDICT}"]\n'
+    f'operate = ["{OPERATE}"]\nread = ["{READ}"]\n'
+)
+ROUTE_TOKENS = {"/v1/records": INGEST, "/v1/labels": INGEST, "/v1/predict": PREDICT}
 
 
-def start(base: Path, server: str = "") -> DaemonProcess:
+def start(base: Path, server: str = "", auth: str = "") -> DaemonProcess:
     csv_path = write_csv(base / "boot.csv", make_rows(1000, seed=1))
     cfg = base / "driftd.toml"
     sections = {"server": server} if server else None
-    cfg.write_text(config_text(base / "state", bootstrap=str(csv_path), sections=sections))
+    cfg.write_text(
+        config_text(base / "state", bootstrap=str(csv_path), sections=sections, extra=auth)
+    )
     return DaemonProcess(cfg).start()
+
+
+def bearer(route: str) -> dict[str, str]:
+    """The header of a token of the route's scope."""
+    return {"Authorization": f"Bearer {ROUTE_TOKENS[route]}"}
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    proc = start(tmp_path_factory.mktemp("hostile"), SERVER)
+    proc = start(tmp_path_factory.mktemp("hostile"), SERVER, AUTH)
     try:
         yield proc
     finally:
@@ -60,7 +75,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 @pytest.fixture
 def client(live: DaemonProcess) -> Iterator[httpx.Client]:
-    with live.client() as c:
+    """Predicts with its token (the probes are open)."""
+    with live.client(headers=bearer("/v1/predict")) as c:
         yield c
 
 
@@ -97,6 +113,7 @@ class Hostile:
     content_type: str = JSON
     field: str | None = None  # a field the errors must name
     kind: str | None = None  # and its error type
+    authorization: str | None = None  # sent instead of a bearer token of the route's scope
 
 
 def records(*, x0: str = "0.5", extra: str = "") -> bytes:
@@ -326,6 +343,71 @@ CORPUS = [
         field="features.k0",
         kind="extra_forbidden",
     ),
+    # -- another scope's token, or a spoiled one: refused before the body is read
+    Hostile(
+        "a predict token posting 100,000 levels of [ as records",
+        "/v1/records",
+        lambda: b"[" * 100_000,
+        403,
+        "forbidden",
+        authorization=f"Bearer {PREDICT}",
+    ),
+    Hostile(
+        "an ingest token asking for predictions",
+        "/v1/predict",
+        json.dumps({"instances": [GOOD]}).encode(),
+        403,
+        "forbidden",
+        authorization=f"Bearer {INGEST}",
+    ),
+    Hostile(
+        "an ingest token asking for a rollback",
+        "/v1/rollback",
+        b"",
+        403,
+        "forbidden",
+        authorization=f"Bearer {INGEST}",
+    ),
+    Hostile(
+        "a read token asking for a retrain",
+        "/v1/retrain",
+        b"",
+        403,
+        "forbidden",
+        authorization=f"Bearer {READ}",
+    ),
+    Hostile(
+        "the ingest token with one byte more",
+        "/v1/records",
+        records(),
+        401,
+        "unauthorized",
+        authorization=f"Bearer {INGEST}x",
+    ),
+    Hostile(
+        "a read token and the ingest token in one header",
+        "/v1/records",
+        records(),
+        401,
+        "unauthorized",
+        authorization=f"Bearer {READ} {INGEST}",
+    ),
+    Hostile(
+        "the operate token as Basic credentials",
+        "/v1/rollback",
+        b"",
+        401,
+        "unauthorized",
+        authorization=f"Basic {OPERATE}",
+    ),
+    Hostile(
+        "an 8 KB bearer token",
+        "/v1/labels",
+        b'[{"id": "a", "label": 1}]',
+        401,
+        "unauthorized",
+        authorization="Bearer " + "t" * 8192,
+    ),
 ]
 
 
@@ -336,7 +418,10 @@ def test_a_hostile_request_gets_its_documented_status_and_the_daemon_keeps_servi
     before = rejected(client, case.error)
     body = case.body if isinstance(case.body, bytes) else case.body()
     start = time.perf_counter()
-    r = client.post(case.route, content=body, headers={"Content-Type": case.content_type})
+    auth = (
+        bearer(case.route) if case.authorization is None else {"Authorization": case.authorization}
+    )
+    r = client.post(case.route, content=body, headers={"Content-Type": case.content_type, **auth})
     elapsed = time.perf_counter() - start
     assert r.status_code == case.status, r.text[:500]
     reply = r.json()
@@ -352,7 +437,9 @@ def test_a_hostile_request_gets_its_documented_status_and_the_daemon_keeps_servi
 
 def test_eighty_thousand_errors_are_counted_but_not_all_listed(client: httpx.Client) -> None:
     body = records(x0="1," + ",".join(f'"k{i}":1' for i in range(80_000)))
-    r = client.post("/v1/records", content=body, headers={"Content-Type": JSON})
+    r = client.post(
+        "/v1/records", content=body, headers={"Content-Type": JSON, **bearer("/v1/records")}
+    )
     assert r.status_code == 422
     reply = r.json()
     assert len(reply["errors"]) == 100
@@ -381,7 +468,8 @@ def test_a_ten_megabyte_string_under_a_raised_cap_is_refused_as_too_long(
 def post_head(length: int | None = None) -> bytes:
     size = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
     return (
-        f"POST /v1/records HTTP/1.1\r\nHost: driftd\r\nContent-Type: {JSON}\r\n{size}\r\n\r\n"
+        f"POST /v1/records HTTP/1.1\r\nHost: driftd\r\nContent-Type: {JSON}\r\n{size}\r\n"
+        f"Authorization: Bearer {INGEST}\r\n\r\n"
     ).encode()
 
 
@@ -574,7 +662,7 @@ def test_twenty_concurrent_large_uploads_get_their_status_and_memory_stays_bound
         route, body, want = job
         with live.client() as c:
             content = chunked() if body is None else body
-            r = c.post(route, content=content, headers={"Content-Type": JSON})
+            r = c.post(route, content=content, headers={"Content-Type": JSON, **bearer(route)})
         return r.status_code, want
 
     assert_serving(client)

@@ -64,15 +64,6 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "show a running daemon's status"),
         ("models", "list a running daemon's model versions"),
         ("events", "show a running daemon's audit log, newest first"),
-    ):
-        s = sub.add_parser(name, help=text)
-        s.add_argument(
-            "--url", default=os.environ.get("DRIFTD_URL", DEFAULT_URL), help="daemon URL"
-        )
-        if name == "events":
-            s.add_argument("--kind", default=None, help="only events of this kind")
-            s.add_argument("--limit", type=int, default=20)
-    for name, text in (
         ("retrain", "ask a running daemon to retrain now"),
         ("rollback", "make a running daemon serve its previous (or a named) version"),
     ):
@@ -80,11 +71,16 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--url", default=os.environ.get("DRIFTD_URL", DEFAULT_URL), help="daemon URL"
         )
+        scope = "operate" if name in ("retrain", "rollback") else "read"
         s.add_argument(
             "--token",
             default=os.environ.get("DRIFTD_TOKEN") or os.environ.get("DRIFTD_SERVER_TOKEN"),
-            help="bearer token (default: $DRIFTD_TOKEN or $DRIFTD_SERVER_TOKEN)",
+            help=f"bearer token with the {scope} scope"
+            " (default: $DRIFTD_TOKEN or $DRIFTD_SERVER_TOKEN)",
         )
+        if name == "events":
+            s.add_argument("--kind", default=None, help="only events of this kind")
+            s.add_argument("--limit", type=int, default=20)
         if name == "rollback":
             s.add_argument("--version", type=int, default=None, help="version to serve")
 
@@ -365,13 +361,15 @@ def _replay(args: argparse.Namespace) -> int:
 def _act(args: argparse.Namespace) -> int:
     path = "/v1/retrain" if args.command == "retrain" else "/v1/rollback"
     body = {"version": args.version} if args.command == "rollback" and args.version else {}
-    headers = {"Content-Type": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
+    headers = {"Content-Type": "application/json", **_bearer(args.token)}
     req = urllib.request.Request(  # noqa: S310 - the operator's URL
         args.url.rstrip("/") + path, data=json.dumps(body).encode(), headers=headers, method="POST"
     )
     return _request(req)
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _request(req: urllib.request.Request) -> int:
@@ -398,7 +396,8 @@ def _show(args: argparse.Namespace) -> int:
     if args.command == "events":
         query = {"limit": args.limit, **({"kind": args.kind} if args.kind else {})}
         path += "?" + urllib.parse.urlencode(query)
-    return _request(urllib.request.Request(args.url.rstrip("/") + path))  # noqa: S310
+    url = args.url.rstrip("/") + path
+    return _request(urllib.request.Request(url, headers=_bearer(args.token)))  # noqa: S310
 
 
 if __name__ == "__main__":  # pragma: no cover

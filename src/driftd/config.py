@@ -9,13 +9,15 @@ the key, the bad value and what was expected. Every key is documented in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from driftd._credentials import read_token_file, tls_problem, token_problem, unreadable
 from driftd._settings import build
 from driftd.alerts import AlertsConfig
 from driftd.errors import ConfigError
@@ -34,11 +36,15 @@ from driftd.retrain.gate import GateConfig
 __all__ = [
     "CLASSIFICATION_METRICS",
     "REGRESSION_METRICS",
+    "SCOPES",
+    "AuthConfig",
     "Config",
     "DemoConfig",
     "FeatureConfig",
     "LogConfig",
     "SchemaConfig",
+    "Scope",
+    "ScopeTokens",
     "ServerConfig",
     "StateConfig",
     "StoreConfig",
@@ -49,6 +55,10 @@ __all__ = [
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+Scope = Literal["ingest", "predict", "operate", "read"]
+#: What a token may do: post records and labels, predict, retrain and roll back, read.
+SCOPES: tuple[Scope, ...] = ("ingest", "predict", "operate", "read")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +72,88 @@ class ServerConfig:
     shutdown_timeout_seconds: float = field(default=10.0, metadata={"min": 0})
     read_timeout_seconds: float = field(default=30.0, metadata={"min": 0.1})
     read_idle_seconds: float = field(default=10.0, metadata={"min": 0.1})
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
 
     def validate(self) -> list[str]:
-        if self.token is not None and len(self.token) < 16:
-            return ["token: got a token shorter than 16 characters, expected at least 16"]
-        if (
-            self.host not in LOOPBACK
-            and self.token is None
-            and not self.allow_unauthenticated_remote
-        ):
-            return [
-                f"host: got {self.host!r} without a token, expected a loopback address, a token,"
-                " or allow_unauthenticated_remote = true"
-            ]
-        return []
+        errors = []
+        if self.token is not None and (problem := token_problem(self.token)) is not None:
+            errors.append(f"token: {problem}")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            errors.append(
+                "tls_certfile: got only one of tls_certfile and tls_keyfile, expected both"
+                " (TLS) or neither (plain HTTP)"
+            )
+        return errors
+
+    def tls_errors(self, resolve: Callable[[str], Path]) -> list[str]:
+        """Problems with the TLS pair: both files readable, and a certificate with its key."""
+        cert, key = self.tls_certfile, self.tls_keyfile
+        if cert is None or key is None:
+            return []
+        missing = [
+            f"tls_{name}: {problem}"
+            for name, path in (("certfile", cert), ("keyfile", key))
+            if (problem := unreadable(resolve(path))) is not None
+        ]
+        problem = None if missing else tls_problem(resolve(cert), resolve(key))
+        return missing + ([f"tls_certfile: {problem}"] if problem else [])
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeTokens:
+    """One list for each scope: tokens in ``[auth.tokens]``, file paths in
+    ``[auth.token_files]``."""
+
+    ingest: list[str] = field(default_factory=list)
+    predict: list[str] = field(default_factory=list)
+    operate: list[str] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)
+
+    def of(self, scope: Scope) -> list[str]:
+        return {
+            "ingest": self.ingest,
+            "predict": self.predict,
+            "operate": self.operate,
+            "read": self.read,
+        }[scope]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Bearer tokens by scope. Once any token exists (here or ``[server] token``, which holds
+    every scope), every route needs one of its scope, except the probes while ``open_probes``."""
+
+    tokens: ScopeTokens = field(default_factory=ScopeTokens)
+    token_files: ScopeTokens = field(default_factory=ScopeTokens)
+    open_probes: bool = True
+
+    def validate(self) -> list[str]:
+        return [
+            f"tokens.{scope}[{i}]: {problem}"
+            for scope in SCOPES
+            for i, token in enumerate(self.tokens.of(scope))
+            if (problem := token_problem(token)) is not None
+        ]
+
+    def configured(self) -> bool:
+        return any(self.tokens.of(scope) or self.token_files.of(scope) for scope in SCOPES)
+
+    def read(
+        self, every: list[str], resolve: Callable[[str], Path]
+    ) -> tuple[dict[Scope, tuple[str, ...]], list[str]]:
+        """Each scope's tokens (its own, the lines of its files, then ``every``) and the
+        problems with the files."""
+        tokens: dict[Scope, tuple[str, ...]] = {}
+        errors: list[str] = []
+        for scope in SCOPES:
+            found = list(self.tokens.of(scope))
+            for i, name in enumerate(self.token_files.of(scope)):
+                lines, problems = read_token_file(resolve(name))
+                found += lines
+                errors += [f"token_files.{scope}[{i}]: {p}" for p in problems]
+            tokens[scope] = (*found, *every)
+        return tokens, errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +254,7 @@ class Config:
 
     schema: SchemaConfig
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     state: StateConfig = field(default_factory=StateConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -191,16 +270,38 @@ class Config:
     source: str = field(default="<memory>", compare=False)
 
     def validate(self) -> list[str]:
+        errors = []
         metrics = (
             CLASSIFICATION_METRICS if self.schema.task == "classification" else REGRESSION_METRICS
         )
         if self.model.metric not in metrics:
-            return [
+            errors.append(
                 f"model.metric: got {self.model.metric!r}, expected one of "
                 + ", ".join(repr(m) for m in metrics)
                 + f" for task {self.schema.task!r}"
-            ]
-        return []
+            )
+        if (
+            self.server.host not in LOOPBACK
+            and self.server.token is None
+            and not self.auth.configured()
+            and not self.server.allow_unauthenticated_remote
+        ):
+            errors.append(
+                f"server.host: got {self.server.host!r} without a token, expected a loopback"
+                " address, a token ([server] token, [auth.tokens] or [auth.token_files]),"
+                " or allow_unauthenticated_remote = true"
+            )
+        return errors
+
+    def scope_tokens(self) -> dict[Scope, tuple[str, ...]]:
+        """Every token each scope accepts: ``[auth.tokens]``, the lines of ``[auth.token_files]``
+        (read now: the daemon calls this at start-up) and ``[server] token`` in every scope.
+        Raises :class:`ConfigError` when a file cannot be read or holds a bad token."""
+        every = [self.server.token] if self.server.token is not None else []
+        tokens, errors = self.auth.read(every, self.resolve)
+        if errors:
+            raise ConfigError([f"auth.{e}" for e in errors])
+        return tokens
 
     @property
     def state_dir(self) -> Path:
@@ -215,10 +316,7 @@ class Config:
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's directory."""
-        path = Path(value)
-        if path.is_absolute() or self.source in ("<memory>", ""):
-            return path
-        return Path(self.source).parent / path
+        return _resolve(self.source, value)
 
     def schema_obj(self) -> Schema:
         return self.schema.build()
@@ -258,9 +356,34 @@ def load_text(
     errors: list[str] = []
     _apply_env(data, os.environ if env is None else env, errors)
     config = build(Config, data, "", errors)
+    errors += _file_errors(data, source)
     if errors or config is None:
         raise ConfigError(errors)
     return dataclasses.replace(config, source=source)
+
+
+def _file_errors(data: dict[str, Any], source: str) -> list[str]:
+    """Problems with the files the server's sections name (token files, the TLS pair).
+
+    The two sections are built again on their own, so that their files are checked even when
+    another key is wrong and every error is listed at once; their own key errors are already
+    in the build of the whole config.
+    """
+    reported: list[str] = []
+    server = build(ServerConfig, data.get("server", {}), "server", reported)
+    auth = build(AuthConfig, data.get("auth", {}), "auth", reported)
+    resolve = functools.partial(_resolve, source)
+    errors = [] if server is None else [f"server.{e}" for e in server.tls_errors(resolve)]
+    if auth is not None:
+        errors += [f"auth.{e}" for e in auth.read([], resolve)[1]]
+    return errors
+
+
+def _resolve(source: str, value: str) -> Path:
+    path = Path(value)
+    if path.is_absolute() or source in ("<memory>", ""):
+        return path
+    return Path(source).parent / path
 
 
 _SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]

@@ -7,16 +7,38 @@ a positive case is sent without ``ids`` instead. Likewise a timestamp is at most
 clock plus the allowed skew, which no static schema can state: a positive case's later
 timestamps are sent as the present. Negative cases are left alone: the daemon must refuse
 them whatever they hold.
+
+The daemon under test has one token per scope; each operation's ``security`` in the document
+names its scope, and :class:`ScopeToken` sends that scope's token (from ``DRIFTD_FUZZ_TOKENS``,
+a JSON object of scope -> token), so that cases reach the handlers. Schemathesis' own
+``ignored_auth`` check then removes and spoils the token to hold the daemon to its refusals.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
 import schemathesis
 
 BATCHES = ("/v1/records", "/v1/labels")
+TOKENS: dict[str, str] = json.loads(os.environ["DRIFTD_FUZZ_TOKENS"])
+
+
+@schemathesis.auth(refresh_interval=None, retry_on=[])
+class ScopeToken:
+    """The token of the scope the operation declares; none for an open operation."""
+
+    def get(self, case: Any, context: Any) -> str | None:
+        for requirement in context.operation.definition.raw.get("security", []):
+            for scope in requirement.get("bearer", []):
+                return TOKENS[scope]
+        return None
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
 @schemathesis.hook

@@ -1,7 +1,8 @@
 """The HTTP API (v1): the FastAPI application, its routes, refusals and OpenAPI document.
 
 The endpoints are module-level functions in :mod:`driftd.service.routes`; this module
-registers them with their documentation, turns every refusal into one JSON body
+registers them with their documentation and the token scope each needs (checked by
+:class:`~driftd.service.auth.Authorizer`), turns every refusal into one JSON body
 (:func:`~driftd.service.http.error_response`) counted in
 ``driftd_records_rejected_total{reason}``, and builds the OpenAPI document from the schema's
 own validators.
@@ -13,18 +14,19 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from driftd import __version__
-from driftd.config import ServerConfig
+from driftd.config import Scope, ServerConfig
 from driftd.ingest.schema import Schema
 from driftd.ingest.validation import FieldError, Validators
 from driftd.metrics import Metrics
 from driftd.service import routes
+from driftd.service.auth import Authorizer
 from driftd.service.body import Bodies
 from driftd.service.http import (
     ERRORS,
@@ -51,33 +53,74 @@ def create_app(
     metrics: Metrics,
     parts: Callable[[], Parts | None],
     *,
+    auth: Authorizer,
+    open_probes: bool,
     lifespan: Any = None,
 ) -> FastAPI:
-    """The application over ``parts`` (the daemon's, once started)."""
+    """The application over ``parts`` (the daemon's, once started). With tokens in ``auth``,
+    every route needs its scope; the probes (health, readiness, metrics) stay open while
+    ``open_probes``."""
     docs = Validators(schema)  # uncapped: the documented schema leaves the cap to the 413
     app = FastAPI(
         title="driftd",
         version=__version__,
         description="Serve a model, watch its traffic for drift, retrain and redeploy it.",
         lifespan=lifespan,
-        docs_url="/docs",
+        # Served by our own routes below, so that they need the read scope like other reads.
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
     )
-    app.state.api = routes.Api(server, Bodies(schema, server), metrics, parts)
+    app.state.api = routes.Api(Bodies(schema, server), metrics, parts)
     _refusals(app, metrics)
-    _routes(app, docs)
-    app.openapi = lambda: _openapi(app, docs)  # type: ignore[method-assign]
+    _routes(_Registrar(app, auth), docs, probes=None if open_probes else "read")
+    app.openapi = lambda: _openapi(app, docs, secured=auth.enabled)  # type: ignore[method-assign]
     return app
 
 
-def _routes(app: FastAPI, docs: Validators) -> None:
+class _Registrar:
+    """Adds a route with the scope it needs: the check runs first, and the OpenAPI document
+    states the scope and the refusals (only while tokens exist, so that it describes the
+    daemon as it runs)."""
+
+    def __init__(self, app: FastAPI, auth: Authorizer) -> None:
+        self.app = app
+        self.auth = auth
+
+    def __call__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        scope: Scope | None,
+        *,
+        responses: dict[int | str, dict[str, Any]] | None = None,
+        openapi_extra: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if scope is not None and self.auth.enabled:
+            options["dependencies"] = [Depends(self.auth.require(scope))]
+            responses = {**(responses or {}), **_refused(scope)}
+            openapi_extra = {**(openapi_extra or {}), "security": [{"bearer": [scope]}]}
+        self.app.add_api_route(
+            path, endpoint, responses=responses, openapi_extra=openapi_extra, **options
+        )
+
+
+def _refused(scope: Scope) -> dict[int | str, dict[str, Any]]:
+    return {
+        401: {"model": ErrorBody, "description": f"No valid bearer token (scope {scope!r})"},
+        403: {"model": ErrorBody, "description": f"The token lacks the {scope!r} scope"},
+    }
+
+
+def _routes(add: _Registrar, docs: Validators, *, probes: Scope | None) -> None:
     no_model: dict[int | str, dict[str, Any]] = {
         503: {"model": ErrorBody, "description": "No model is serving yet"}
     }
-    add = app.add_api_route
     add(
         "/v1/predict",
         routes.predict,
+        "predict",
         methods=["POST"],
         response_model=PredictResponse,
         responses={**ERRORS, **no_model},
@@ -87,6 +130,7 @@ def _routes(app: FastAPI, docs: Validators) -> None:
     add(
         "/v1/records",
         routes.records,
+        "ingest",
         methods=["POST"],
         response_model=IngestResponse,
         responses=ERRORS,
@@ -96,6 +140,7 @@ def _routes(app: FastAPI, docs: Validators) -> None:
     add(
         "/v1/labels",
         routes.labels,
+        "ingest",
         methods=["POST"],
         response_model=LabelsResponse,
         responses=ERRORS,
@@ -105,6 +150,7 @@ def _routes(app: FastAPI, docs: Validators) -> None:
     add(
         "/v1/retrain",
         routes.retrain,
+        "operate",
         methods=["POST"],
         status_code=202,
         response_model=RetrainAccepted,
@@ -116,6 +162,7 @@ def _routes(app: FastAPI, docs: Validators) -> None:
     add(
         "/v1/rollback",
         routes.rollback,
+        "operate",
         methods=["POST"],
         response_model=RollbackDone,
         responses={**ERRORS, 409: {"model": ErrorBody, "description": refused}},
@@ -125,20 +172,37 @@ def _routes(app: FastAPI, docs: Validators) -> None:
     add(
         "/v1/status",
         routes.status,
+        "read",
         methods=["GET"],
         summary="Serving model, store, detectors, retraining, recent events",
     )
-    add("/v1/models", routes.models, methods=["GET"], summary="Registry versions and aliases")
+    add(
+        "/v1/models",
+        routes.models,
+        "read",
+        methods=["GET"],
+        summary="Registry versions and aliases",
+    )
     add(
         "/v1/events",
         routes.events,
+        "read",
         methods=["GET"],
         summary="The audit log, newest first; page with `before`",
     )
-    add("/healthz", routes.healthz, methods=["GET"], summary="Liveness: the process answers")
+    add("/openapi.json", routes.openapi, "read", methods=["GET"], include_in_schema=False)
+    add("/docs", routes.swagger, "read", methods=["GET"], include_in_schema=False)
+    add(
+        "/healthz",
+        routes.healthz,
+        probes,
+        methods=["GET"],
+        summary="Liveness: the process answers",
+    )
     add(
         "/readyz",
         routes.readyz,
+        probes,
         methods=["GET"],
         summary="Readiness: a model is loaded",
         responses={503: {"model": ErrorBody}},
@@ -146,6 +210,7 @@ def _routes(app: FastAPI, docs: Validators) -> None:
     add(
         "/metrics",
         routes.prometheus,
+        probes,
         methods=["GET"],
         summary="Prometheus exposition",
         response_class=PlainTextResponse,
@@ -195,6 +260,13 @@ def _refusals(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
+_BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "A token of the scope the operation names: ingest, predict, operate or read",
+}
+
+
 def _body_doc(adapter: Any, *, ndjson: bool) -> dict[str, Any]:
     schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
     if schema.get("type") == "array":
@@ -207,8 +279,9 @@ def _body_doc(adapter: Any, *, ndjson: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def _openapi(app: FastAPI, docs: Validators) -> dict[str, Any]:
-    """FastAPI's document, with the schema's record types as shared components."""
+def _openapi(app: FastAPI, docs: Validators, *, secured: bool) -> dict[str, Any]:
+    """FastAPI's document, with the schema's record types as shared components and, when
+    tokens exist, the bearer scheme each operation's ``security`` names with its scope."""
     if app.openapi_schema is None:
         spec = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -221,6 +294,9 @@ def _openapi(app: FastAPI, docs: Validators) -> dict[str, Any]:
             for method in op.values():
                 for media in method.get("requestBody", {}).get("content", {}).values():
                     media.get("schema", {}).pop("$defs", None)
-        spec.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+        components = spec.setdefault("components", {})
+        components.setdefault("schemas", {}).update(defs)
+        if secured:
+            components["securitySchemes"] = {"bearer": _BEARER}
         app.openapi_schema = spec
     return app.openapi_schema

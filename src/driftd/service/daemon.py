@@ -35,6 +35,7 @@ from driftd.retrain.schedule import make_trigger
 from driftd.retrain.worker import TrainingWorker
 from driftd.service import logs
 from driftd.service.app import create_app
+from driftd.service.auth import Authorizer
 from driftd.service.header_timeout import HeaderTimeout
 from driftd.service.parts import Parts, assemble
 from driftd.service.sdnotify import Notifier, Watchdog
@@ -223,21 +224,28 @@ class Daemon:
         log.info("driftd stopped")
 
     def run(self) -> int:
+        cfg = self.config
+        tls = cfg.server.tls_certfile, cfg.server.tls_keyfile
+        certfile, keyfile = (str(cfg.resolve(p)) if p is not None else None for p in tls)
         config = uvicorn.Config(
             create_app(
-                self.config.schema_obj(),
-                self.config.server,
+                cfg.schema_obj(),
+                cfg.server,
                 self.metrics,
                 lambda: self.parts,
+                auth=Authorizer(cfg.scope_tokens()),  # token files are read here, at start-up
+                open_probes=cfg.auth.open_probes,
                 lifespan=self.lifespan,
             ),
-            host=self.config.server.host,
-            port=self.config.server.port,
+            host=cfg.server.host,
+            port=cfg.server.port,
             lifespan="on",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=int(self.config.server.shutdown_timeout_seconds) or None,
+            timeout_graceful_shutdown=int(cfg.server.shutdown_timeout_seconds) or None,
             server_header=False,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
         )
         self.server = _Server(config, self)
         try:
@@ -268,7 +276,8 @@ class Daemon:
         """Called about every 0.1 s from the event loop: cheap checks only, work goes to threads."""
         if not self._listening:
             self._listening = True
-            log.info("listening on http://%s:%s", self.config.server.host, self.port)
+            scheme = "https" if self.config.server.tls_certfile else "http"
+            log.info("listening on %s://%s:%s", scheme, self.config.server.host, self.port)
             if self.on_started is not None:
                 self.on_started(self)
         if not self._ready_sent:

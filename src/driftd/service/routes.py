@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from driftd.config import ServerConfig
 from driftd.errors import IntegrityError
 from driftd.ingest.validation import FieldError, Validators
 from driftd.metrics import Metrics
@@ -37,6 +36,7 @@ __all__ = [
     "healthz",
     "labels",
     "models",
+    "openapi",
     "predict",
     "prometheus",
     "readyz",
@@ -44,15 +44,15 @@ __all__ = [
     "retrain",
     "rollback",
     "status",
+    "swagger",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Api:
-    """What the endpoints work with: the server's settings, bodies, metrics, and the parts
-    (``None`` until the daemon has started)."""
+    """What the endpoints work with: bodies, metrics, and the parts (``None`` until the daemon
+    has started). Tokens are checked before an endpoint runs (:mod:`driftd.service.auth`)."""
 
-    server: ServerConfig
     bodies: Bodies
     metrics: Metrics
     parts: Callable[[], Parts | None]
@@ -70,20 +70,6 @@ def _parts(api: Api) -> Parts:
     return parts
 
 
-def _authorize(api: Api, request: Request) -> None:
-    token = api.server.token
-    if token is None:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 async def _on_worker(parts: Parts, fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(parts.engine.executor, fn, *args)
 
@@ -92,7 +78,6 @@ async def _on_worker(parts: Parts, fn: Callable[..., Any], *args: Any) -> Any:
 async def predict(request: Request) -> Response:
     start = time.perf_counter()
     api = _api(request)
-    _authorize(api, request)
     bodies = api.bodies
     kind = bodies.media_type(request, ndjson=False)
     body = bodies.parse(bodies.validators.predict, await bodies.read(request), kind)
@@ -145,7 +130,6 @@ async def _store(
     """Read a batch (JSON or NDJSON), then parse it and hand it to the engine in one task on
     its worker; ``args`` and the time follow the batch."""
     api = _api(request)
-    _authorize(api, request)
     bodies = api.bodies
     kind = bodies.media_type(request, ndjson=True)
     body = await bodies.read(request)
@@ -159,7 +143,6 @@ async def _store(
 # -- operators ---------------------------------------------------------------------------------
 async def retrain(request: Request) -> Response:
     api = _api(request)
-    _authorize(api, request)
     parts = _parts(api)
     decision = await asyncio.to_thread(parts.retrainer.request, "operator", operator=True)
     return json_response({"job": decision.job_id, "outcome": decision.outcome}, 202)
@@ -167,7 +150,6 @@ async def retrain(request: Request) -> Response:
 
 async def rollback(request: Request) -> Response:
     api = _api(request)
-    _authorize(api, request)
     parts = _parts(api)
     body = await api.bodies.read(request)
     version = None
@@ -216,6 +198,14 @@ async def events(
     return json_response(
         {"events": items, "next_before": items[-1]["id"] if len(items) == limit else None}
     )
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(request.app.openapi())
+
+
+async def swagger(request: Request) -> Response:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="driftd - API")
 
 
 async def healthz(request: Request) -> Response:
