@@ -21,6 +21,7 @@ from driftd.models.registry import Registry
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
 
 TOKEN = "retrain-test-token-0123456789"
+MODEL = 'estimator = "sklearn.linear_model.LogisticRegression"\nparams = { max_iter = 200 }'
 
 
 class Hook:
@@ -212,6 +213,44 @@ def test_operator_retrain_rollback_and_predictions_flow_during_training(tmp_path
             assert c.post("/v1/rollback", json={"version": "two"}).status_code == 422
     finally:
         stop.set()
+        d.stop()
+
+
+def test_retention_deletes_old_versions_and_a_rollback_to_one_is_a_409(tmp_path: Path) -> None:
+    """With ``keep_versions = 1`` and v2 pinned, three operator retrains leave v2 (pinned), v3
+    (the previous champion) and v4 (the champion): ``/v1/models`` lists just those, v1 has its
+    ``model_deleted`` event, and a rollback to it is refused with a 409 that says why."""
+    d = start(
+        tmp_path,
+        model=f"{MODEL}\nkeep_versions = 1\npinned = [2]",
+        gate="min_holdout = 50\nmin_absolute_change = -1.0\nmax_latency_ms = 10000",
+    )
+    try:
+        with client(d) as c:
+            play(c, make_rows(600, seed=5), "x")
+            for n in range(3):
+                assert c.post("/v1/retrain").status_code == 202
+                wait_until(
+                    lambda n=n: len(events(c, "retrain_finished")) > n, what="a retrain", c=c
+                )
+            assert [e["outcome"] for e in events(c, "retrain_finished")] == ["deployed"] * 3
+            listed = c.get("/v1/models").json()
+            assert [v["version"] for v in listed["versions"]] == [4, 3, 2]
+            assert listed["aliases"] == {"champion": 4, "previous": 3}
+            assert [(e["version"], e["reason"]) for e in events(c, "model_deleted")] == [
+                (1, "retention")
+            ]
+            refused = c.post("/v1/rollback", json={"version": 1})
+            assert refused.status_code == 409
+            assert "version 1 was deleted from the registry" in refused.json()["message"]
+            assert c.post("/v1/rollback", json={"version": 2}).status_code == 200
+        assert sorted(p.name for p in (tmp_path / "state" / "models").iterdir()) == [
+            "aliases.json",
+            "v000002",
+            "v000003",
+            "v000004",
+        ]
+    finally:
         d.stop()
 
 
