@@ -299,3 +299,15 @@ def test_an_encrypted_tls_key_is_refused_rather_than_prompted_for(tmp_path: Path
     with pytest.raises(ConfigError) as err:
         load_text(text)
     assert "its unencrypted private key" in err.value.errors[0]
+
+
+def test_registry_retention_keeps_ten_by_default_and_names_a_bad_pin_or_count() -> None:
+    cfg = load_text(MINIMAL)
+    assert (cfg.model.keep_versions, cfg.model.pinned) == (10, [])
+    assert load_text(MINIMAL + "[model]\npinned = [3, 7]\n").model.pinned == [3, 7]
+    with pytest.raises(ConfigError) as err:
+        load_text(MINIMAL + "[model]\nkeep_versions = 0\n")
+    assert err.value.errors == ["model.keep_versions: got 0, expected a value >= 1"]
+    with pytest.raises(ConfigError) as err:
+        load_text(MINIMAL + "[model]\npinned = [2, 0]\n")
+    assert err.value.errors == ["model.pinned: got 0, expected version numbers >= 1"]

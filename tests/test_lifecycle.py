@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +20,7 @@ from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.lifecycle import Lifecycle, Loader
 from driftd.models.registry import Registry
+from driftd.models.retention import Retention
 from driftd.models.serving import Serving
 from driftd.retrain.config import ModelConfig
 from driftd.retrain.fit import FitJob, fit_and_dump
@@ -267,3 +273,180 @@ def test_a_loader_that_cannot_load_leaves_the_load_to_this_process(
     models.rollback(first, details={})
     live = models.current
     assert calls and live is not None and live.version == first
+
+
+# -- retention -------------------------------------------------------------------------------
+def republish(models: Lifecycle, n: int) -> list[int]:
+    """Deploy the serving model's artifact ``n`` more times, as loaded and with one warm-up row
+    (no fit, no load: a thousand deploys stay quick)."""
+    live = models.current
+    assert live is not None
+    _, artifact = models.registry.read(live.version)
+    skip = ("version", "sha256", "size")
+    manifest = {k: v for k, v in live.manifest.items() if k not in skip}
+    warm = rows_to_matrix(models.schema, manifest["warmup"][:1])
+    return [models.deploy(artifact, manifest, warm, model=live.model).number for _ in range(n)]
+
+
+def deleted(store: Store) -> list[int]:
+    return sorted(e.data["version"] for e in store.events(kind="model_deleted", limit=10_000))
+
+
+def test_retention_keeps_the_champion_the_previous_the_pinned_and_the_newest_n(
+    make: Make, store: Store
+) -> None:
+    """Across 40 deploys with rollbacks now and then, the registry holds exactly the newest
+    three, the pinned ones, the champion and the previous champion; every other version has
+    been deleted, each with one event."""
+    models = make(retention=Retention(keep_versions=3, pinned=frozenset({2, 5})))
+    deploy(models, 0)
+    for step in range(40):
+        republish(models, 1)
+        if step % 7 == 6:  # back to an old version: it stays while it is champion or previous
+            models.rollback(models.registry.numbers()[-4], details={})
+        aliases = models.registry.aliases()
+        numbers = models.registry.numbers()
+        expected = set(numbers[-3:]) | {aliases.champion, aliases.previous}
+        expected |= {2, 5} & set(range(1, numbers[-1] + 1))
+        assert set(numbers) == expected
+        assert deleted(store) == sorted(set(range(1, numbers[-1] + 1)) - expected)
+    assert [v.number for v in models.registry.versions()] == models.registry.numbers()
+    assert len(store.events(kind="model_deleted", limit=10_000)) == len(deleted(store))
+    event = store.events(kind="model_deleted", limit=1)[0]
+    assert event.data == {
+        "version": event.data["version"],
+        "reason": "retention",
+        "keep_versions": 3,
+    }
+
+
+def test_a_rollback_to_a_deleted_version_is_refused_saying_so(make: Make) -> None:
+    models = make(retention=Retention(keep_versions=1))
+    deploy(models, 0)
+    republish(models, 3)
+    assert models.registry.numbers() == [3, 4]
+    with pytest.raises(ValueError, match="version 1 was deleted from the registry"):
+        models.rollback(1, details={})
+    with pytest.raises(ValueError, match="version 9 does not exist"):
+        models.rollback(9, details={})
+    assert [v["version"] for v in models.models()["versions"]] == [4, 3]
+    assert models.rollback(None, details={}) == (3, 4)
+
+
+def test_1000_deploys_with_the_default_retention_leave_at_most_n_plus_2_versions(
+    make: Make, tmp_path: Path
+) -> None:
+    """The registry's disk stays bounded: the default keeps 10 versions plus the champion and
+    the previous one, however many deploys there are (docs/reliability.md has the figure for
+    the demo's model)."""
+    models = make()
+    deploy(models, 0)
+    size = (tmp_path / "models" / "v000001" / "model.skops").stat().st_size
+    for n in range(1, 1000):
+        republish(models, 1)
+        if n % 100 == 0:
+            models.rollback(None, details={})
+        assert len(models.registry.numbers()) <= models.retention.keep_versions + 2
+    entries = list((tmp_path / "models").iterdir())
+    used = sum(f.stat().st_size for e in entries if e.is_dir() for f in e.iterdir())
+    assert len([e for e in entries if e.is_dir()]) <= 12
+    assert used < 12 * (size + 20_000)  # artifact + manifest (with its warm-up rows)
+
+
+def test_each_step_of_a_deletion_cut_by_a_crash_leaves_a_registry_that_opens(
+    make: Make, store: Store, tmp_path: Path
+) -> None:
+    """A crash after the rename (before or after the event, the directory whole or half
+    removed): the next start serves the champion, never lists the version, sweeps what is
+    left and has exactly one ``model_deleted`` event for it."""
+    models = make(retention=Retention(keep_versions=1))
+    deploy(models, 0)
+    republish(models, 4)
+    root = tmp_path / "models"
+    assert models.registry.numbers() == [4, 5] and deleted(store) == [1, 2, 3]
+
+    models.registry.retire(4)  # renamed; the crash came before the event
+    first = make(retention=Retention(keep_versions=1))
+    assert first.registry.numbers() == [5]
+    assert deleted(store) == [1, 2, 3, 4]
+    assert store.events(kind="model_deleted", limit=1)[0].data["recovered"] is True
+
+    republish(first, 2)  # 6 and 7 published, 5 deleted
+    retired = first.registry.retire(6)  # renamed, recorded, then half removed
+    store.add_event("model_deleted", {"version": 6, "reason": "retention"}, ts=time.time())
+    (retired / "model.skops").unlink()
+    again = make(retention=Retention(keep_versions=1))
+    assert again.current is not None and again.current.version == 7
+    assert again.registry.numbers() == [7] and deleted(store) == [1, 2, 3, 4, 5, 6]
+    assert [v["version"] for v in again.models()["versions"]] == [7]
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def churn(root: str) -> None:
+    """Deploy forever with ``keep_versions = 1``, so that every deploy deletes one version: the
+    child process that :func:`test_kill_9_during_deletions_loses_no_version_and_no_event`
+    kills."""
+    state = Path(root)
+    schema = load_text(config_text(state, bootstrap=None)).schema_obj()
+    store = Store(state / "driftd.sqlite3", schema).open()
+    models = Lifecycle(
+        Registry(state / "models"),
+        Serving(),
+        store,
+        Metrics(),
+        schema,
+        retention=Retention(keep_versions=1),
+    )
+    models.open()
+    if models.current is None:
+        deploy(models, 0)
+    while True:
+        republish(models, 1)
+
+
+def test_kill_9_during_deletions_loses_no_version_and_no_event(
+    tmp_path: Path, schema: Schema
+) -> None:
+    """A real process deleting a version at every deploy, killed with SIGKILL (mostly the
+    instant a deletion's renamed directory appears): after each kill the registry opens and
+    serves its champion, and every number ever published is either a whole version or has
+    exactly one ``model_deleted`` event, never both."""
+    root = tmp_path / "models"
+    caught = 0
+    for kill in range(4):
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"from tests.test_lifecycle import churn; churn({str(tmp_path)!r})",
+            ]
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and child.poll() is None:
+                names = os.listdir(root) if root.exists() else []
+                if any(n.startswith(".tmp-deleted-") for n in names) and kill % 4 != 3:
+                    break
+                if kill % 4 == 3 and len(names) > 2 and random.random() < 0.001:
+                    break
+                time.sleep(0.0002)
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.wait(10)
+        assert child.returncode == -signal.SIGKILL, "the child stopped before it was killed"
+        caught += any(n.startswith(".tmp-deleted-") for n in os.listdir(root))
+        store = Store(tmp_path / "driftd.sqlite3", schema).open()
+        try:
+            models = Lifecycle(Registry(root), Serving(), store, Metrics(), schema)
+            models.open()
+            numbers = models.registry.numbers()
+            events = [e.data["version"] for e in store.events(kind="model_deleted", limit=10_000)]
+            assert models.current is not None and models.current.version == numbers[-1]
+            assert len(events) == len(set(events)) and not set(events) & set(numbers)
+            assert set(events) | set(numbers) == set(range(1, numbers[-1] + 1))
+            for n in numbers:
+                models.registry.load(n)
+            assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+        finally:
+            store.close()
+    print(f"\n{caught} of 4 kills left a deletion's renamed directory behind")

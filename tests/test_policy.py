@@ -118,3 +118,23 @@ def test_state_survives_a_restart_so_a_restart_cannot_burst() -> None:
     assert job2 is not None
     r.request("operator", now=13, new_labels=0, operator=True)
     assert r.pending is not None and r.pending.id not in (job.id, job2.id), "ids never repeat"
+
+
+def test_a_cancelled_job_waits_again_with_the_reasons_that_came_and_survives_a_restart() -> None:
+    """A shutdown cut the job short: it is queued again in front (merged with the request that
+    came while it ran), its attempt is not counted, and a restored policy starts it."""
+    p = RetrainPolicy(CFG)
+    p.request("schedule", now=0, new_labels=500)
+    first = p.start(1)
+    assert first is not None
+    p.finish(first, "deployed", now=2)
+    p.request("schedule", now=100, new_labels=500)
+    job = p.start(100)
+    assert job is not None
+    p.request("drift_growth", now=101, new_labels=500, drift_point=42)
+    p.finish(job, "cancelled", now=102)
+    assert p.running is None and p.last_attempt == 1
+    restored = RetrainPolicy.from_dict(CFG, p.to_dict())
+    again = restored.start(103)
+    assert again is not None and again.id == job.id
+    assert (again.reasons, again.drift_point) == (["schedule", "drift_growth"], 42)

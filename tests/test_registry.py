@@ -93,3 +93,21 @@ def test_a_skops_file_naming_an_untrusted_callable_is_refused(
             dst.writestr(name, json.dumps(schema) if name == "schema.json" else src.read(name))
     with pytest.raises(IntegrityError, match="untrusted types"):
         load_artifact(out.getvalue())
+
+
+def test_a_retired_version_is_neither_listed_nor_loadable_and_is_swept(
+    tmp_path: Path, artifact: bytes
+) -> None:
+    """Deletion renames first: from that instant the version is gone for every reader, and
+    what is left of it is a temporary leftover that the start-up sweep removes."""
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.publish(artifact, {})
+    retired = reg.retire(2)
+    assert reg.numbers() == [1, 3] and [v.number for v in reg.versions()] == [1, 3]
+    assert reg.retired() == [2]
+    with pytest.raises(IntegrityError, match="v000002: manifest unreadable"):
+        reg.load(2)
+    assert reg.sweep() == [retired.name] and reg.retired() == []
+    reg.purge(reg.retire(1))
+    assert reg.numbers() == [3] and [p.name for p in tmp_path.iterdir()] == ["v000003"]

@@ -21,6 +21,8 @@ from driftd.models.registry import Registry
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
 
 TOKEN = "retrain-test-token-0123456789"
+PASS_ALL = "min_holdout = 50\nmin_absolute_change = -1.0\nmax_latency_ms = 10000"
+MODEL = 'estimator = "sklearn.linear_model.LogisticRegression"\nparams = { max_iter = 200 }'
 
 
 class Hook:
@@ -215,6 +217,44 @@ def test_operator_retrain_rollback_and_predictions_flow_during_training(tmp_path
         d.stop()
 
 
+def test_retention_deletes_old_versions_and_a_rollback_to_one_is_a_409(tmp_path: Path) -> None:
+    """With ``keep_versions = 1`` and v2 pinned, three operator retrains leave v2 (pinned), v3
+    (the previous champion) and v4 (the champion): ``/v1/models`` lists just those, v1 has its
+    ``model_deleted`` event, and a rollback to it is refused with a 409 that says why."""
+    d = start(
+        tmp_path,
+        model=f"{MODEL}\nkeep_versions = 1\npinned = [2]",
+        gate=PASS_ALL,
+    )
+    try:
+        with client(d) as c:
+            play(c, make_rows(600, seed=5), "x")
+            for n in range(3):
+                assert c.post("/v1/retrain").status_code == 202
+                wait_until(
+                    lambda n=n: len(events(c, "retrain_finished")) > n, what="a retrain", c=c
+                )
+            assert [e["outcome"] for e in events(c, "retrain_finished")] == ["deployed"] * 3
+            listed = c.get("/v1/models").json()
+            assert [v["version"] for v in listed["versions"]] == [4, 3, 2]
+            assert listed["aliases"] == {"champion": 4, "previous": 3}
+            assert [(e["version"], e["reason"]) for e in events(c, "model_deleted")] == [
+                (1, "retention")
+            ]
+            refused = c.post("/v1/rollback", json={"version": 1})
+            assert refused.status_code == 409
+            assert "version 1 was deleted from the registry" in refused.json()["message"]
+            assert c.post("/v1/rollback", json={"version": 2}).status_code == 200
+        assert sorted(p.name for p in (tmp_path / "state" / "models").iterdir()) == [
+            "aliases.json",
+            "v000002",
+            "v000003",
+            "v000004",
+        ]
+    finally:
+        d.stop()
+
+
 def test_the_post_deploy_guard_rolls_back_a_champion_that_fails_live(
     tmp_path: Path, hook: Hook
 ) -> None:
@@ -316,6 +356,51 @@ def test_a_training_past_its_timeout_is_killed_and_alerted(tmp_path: Path, hook:
             wait_until(lambda: not _training_children(pid), timeout=10, what="the child to be gone")
             assert c.get("/v1/status").json()["model"]["version"] == 1
             assert 'driftd_retrain_runs_total{outcome="timeout"} 1.0' in c.get("/metrics").text
+    finally:
+        d.stop()
+
+
+def test_a_shutdown_during_a_fit_is_a_quiet_cancel_and_the_next_start_runs_the_job(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """SIGTERM while the training process fits (a 3 s fit, so that it would end inside the
+    worker's stop grace): the daemon exits 0, nothing prints a traceback, the job is recorded
+    as cancelled, not failed, nobody is paged, and the next start runs the job and deploys."""
+    flag = tmp_path / "slow"
+    d = start(
+        tmp_path,
+        hook,
+        env={"DRIFTD_TEST_SLOW_FLAG": str(flag), "DRIFTD_TEST_SLOW_SECONDS": "3"},
+        model='factory = "tests.models:slow_when_flagged"',
+        gate=PASS_ALL,
+    )
+    try:
+        with client(d) as c:
+            play(c, make_rows(500, seed=9), "x")
+            flag.touch()
+            job = c.post("/v1/retrain").json()["job"]
+            assert d.proc is not None
+            pid = d.proc.pid
+            wait_until(lambda: events(c, "retrain_started"), timeout=10, what="the job", c=c)
+            wait_until(lambda: _training_children(pid), timeout=10, what="the training child")
+            time.sleep(0.5)  # inside the fit's sleep
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0
+        printed = [str(line) for line in d.lines]
+        assert not [line for line in printed if "Traceback" in line or "BrokenPipe" in line]
+        assert any("cancelled" in line for line in printed)
+        assert "training_failed" not in hook.kinds() and hook.received == []
+        flag.unlink()
+        d.start()
+        with client(d) as c:
+            done = wait_until(lambda: events(c, "retrain_finished"), what="the requeued job", c=c)
+            assert [(e["job"], e["outcome"]) for e in done] == [(job, "deployed")]
+            cancelled = events(c, "training_cancelled")
+            assert [(e["job"], e["reasons"]) for e in cancelled] == [(job, ["operator"])]
+            assert [e["job"] for e in events(c, "retrain_started")] == [job, job]
+            assert not events(c, "retrain_interrupted")
+            assert c.get("/v1/status").json()["model"]["version"] == 2
+        assert hook.received == []
     finally:
         d.stop()
 

@@ -30,16 +30,21 @@ class Clock:
 
 
 class Fits:
-    """The fit the retrainer is given: in this process, every job kept; ``fail`` or
-    ``shuffle`` make the next fits fail or learn noise."""
+    """The fit the retrainer is given: in this process, every job kept; ``fail``, ``cancel``
+    or ``shuffle`` make the next fits fail, be cut short by a shutdown, or learn noise."""
 
     def __init__(self) -> None:
         self.jobs: list[FitJob] = []
         self.fail: str | None = None
+        self.cancel = False
         self.shuffle = False
 
     def __call__(self, job: FitJob) -> FitResult:
         self.jobs.append(job)
+        if self.cancel:
+            return FitResult(
+                False, error="training cancelled: the daemon is stopping", cancelled=True
+            )
         if self.fail is not None:
             return FitResult(False, error=self.fail)
         if self.shuffle:
@@ -158,6 +163,39 @@ def test_a_failed_bootstrap_waits_out_its_backoff_on_the_clock(
     clock.now += 1
     fits.fail = None
     assert parts.bootstrap.due() and parts.bootstrap.run() == "deployed"
+
+
+def test_a_fit_cut_by_the_shutdown_is_cancelled_and_the_next_start_runs_the_job(
+    build: Callable[..., Parts], clock: Clock, fits: Fits, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No failure, no alert, no finished run and no cooldown: a ``training_cancelled`` event,
+    and the job is still queued in the persisted policy, so the parts built at the next start
+    run it. A cancelled bootstrap is no failure either: it is simply due again."""
+    parts = build()
+    fits.cancel = True
+    assert parts.bootstrap.run() == "cancelled"
+    assert parts.bootstrap.status() == {"state": "idle", "error": None, "failures": 0}
+    assert parts.bootstrap.due()
+    fits.cancel = False
+    parts.bootstrap.run()
+    play(parts, make_rows(300, seed=2), "x", clock)
+    assert parts.retrainer.request("operator", operator=True).outcome == "queued"
+    job = parts.retrainer.poll()
+    assert job is not None
+    fits.cancel = True
+    assert parts.retrainer.run(job) == "cancelled"
+    event, bootstrap = parts.store.events(kind="training_cancelled", limit=5)
+    assert event.data == {"job": job.id, "reasons": ["operator"], "seconds": 0.0}
+    assert bootstrap.data["reasons"] == ["bootstrap"]
+    assert kinds(parts, limit=3)[:2] == ["training_cancelled", "retrain_started"]
+    assert "alert" not in caplog.text and parts.retrainer.status()["pending"]["id"] == job.id
+    parts.close()
+    fits.cancel = False
+    restarted = build()
+    again = restarted.retrainer.poll()
+    assert again is not None and again.id == job.id
+    assert restarted.retrainer.run(again) == "deployed"
+    assert "retrain_interrupted" not in kinds(restarted)
 
 
 def test_without_a_file_the_first_model_waits_for_labelled_traffic(

@@ -163,3 +163,36 @@ def test_the_worker_runs_at_a_lower_cpu_priority_than_the_daemon() -> None:
         assert os.getpriority(os.PRIO_PROCESS, child) == min(19, ours + 7)
     finally:
         worker.close()
+
+
+def test_a_cancel_during_a_fit_stops_the_worker_at_once_and_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon stopping mid-fit: the result says cancelled (not failed) without waiting for
+    the fit, and the worker prints no traceback (it once died on a ``BrokenPipeError`` when
+    its 3 s fit ended inside the stop's grace and answered a closed pipe)."""
+    flag = tmp_path / "slow"
+    flag.touch()
+    monkeypatch.setenv("DRIFTD_TEST_SLOW_FLAG", str(flag))
+    monkeypatch.setenv("DRIFTD_TEST_SLOW_SECONDS", "3")
+    worker = TrainingWorker()
+    cancel = threading.Event()
+    try:
+        assert worker(job(), timeout=30).ok  # started and warm: the cancel lands in the fit
+        timer = threading.Timer(0.5, cancel.set)
+        timer.start()
+        result = worker(job("tests.models:slow_when_flagged"), timeout=30, cancel=cancel)
+        stopped = time.monotonic()
+        assert result.cancelled and not result.ok and not result.timed_out
+        assert result.error == "training cancelled: the daemon is stopping"
+        assert result.seconds < 2.0
+        time.sleep(3.5)  # past the end of the fit it was cut from
+        assert time.monotonic() - stopped > 3
+        assert "Traceback" not in capfd.readouterr().err
+        cold = TrainingWorker()
+        try:
+            assert cold(job(), timeout=30, cancel=cancel).cancelled  # still starting: cancelled
+        finally:
+            cold.close()
+    finally:
+        worker.close()

@@ -9,6 +9,11 @@ and the swap serves the new champion after the restart, as intended; a crash bef
 move leaves the old one. At start the champion is loaded, or, when it fails verification, the
 newest version that passes, and the audit log says so.
 
+After each deploy it deletes the versions the retention rule (:mod:`driftd.models.retention`)
+lets go, each in the registry's one rename, then a ``model_deleted`` event, then the removal;
+a crash between the rename and the event is completed at the next start. Deploys, rollbacks and
+deletions take one lock, so a rollback never races the deletion of its target.
+
 It never exposes a half-loaded model: :attr:`current` is one reference, replaced whole.
 """
 
@@ -25,6 +30,7 @@ from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.registry import Registry, Version
+from driftd.models.retention import Retention
 from driftd.models.serving import LiveModel, Serving, WarmupError
 from driftd.store import Store
 
@@ -66,6 +72,8 @@ class Lifecycle:
         Loads artifacts out of process (the training worker); any failure there loads here.
     keep_previous
         Keep the champion a swap replaces loaded, so that rolling back to it is a swap.
+    retention
+        Which versions a deploy leaves in the registry (``[model] keep_versions``, ``pinned``).
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class Lifecycle:
         *,
         loader: Loader | None = None,
         keep_previous: bool = True,
+        retention: Retention | None = None,
         in_order: Callable[[Callable[[], Any]], Any] = _now,
         on_swap: Callable[[], None] = lambda: None,
         cancel: threading.Event | None = None,
@@ -90,6 +99,7 @@ class Lifecycle:
         self.schema = schema
         self.loader = loader
         self.keep_previous = keep_previous
+        self.retention = retention if retention is not None else Retention()
         self.in_order = in_order
         self.on_swap = on_swap
         self.cancel = cancel if cancel is not None else threading.Event()
@@ -97,6 +107,7 @@ class Lifecycle:
         self._load_failures: list[str] = []
         self._fallback: str | None = None
         self._previous: LiveModel | None = None  # the champion before the last swap, loaded
+        self._moves = threading.RLock()  # one deploy, rollback or deletion at a time
 
     # -- reads -----------------------------------------------------------------------------
     @property
@@ -138,7 +149,9 @@ class Lifecycle:
     # -- start -----------------------------------------------------------------------------
     def open(self) -> None:
         """Sweep leftovers of a crash, serve the champion (or the newest valid version), and
-        complete the audit log if a crash fell between an alias move and its event."""
+        complete the audit log if a crash fell between an alias move, or a deletion, and its
+        event."""
+        self._record_deletions(self.registry.retired())
         self.registry.sweep()
         self._load_champion()
         self._reconcile_history()
@@ -186,6 +199,22 @@ class Lifecycle:
                 {"version": champion, "reason": "recovered", "recovered": True, "previous": last},
             )
 
+    def _record_deletions(self, numbers: list[int]) -> None:
+        """Deletions a crash cut short after their rename: the versions are gone, so make sure
+        the audit log says so. A crash leaves at most one, and its event, if written, is the
+        newest (before the sweep, so that a crash here too loses no event)."""
+        if not numbers:
+            return
+        recorded = {
+            e.data.get("version")
+            for e in self.store.events(kind="model_deleted", limit=len(numbers))
+        }
+        for number in numbers:
+            if number not in recorded:
+                self._event(
+                    "model_deleted", {"version": number, "reason": "retention", "recovered": True}
+                )
+
     # -- changes ---------------------------------------------------------------------------
     def deploy(
         self, artifact: bytes, manifest: dict[str, Any], warmup: Any, *, model: Any = None
@@ -194,11 +223,15 @@ class Lifecycle:
 
         ``model`` is ``artifact`` already loaded (by the training process, with the same trusted
         types): then only the published bytes are read back and verified, and that object
-        serves, so the serving process does not spend the load's GIL time beside requests."""
-        version = self.registry.publish(artifact, manifest)
-        live = self._load(version.number, warmup, model=model)
-        self._switch(live, "deploy", {"reason": manifest.get("reason"), "job": manifest.get("job")})
-        log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
+        serves, so the serving process does not spend the load's GIL time beside requests.
+        Then the versions retention lets go are deleted."""
+        with self._moves:
+            version = self.registry.publish(artifact, manifest)
+            live = self._load(version.number, warmup, model=model)
+            details = {"reason": manifest.get("reason"), "job": manifest.get("job")}
+            self._switch(live, "deploy", details)
+            log.info("deployed v%06d (%s)", version.number, manifest.get("reason"))
+            self._prune()
         return version
 
     def rollback(self, version: int | None, *, details: dict[str, Any]) -> tuple[int, int | None]:
@@ -207,21 +240,60 @@ class Lifecycle:
         Raises ValueError when there is nothing to roll back to, IntegrityError or WarmupError
         when the target fails verification or warm-up. The previous champion is a swap when it
         is still loaded (verified and warmed up when it was)."""
+        with self._moves:
+            aliases = self.registry.aliases()
+            target = version if version is not None else aliases.previous
+            if target is None:
+                raise ValueError("there is no previous version to roll back to")
+            self._check_exists(target)
+            if target == aliases.champion:
+                raise ValueError(f"version {target} is already the champion")
+            kept = self._previous
+            if kept is not None and kept.version == target:
+                live = LiveModel(kept.version, kept.model, kept.manifest, self.clock())
+            else:
+                live = self._load(target)
+            self._switch(live, "rollback", {"from": aliases.champion, **details})
+            return target, aliases.champion
+
+    def _check_exists(self, target: int) -> None:
+        """Refuse a version that is not in the registry, saying whether it ever was: numbers
+        are given in order, so a missing one below the newest was deleted."""
+        numbers = self.registry.numbers()
+        if target in numbers:
+            return
+        if numbers and 0 < target < numbers[-1]:
+            rule = self.retention
+            raise ValueError(
+                f"version {target} was deleted from the registry: retention keeps the champion,"
+                f" the previous champion, the pinned versions ({sorted(rule.pinned)}) and the"
+                f" newest {rule.keep_versions} ([model] pinned, keep_versions)"
+            )
+        raise ValueError(f"version {target} does not exist")
+
+    def _prune(self) -> None:
+        """Delete what retention lets go: each version in one rename (after which it is neither
+        listed nor loadable), its ``model_deleted`` event, then the removal. A failure is
+        logged, never raised: the deploy it follows has happened."""
         aliases = self.registry.aliases()
-        target = version if version is not None else aliases.previous
-        if target is None:
-            raise ValueError("there is no previous version to roll back to")
-        if target not in self.registry.numbers():
-            raise ValueError(f"version {target} does not exist")
-        if target == aliases.champion:
-            raise ValueError(f"version {target} is already the champion")
-        kept = self._previous
-        if kept is not None and kept.version == target:
-            live = LiveModel(kept.version, kept.model, kept.manifest, self.clock())
-        else:
-            live = self._load(target)
-        self._switch(live, "rollback", {"from": aliases.champion, **details})
-        return target, aliases.champion
+        live = self.serving.current
+        serving = live.version if live is not None else None
+        doomed = self.retention.doomed(
+            self.registry.numbers(), protected=(aliases.champion, aliases.previous, serving)
+        )
+        for number in doomed:
+            try:
+                retired = self.registry.retire(number)
+            except OSError as exc:
+                log.error("could not delete model v%06d: %s", number, exc)
+                continue
+            details = {"reason": "retention", "keep_versions": self.retention.keep_versions}
+            self._event("model_deleted", {"version": number, **details})
+            log.info("deleted model v%06d (retention)", number)
+            try:
+                self.registry.purge(retired)
+            except OSError as exc:  # out of the registry already; swept at the next start
+                log.warning("could not remove %s yet: %s", retired.name, exc)
 
     def _switch(self, live: LiveModel, event: str, details: dict[str, Any]) -> None:
         """Move the alias (here: its fsyncs must not hold up traffic waiting in order), then, in

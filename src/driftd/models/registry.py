@@ -4,8 +4,10 @@ A version is published by writing ``model.skops`` and then ``manifest.json`` (ho
 artifact's sha256) into a temporary directory beside the others, fsyncing both, and renaming
 the directory into place: a version is either whole or absent. The aliases live in one small
 file replaced atomically (temp file in the same directory, fsync, ``os.replace``, fsync the
-directory). A crash at any instant therefore leaves a registry whose champion loads; temporary
-leftovers are swept at start.
+directory). A version is deleted the same way backwards: its directory is first renamed to a
+temporary name, the one step a reader can see, and only then removed. A crash at any instant
+therefore leaves a registry whose champion loads and whose listed versions are whole; temporary
+leftovers, a half-removed version among them, are swept at start.
 
 Artifacts are loaded with skops and a trusted-type list pinned here: a model file is never a
 way to run code.
@@ -42,6 +44,8 @@ ARTIFACT = "model.skops"
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
 _VERSION_DIR = re.compile(r"^v(\d{6})$")
+_RETIRED = "deleted-"
+_RETIRED_DIR = re.compile(rf"^{re.escape(TMP_PREFIX + _RETIRED)}v(\d{{6}})$")
 
 #: Types beyond skops' own defaults that a driftd model may contain. skops trusts scikit-learn's
 #: public estimators and numpy containers by default; these are the compiled internals of
@@ -119,7 +123,7 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def sweep(self) -> list[str]:
-        """Remove temporary leftovers of interrupted writes; returns what was removed."""
+        """Remove temporary leftovers of interrupted writes and deletions; returns their names."""
         removed = []
         for entry in self.root.iterdir():
             if entry.name.startswith(TMP_PREFIX):
@@ -132,6 +136,11 @@ class Registry:
             fsync_dir(self.root)
             log.info("swept %d temporary file(s) left by an interrupted write", len(removed))
         return removed
+
+    def retired(self) -> list[int]:
+        """Versions whose deletion a crash cut short after :meth:`retire` (until :meth:`sweep`)."""
+        found = (_RETIRED_DIR.match(entry.name) for entry in self.root.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
 
     # -- versions --------------------------------------------------------------------------
     def numbers(self) -> list[int]:
@@ -156,7 +165,8 @@ class Registry:
             try:
                 out.append(self.get(n))
             except IntegrityError as exc:
-                log.warning("skipping a version with an unreadable manifest: %s", exc)
+                if (self.root / f"v{n:06d}").exists():  # not one retired since it was listed
+                    log.warning("skipping a version with an unreadable manifest: %s", exc)
         return out
 
     def publish(self, artifact: bytes, manifest: dict[str, Any]) -> Version:
@@ -181,6 +191,21 @@ class Registry:
             raise
         fsync_dir(self.root)
         return Version(number, final, full)
+
+    def retire(self, number: int) -> Path:
+        """Take a version out of the registry in one rename (to a temporary name, fsynced):
+        before it the version is listed and whole, after it absent. Returns the renamed
+        directory for :meth:`purge`; a crash before that leaves it to :meth:`sweep`."""
+        name = f"v{number:06d}"
+        retired = self.root / f"{TMP_PREFIX}{_RETIRED}{name}"
+        os.rename(self.root / name, retired)
+        fsync_dir(self.root)
+        return retired
+
+    def purge(self, retired: Path) -> None:
+        """Remove a directory :meth:`retire` returned."""
+        shutil.rmtree(retired)
+        fsync_dir(self.root)
 
     def load(self, number: int) -> tuple[Version, Any]:
         """Verify and load a version: manifest readable, sha256 matching, types trusted."""

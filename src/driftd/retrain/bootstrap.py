@@ -3,7 +3,9 @@
 The one owner of the bootstrap. Its data is a history file, river's synthetic stream (the demo),
 or, with neither configured, the first ``min_rows`` labelled records the daemon receives. A
 failed first fit is retried after the retrain cooldown, doubled after each failure up to the
-backoff cap. The fit, the gate and the deploy are the retrainer's, as for any retrain.
+backoff cap; a fit that the daemon's shutdown cancelled is no failure, and the next start, with
+still no model, trains again. The fit, the gate and the deploy are the retrainer's, as for any
+retrain.
 """
 
 from __future__ import annotations
@@ -139,6 +141,9 @@ class Bootstrap:
             job, X[:-n_hold], y[:-n_hold], X[-n_hold:], y[-n_hold:], window=window
         )
         details.pop("trained_until", None)
+        if outcome == "cancelled":
+            self._state = "idle"
+            return outcome
         self.store.add_event(
             "retrain_finished",
             {"job": job.id, "reasons": job.reasons, "outcome": outcome, **details},

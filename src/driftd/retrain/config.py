@@ -32,9 +32,11 @@ class ModelConfig:
     warmup_rows: int = field(default=8, metadata={"min": 1, "max": 10_000})
     trusted_types: list[str] = field(default_factory=list)
     keep_previous: bool = True
+    keep_versions: int = field(default=10, metadata={"min": 1})
+    pinned: list[int] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        errors = []
+        errors = [f"pinned: got {n}, expected version numbers >= 1" for n in self.pinned if n < 1]
         for key, path in (("estimator", self.estimator), ("factory", self.factory)):
             if path is None or (key == "estimator" and self.factory is not None):
                 continue

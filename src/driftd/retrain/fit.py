@@ -171,6 +171,7 @@ class FitResult:
     error: str | None = None
     traceback: str | None = None
     timed_out: bool = False
+    cancelled: bool = False  # cut short by a shutdown: nothing failed, the job runs again
     seconds: float = 0.0
     logs: list[str] = field(default_factory=list)
 

@@ -13,6 +13,9 @@ Rules, in order, for a request:
   (exponential backoff); operator requests are exempt;
 * at least ``min_new_labels`` labelled rows since the last training; operator requests are exempt.
 
+A job that a shutdown cancels goes back to the head of the queue (merged with one that waits),
+its attempt not counted, so that the state persisted at the stop makes the next start run it.
+
 Drift opens a *regime* at the alarm's change point: the first retrain waits until
 ``min_rows_after_drift`` labelled rows exist after it, and retrains follow whenever that count
 doubles since the last one, until it reaches ``window_rows``. These growth retrains skip the
@@ -45,7 +48,7 @@ from typing import Any, Literal
 
 __all__ = ["Decision", "DriftRegime", "Job", "PolicyConfig", "RetrainPolicy"]
 
-Outcome = Literal["deployed", "rejected", "failed", "timeout", "skipped"]
+Outcome = Literal["deployed", "rejected", "failed", "timeout", "skipped", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +169,11 @@ class RetrainPolicy:
             self.consecutive_rejections += 1
         elif outcome == "deployed":
             self.consecutive_rejections = 0
-        if outcome == "skipped":
+        if outcome in ("skipped", "cancelled"):
             # Nothing was trained: this job does not start a cooldown.
             self.last_attempt = job.prior_attempt
+        if outcome == "cancelled":
+            self._requeue(job)
         if trained_until is not None and outcome in ("deployed", "rejected"):
             self.trained_until = max(self.trained_until, trained_until)
         if (
@@ -179,6 +184,16 @@ class RetrainPolicy:
             self.regime.trained_rows = max(self.regime.trained_rows, trained_rows)
             if self.regime.trained_rows >= self.config.window_rows:
                 self.regime = None
+
+    def _requeue(self, job: Job) -> None:
+        """Put a job cut short by a shutdown back in front, with the reasons and the newer drift
+        point of a request that came meanwhile."""
+        waiting, self.pending = self.pending, job
+        job.started = None
+        if waiting is not None:
+            job.reasons.extend(r for r in waiting.reasons if r not in job.reasons)
+            if waiting.drift_point is not None:
+                job.drift_point = waiting.drift_point
 
     # -- drift regimes ---------------------------------------------------------------------
     def on_drift(self, change_point: int, now: float) -> None:

@@ -5,7 +5,9 @@ after an alarm, else the most recent window), holds out the most recent slice, h
 (the training process) fit the candidate, load it with the trusted-type list and score it, scores
 the champion on the same holdout, and asks the gate. A passing candidate is deployed through the
 lifecycle (:mod:`driftd.models.lifecycle`); a failing one is kept under ``rejected/`` (bounded)
-and the team is alerted. After a deploy the post-deploy guard (:mod:`driftd.retrain.guard`)
+and the team is alerted. A fit that the daemon's shutdown cuts short is no failure: it is
+recorded as ``training_cancelled``, nobody is paged, and the policy keeps the job queued for
+the next start. After a deploy the post-deploy guard (:mod:`driftd.retrain.guard`)
 watches the first labelled records the new champion served, and its rollback is handed to
 ``defer`` (a thread of its own in the daemon: a swap waits for the ingest worker, on which the
 guard is fed; replay performs it after the label batch, deterministically).
@@ -212,6 +214,10 @@ class Retrainer:
             )
             self._persist()
             escalate = self.policy.consecutive_rejections
+        if outcome == "cancelled":
+            log.info("retrain %s was cancelled by the shutdown; the next start runs it", job.id)
+            self._gauges()
+            return outcome
         if outcome == "skipped":
             self.metrics.retrain_skipped.labels(details.get("skipped", "unknown")).inc()
         else:
@@ -306,6 +312,10 @@ class Retrainer:
         base["fit_seconds"] = round(result.seconds, 3)
         if result.logs:
             base["logs"] = result.logs[-20:]
+        if result.cancelled:
+            cancelled = {"job": job.id, "reasons": job.reasons, "seconds": base["fit_seconds"]}
+            self.store.add_event("training_cancelled", cancelled, ts=self.clock())
+            return "cancelled", base
         if not result.ok:
             kind = "training_timeout" if result.timed_out else "training_failed"
             self._alert(kind, f"retrain {job.id}: {result.error}", job=job.id)

@@ -4,6 +4,10 @@ The fit runs in a ``spawn``ed child with a wall-clock timeout and a memory cap, 
 process never trains and never shares a GIL with training. The child also loads artifacts for
 the serving process when idle (a rollback to a version that is no longer loaded): unpickling
 its answer costs the serving process a fraction of a skops load.
+
+A job the parent gives up on (its timeout, or the daemon stopping) gets the child SIGTERM at once:
+the fit's result is no longer wanted, and the child, which never answers a parent that stopped
+listening with a traceback, simply ends.
 """
 
 from __future__ import annotations
@@ -53,6 +57,16 @@ def _load(job: LoadJob) -> _Loaded:
         return _Loaded(error=f"{type(exc).__name__}: {exc}")
 
 
+def _reply(conn: Any, answer: Any) -> bool:
+    """Send ``answer``; False when the parent has closed its end (it gave up on the job), so
+    that the worker ends quietly rather than on a ``BrokenPipeError`` traceback."""
+    try:
+        conn.send(answer)
+    except OSError:
+        return False
+    return True
+
+
 def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> None:
     """The worker process: cap memory, lower its CPU priority by ``nice``, import the libraries
     once, then fit (or load) jobs until told to stop (``None``) or the parent goes away."""
@@ -70,7 +84,8 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> Non
     import sklearn.ensemble  # noqa: F401 - paid once here, not in every retrain
     import skops.io  # noqa: F401
 
-    conn.send("ready")
+    if not _reply(conn, "ready"):
+        return
     while True:
         try:
             job = conn.recv()
@@ -81,11 +96,14 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> Non
         if isinstance(job, LoadJob):
             answer = _load(job)
             try:
-                conn.send(answer)
+                sent = _reply(conn, answer)
             except Exception:  # noqa: BLE001 - a model that will not pickle: load it there
-                conn.send(_Loaded(error=f"the loaded model could not be sent back ({answer})"))
-            continue
-        conn.send(fit_and_dump(job))
+                why = f"the loaded model could not be sent back ({answer})"
+                sent = _reply(conn, _Loaded(error=why))
+        else:
+            sent = _reply(conn, fit_and_dump(job))
+        if not sent:
+            return
 
 
 class TrainingWorker:
@@ -93,7 +111,8 @@ class TrainingWorker:
 
     Spawning a Python process and importing scikit-learn costs over a second, more than most
     fits: the worker pays it once, ahead of the first job. A job that overruns its timeout (or
-    is cancelled) gets the process SIGTERM then SIGKILL, and the next job starts a fresh one;
+    is cancelled) gets the process SIGTERM at once, then SIGKILL after ``kill_grace``, and the
+    next job starts a fresh one;
     so does a job after ``max_jobs``, which bounds what one process can accumulate.
 
     Blocking: call it from a worker thread, never from the event loop. Thread-safe.
@@ -147,7 +166,9 @@ class TrainingWorker:
             self._ensure()
             if not self._ready and not self._await_ready(max(60.0, timeout), cancel):
                 code = self._proc.exitcode
-                self._stop(kill_grace)
+                self._stop(kill_grace, abandon=True)
+                if cancel is not None and cancel.is_set():
+                    return _cancelled(0.0)
                 how = "still importing" if code is None else f"exit code {code}"
                 return FitResult(False, error=f"the training worker did not start ({how})")
             start = time.monotonic()  # the job's timeout covers the fit, not the worker's start
@@ -160,7 +181,7 @@ class TrainingWorker:
             elapsed = time.monotonic() - start
             if result is None:
                 code = self._proc.exitcode
-                self._stop(kill_grace)
+                self._stop(kill_grace, abandon=True)
                 return _no_result(cancel, elapsed, timeout, code)
             self._done += 1
             if self._done >= self.max_jobs:
@@ -229,7 +250,10 @@ class TrainingWorker:
         with self._lock:
             self._stop(kill_grace)
 
-    def _stop(self, kill_grace: float) -> None:
+    def _stop(self, kill_grace: float, *, abandon: bool = False) -> None:
+        """Stop the process: an idle one is asked to exit and given ``kill_grace``; one that is
+        abandoned mid-job (it would not read the request before its job ends) gets SIGTERM at
+        once. SIGKILL follows for either after ``kill_grace``."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         if conn is not None:
@@ -237,7 +261,7 @@ class TrainingWorker:
                 conn.send(None)
             conn.close()
         if proc is not None:
-            proc.join(kill_grace if proc.is_alive() else 0)
+            proc.join(kill_grace if proc.is_alive() and not abandon else 0)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(kill_grace)
@@ -264,12 +288,17 @@ def _no_result(
     cancel: threading.Event | None, elapsed: float, timeout: float, code: int | None
 ) -> FitResult:
     if cancel is not None and cancel.is_set():
-        return FitResult(False, error="training cancelled: the daemon is stopping", seconds=elapsed)
+        return _cancelled(elapsed)
     if elapsed >= timeout:
         why = f"training timed out after {timeout:g} s"
         return FitResult(False, error=why, timed_out=True, seconds=elapsed)
     how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     return FitResult(False, error=f"the training process died ({how})", seconds=elapsed)
+
+
+def _cancelled(elapsed: float) -> FitResult:
+    why = "training cancelled: the daemon is stopping"
+    return FitResult(False, error=why, cancelled=True, seconds=elapsed)
 
 
 def fit_isolated(

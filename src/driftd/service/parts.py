@@ -21,6 +21,7 @@ from driftd.config import Config
 from driftd.metrics import Metrics
 from driftd.models.lifecycle import Lifecycle, Loader
 from driftd.models.registry import Registry
+from driftd.models.retention import Retention
 from driftd.models.serving import Serving
 from driftd.retrain.bootstrap import Bootstrap
 from driftd.retrain.retrainer import Fit, Retrainer, on_a_thread
@@ -109,6 +110,7 @@ def assemble(
         schema,
         loader=loader,
         keep_previous=config.model.keep_previous,
+        retention=Retention(config.model.keep_versions, frozenset(config.model.pinned)),
         in_order=engine.run,
         on_swap=engine.rebaseline,
         cancel=cancel,
