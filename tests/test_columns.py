@@ -39,6 +39,25 @@ def test_a_batch_decodes_into_a_block_in_the_schemas_order() -> None:
     assert batch.numeric == columns.block
 
 
+def test_probabilities_and_a_zero_timestamp_decode_as_given() -> None:
+    body = json.dumps(
+        [
+            {
+                "features": {"a": 1, "b": 2, "c d": 3},
+                "timestamp": 0,
+                "proba": {"0": 0.25, "1": 0.75},
+            },
+            {"features": {"a": 1, "b": 2, "c d": 3}},
+        ]
+    ).encode()
+    columns = ColumnDecoder(SCHEMA).decode(body)
+    assert columns is not None
+    assert columns.probas == [{"0": 0.25, "1": 0.75}, None]
+    batch = columns.batch(now=100.0)
+    assert batch.ts == [0.0, 100.0], "0 is the epoch, not now"
+    assert batch.probas == columns.probas
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -52,6 +71,14 @@ def test_a_batch_decodes_into_a_block_in_the_schemas_order() -> None:
         pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "id": "123456789"}', id="long id"),
         pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "label": 1.5}', id="float label"),
         pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "label": ""}', id="empty label"),
+        pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "id": "a\\nb"}', id="newline id"),
+        pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "timestamp": -1}', id="before 1970"),
+        pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "proba": {"0": 1.5}}', id="p > 1"),
+        pytest.param('{"features": {"a": 1, "b": 2, "c d": 3}, "proba": {}}', id="no classes"),
+        pytest.param(
+            '{"features": {"a": 1, "b": 2, "c d": 3}, "proba": {"0": 0.5, "0": 0.5}}',
+            id="class twice",
+        ),
     ],
 )
 def test_what_the_decoder_does_not_take_whole_is_left_to_the_validators(record: str) -> None:

@@ -9,6 +9,7 @@ import random
 import sqlite3
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
@@ -134,5 +135,44 @@ def test_the_daemon_stores_each_predictions_probabilities_and_exports_the_estima
         proba = json.loads(stored[1])
         assert set(proba) == {"0", "1"} and sum(proba.values()) == pytest.approx(1.0)
         assert proba[str(json.loads(stored[0]))] >= 0.5
+    finally:
+        daemon.stop()
+
+
+def test_probabilities_sent_with_records_are_validated_and_feed_the_estimate(
+    tmp_path: Path,
+) -> None:
+    csv_path = write_csv(tmp_path / "boot.csv", make_rows(1000, seed=1))
+    cfg = tmp_path / "driftd.toml"
+    cfg.write_text(config_text(tmp_path / "state", bootstrap=str(csv_path)))
+    daemon = DaemonProcess(cfg).start()
+    feats = make_rows(1, seed=2)[0]["features"]
+
+    def send(**fields: object) -> httpx.Response:
+        return c.post("/v1/records", json=[{"features": feats, **fields}])
+
+    try:
+        with daemon.client() as c:
+            cases = [
+                ({"prediction": 1, "proba": {"0": 0.3, "1": 0.6}}, "proba_sum"),
+                ({"prediction": 1, "proba": {"1": 1.0}}, "proba_classes"),
+                ({"prediction": 1, "proba": {"0": 0.5, "1": 0.25, "2": 0.25}}, "proba_classes"),
+                ({"prediction": 1, "proba": {"0": -0.5, "1": 1.5}}, "greater_than_equal"),
+                ({"prediction": 1, "proba": {"0": 0.5, "1": "0.5"}}, "float_type"),
+            ]
+            for fields, kind in cases:
+                r = send(**fields)
+                assert r.status_code == 422, (fields, r.text)
+                assert [(e["field"], e["type"]) for e in r.json()["errors"]][:1] == [
+                    ("proba", kind)
+                ], (fields, r.json())
+            batch = [
+                {"features": feats, "prediction": 1, "proba": {"0": 0.2, "1": 0.8}}
+                for _ in range(60)
+            ]
+            assert c.post("/v1/records", json=batch).status_code == 200
+            estimate = c.get("/v1/status").json()["monitor"]["estimated_score"]["accuracy"]
+            assert estimate["value"] == pytest.approx(0.8)
+            assert estimate["count"] == 60
     finally:
         daemon.stop()

@@ -5,7 +5,8 @@ arrays have the same length, so a schema-valid ("positive") case may carry a mis
 and be refused with a 422, which the positive-data check would report as a false failure. Such
 a positive case is sent without ``ids`` instead. Likewise a timestamp is at most the receiving
 clock plus the allowed skew, which no static schema can state: a positive case's later
-timestamps are sent as the present. Negative cases are left alone: the daemon must refuse
+timestamps are sent as the present, and its class probabilities (which must sum to 1 and name
+the serving model's classes) are left out. Negative cases are left alone: the daemon must refuse
 them whatever they hold.
 
 The daemon under test has one token per scope; each operation's ``security`` in the document
@@ -59,4 +60,6 @@ def map_case(context: Any, case: Any) -> Any:
         for item in body:
             if isinstance(item, dict) and isinstance(item.get("timestamp"), int | float):
                 item["timestamp"] = min(item["timestamp"], now)
+            if isinstance(item, dict):
+                item.pop("proba", None)
     return case

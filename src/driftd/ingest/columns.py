@@ -29,7 +29,7 @@ from msgspec.structs import astuple
 
 from driftd.ingest.batch import Batch, packer
 from driftd.ingest.schema import Label, Schema
-from driftd.ingest.validation import CONTROL, may_repeat_keys
+from driftd.ingest.validation import CONTROL, MAX_CLASSES, may_repeat_keys
 
 __all__ = ["ColumnDecoder", "Columns", "Rows"]
 
@@ -74,6 +74,7 @@ class Columns:
     timestamps: list[float | None] | None
     predictions: list[Label | None] | None
     labels: list[Label | None] | None
+    probas: list[dict[str, float] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -87,6 +88,7 @@ class Columns:
             predictions=self.predictions,
             labels=self.labels,
             numeric=self.block,
+            probas=self.probas,
         )
 
 
@@ -111,17 +113,20 @@ class ColumnDecoder:
         label: Any = {None: int | string, "integer": int, "string": string}[schema.label_type]
         if schema.task == "regression":
             label = float
-        record = msgspec.defstruct(
-            "Record",
-            [
-                ("features", features),
-                ("id", ident | UnsetType, UNSET),
-                ("timestamp", Annotated[float, Meta(ge=0)] | UnsetType, UNSET),
-                ("prediction", label | None | UnsetType, UNSET),
-                ("label", label | None | UnsetType, UNSET),
-            ],
-            forbid_unknown_fields=True,
-        )
+        fields: list[Any] = [
+            ("features", features),
+            ("id", ident | UnsetType, UNSET),
+            ("timestamp", Annotated[float, Meta(ge=0)] | UnsetType, UNSET),
+            ("prediction", label | None | UnsetType, UNSET),
+            ("label", label | None | UnsetType, UNSET),
+        ]
+        if schema.task == "classification":
+            klass = Annotated[str, Meta(max_length=schema.max_string_length)]
+            probability = Annotated[float, Meta(ge=0, le=1)]
+            probas = Annotated[dict[klass, probability], Meta(min_length=1, max_length=MAX_CLASSES)]
+            fields.append(("proba", probas | None | UnsetType, UNSET))
+        self._probas = schema.task == "classification"
+        record = msgspec.defstruct("Record", fields, forbid_unknown_fields=True)
         self._decoder: msgspec.json.Decoder[list[Any]] = msgspec.json.Decoder(list[record])  # type: ignore[valid-type]
 
     @classmethod
@@ -156,16 +161,21 @@ class ColumnDecoder:
             _column([r.prediction for r in records]),
             _column([r.label for r in records]),
         )
+        probas = _column([r.proba for r in records]) if self._probas else None
         if timestamps is not None and not all(map(math.isfinite, filter(None, timestamps))):
             return None
         if ids is not None and CONTROL.search("".join(filter(None, ids))):
             return None  # one search over the joined ids, in C
         keys = n * (1 + k) + sum(
-            c.given for c in (ids, timestamps, predictions, labels) if c is not None
+            c.given for c in (ids, timestamps, predictions, labels, probas) if c is not None
         )
+        if probas is not None:
+            keys += sum(len(p) for p in probas if p)
         if may_repeat_keys(body, keys):  # msgspec keeps a repeated key's last value silently
             return None
-        return Columns(block, Rows(values, self.names), ids, timestamps, predictions, labels)
+        return Columns(
+            block, Rows(values, self.names), ids, timestamps, predictions, labels, probas
+        )
 
 
 class _Column(list[Any]):

@@ -89,6 +89,7 @@ class Record(TypedDict):
     features: dict[str, Value]
     prediction: NotRequired[Label | None]
     label: NotRequired[Label | None]
+    proba: NotRequired[dict[str, float] | None]
 
 
 class LabelRecord(TypedDict):

@@ -17,6 +17,7 @@ passed validation (so of bounded shape) and when a cheap count says it is possib
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 from collections import Counter
@@ -33,10 +34,12 @@ from driftd.ingest.schema import Label, LabelType, Schema
 
 __all__ = [
     "ID_PATTERN",
+    "MAX_CLASSES",
     "MAX_ERRORS",
     "FieldError",
     "InvalidInput",
     "Validators",
+    "bad_probabilities",
     "late_timestamps",
     "may_repeat_keys",
     "mistyped_labels",
@@ -84,6 +87,11 @@ class InvalidInput(ValueError):
 
 
 _STRICT_FINITE = Field(strict=True, allow_inf_nan=False)
+MAX_CLASSES = 1000
+_PROBA = (
+    "The class probabilities behind the prediction, class -> probability, for a producer that"
+    " predicts elsewhere: one per class of the serving model, summing to 1 within 1e-6."
+)
 _AUTO_LABEL = (
     "A class label, an integer or a string. The schema's label_type is unset, so the first"
     " label stored or the first model's classes fix the type; a label of the other type is"
@@ -145,6 +153,16 @@ class Validators:
             "prediction": NotRequired[label | None],
             "label": NotRequired[label | None],
         }
+        if s.task == "classification":
+            probability = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
+            klass = Annotated[str, Field(max_length=s.max_string_length)]
+            record_fields["proba"] = NotRequired[
+                Annotated[
+                    dict[klass, probability],
+                    Field(min_length=1, max_length=MAX_CLASSES, description=_PROBA),
+                ]
+                | None
+            ]
         record = _typed_dict("Record", record_fields)
         label_record = _typed_dict(
             "LabelRecord", {"id": ident, "label": label, "timestamp": NotRequired[timestamp]}
@@ -240,12 +258,14 @@ def _count_keys(value: Any) -> int:
         n = sum(map(len, value))
         if "features" in value[0]:  # records: every one has features, all of the same width
             n += len(value[0]["features"]) * len(value)
+            n += sum(len(r["proba"]) for r in value if r.get("proba"))
         return n
     if not isinstance(value, dict):
         return 0
     n = len(value)
     if "features" in value:
         n += len(value["features"])
+        n += len(value.get("proba") or ())
     if "instances" in value:
         n += sum(map(len, value["instances"]))
     return n
@@ -386,6 +406,8 @@ def _invalid(exc: ValidationError, prefix: str, *, index: int | None = None) -> 
             continue
         seen.add((at, name))
         message = _MESSAGES.get(err["type"], err["msg"])
+        if name == "proba" and err["type"] in ("greater_than_equal", "less_than_equal"):
+            message = "expected a probability between 0 and 1"
         if err["type"] == "string_too_long":
             message = f"{message} ({err.get('ctx', {}).get('max_length')} characters)"
         errors.append(FieldError(at, prefix + name, message, err["type"]))
@@ -410,6 +432,35 @@ def late_timestamps(
         for i, t in enumerate(timestamps)
         if t is not None and t > limit
     ][:MAX_ERRORS]
+
+
+def bad_probabilities(
+    probas: Sequence[Mapping[str, float] | None],
+    predictions: Sequence[Label | None] | None,
+    classes: Sequence[str] | None,
+) -> list[FieldError]:
+    """One error per record whose probabilities do not sum to 1 (within 1e-6), name other
+    classes than the serving model's ``classes`` (when one serves), or leave out the class
+    it predicted."""
+    known = set(classes) if classes is not None else None
+    errors = []
+    for i, proba in enumerate(probas):
+        if not proba:
+            continue
+        total = math.fsum(proba.values())
+        pred = predictions[i] if predictions is not None else None
+        if abs(total - 1.0) > 1e-6:
+            errors.append(FieldError(i, "proba", f"sums to {total:.9g}, expected 1", "proba_sum"))
+        elif known is not None and set(proba) != known:
+            listed = ", ".join(sorted(known))
+            message = f"expected one probability per class of the serving model: {listed}"
+            errors.append(FieldError(i, "proba", message, "proba_classes"))
+        elif pred is not None and str(pred) not in proba:
+            message = f"has no probability for the predicted class {pred!r}"
+            errors.append(FieldError(i, "proba", message, "proba_classes"))
+        if len(errors) == MAX_ERRORS:
+            break
+    return errors
 
 
 def mistyped_labels(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from driftd.config import StoreConfig
 from driftd.ingest.batch import Batch
 from driftd.ingest.columns import Columns
 from driftd.ingest.schema import Label, LabelRecord, LabelType, Record, Schema, label_type_of
-from driftd.ingest.validation import InvalidInput, mistyped_labels
+from driftd.ingest.validation import InvalidInput, bad_probabilities, mistyped_labels
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.serving import Serving
@@ -183,6 +183,8 @@ class Engine:
     ) -> IngestResult:
         batch = records.batch(now) if isinstance(records, Columns) else _batch(records, now)
         self._check_label_types(prediction=batch.predictions, label=batch.labels)
+        if batch.probas is not None:
+            self._check_probas(batch.probas, batch.predictions)
         result = self.store.add_records(batch, source=source, received=now)
         self._after_ingest(result, batch, source, now)
         return result
@@ -251,6 +253,20 @@ class Engine:
             raise InvalidInput(errors)
         if self._label_type is None:
             self._fix_label_type(fixed)
+
+    def _check_probas(
+        self,
+        probas: Sequence[Mapping[str, float] | None],
+        predictions: Sequence[Label | None] | None,
+    ) -> None:
+        """Refuse probabilities that do not sum to 1 or name other classes than the serving
+        model's, as :class:`InvalidInput`: an estimate made from them would be meaningless."""
+        live = self.serving.current
+        classes = getattr(live.model, "classes_", None) if live is not None else None
+        known = [str(c) for c in classes.tolist()] if classes is not None else None
+        errors = bad_probabilities(probas, predictions, known)
+        if errors:
+            raise InvalidInput(errors)
 
     def _served_label_type(self) -> LabelType | None:
         """The class type of the serving model's classes, if one serves: a first model fitted
@@ -409,4 +425,5 @@ def _batch(records: Sequence[Record], now: float) -> Batch:
         ids=[r.get("id") for r in records] if "id" in given else None,
         predictions=[r.get("prediction") for r in records] if "prediction" in given else None,
         labels=[r.get("label") for r in records] if "label" in given else None,
+        probas=[r.get("proba") for r in records] if "proba" in given else None,
     )

@@ -1,0 +1,175 @@
+"""Performance estimated before the labels arrive (CBPE) on the DEFAULT monitor config.
+
+A model is fitted on 5,000 reference rows, then 30,000 records stream through driftd's
+``Monitor(MonitorConfig())`` with their predictions and class probabilities; each record's label
+arrives ``--delay`` records later (default 5,000). The inputs shift at record 10,000.
+
+Per scenario, over ``--seeds`` seeds:
+
+* MAE: mean absolute error between the estimated accuracy and the realized accuracy of the
+  same 1,000 most recent predictions (the labels the benchmark knows), every 250 records;
+* lead: records ingested between the estimated alarm (``performance_drop_estimated``) and the
+  label-based one (``concept_drift``), both counted at the record being ingested when they
+  fired; "none" when one never fired.
+
+Scenarios: covariate shifts a well-calibrated and a poorly calibrated model see (inputs move
+onto the decision boundary; a hard subgroup grows), and a pure concept drift (the inputs stay,
+the labels flip in half the space), which no estimate from probabilities can see.
+
+Run by hand, one benchmark at a time:  .venv/bin/python benchmarks/bench_estimation.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+from driftd.ingest.schema import Feature, Schema
+from driftd.monitor import Monitor, MonitorConfig
+
+N, SHIFT, REFERENCE, BATCH, WINDOW, EVERY = 30_000, 10_000, 5_000, 100, 1_000, 250
+SCHEMA = Schema(features=(Feature("x0"), Feature("x1")))
+
+Generator = Callable[[np.random.Generator, int, bool], tuple[np.ndarray, np.ndarray]]
+
+
+def boundary(rng: np.random.Generator, n: int, shifted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic classes around the line x0 + x1 = 0; the inputs move from far off it to on it."""
+    side = rng.choice((-1.0, 1.0), size=(n, 1))
+    centre = 0.4 if shifted else 1.6
+    x = side * centre + rng.normal(0, 1, size=(n, 2))
+    y = rng.random(n) < 1 / (1 + np.exp(-2 * (x[:, 0] + x[:, 1])))
+    return x, y.astype(int)
+
+
+def subgroup(rng: np.random.Generator, n: int, shifted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """An easy cluster and a noisy one; the noisy one's share goes 20% -> 70%."""
+    hard = rng.random(n) < (0.7 if shifted else 0.2)
+    x = rng.normal(0, 1, size=(n, 2)) + np.where(hard[:, None], [3.0, 3.0], [-3.0, -3.0])
+    margin = np.where(hard, 0.6 * (x[:, 0] - 3.0), 3.0 * (x[:, 0] + 3.0))
+    y = rng.random(n) < 1 / (1 + np.exp(-margin))
+    return x, y.astype(int)
+
+
+def concept(rng: np.random.Generator, n: int, shifted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The boundary stream's reference inputs, but the labels flip where x1 > 0."""
+    x, y = boundary(rng, n, shifted=False)
+    if shifted:
+        y = np.where(x[:, 1] > 0, 1 - y, y)
+    return x, y
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    generate: Generator
+    model: Callable[[], Any]
+    covariate: bool  # whether an estimate from probabilities can see it
+
+
+SCENARIOS = [
+    Scenario("onto the boundary, logistic regression", boundary, LogisticRegression, True),
+    Scenario("onto the boundary, gradient boosting", boundary, HistGradientBoostingClassifier, True),
+    Scenario("hard subgroup grows, gradient boosting", subgroup, HistGradientBoostingClassifier, True),
+    Scenario("labels flip in half the space (concept)", concept, LogisticRegression, False),
+]
+
+
+def run(scenario: Scenario, seed: int, delay: int) -> dict[str, float | None]:
+    rng = np.random.default_rng(seed)
+    x_ref, y_ref = scenario.generate(rng, REFERENCE, False)
+    model = scenario.model().fit(x_ref, y_ref)
+    x0, y0 = scenario.generate(rng, SHIFT, False)
+    x1, y1 = scenario.generate(rng, N - SHIFT, True)
+    x, y = np.vstack([x0, x1]), np.concatenate([y0, y1])
+    proba = model.predict_proba(x)
+    pred = model.classes_[proba.argmax(axis=1)]
+    names = [str(c) for c in model.classes_.tolist()]
+    probas = [dict(zip(names, row, strict=True)) for row in proba.tolist()]
+    feats = [{"x0": a, "x1": b} for a, b in x.tolist()]
+    preds = pred.tolist()
+    right = (pred == y).astype(float)
+    monitor = Monitor(SCHEMA, MonitorConfig())
+    errors: list[float] = []
+    alarms: dict[str, int] = {}
+    for start in range(0, N, BATCH):
+        stop = start + BATCH
+        events = monitor.update(
+            start, feats[start:stop], preds[start:stop], 0.0, probas=probas[start:stop]
+        )
+        lo, hi = max(0, start - delay), max(0, stop - delay)
+        if hi > lo:
+            labels = y[lo:hi].tolist()
+            events += monitor.update_outcomes(list(range(lo, hi)), preds[lo:hi], labels, 0.0)
+        for e in events:
+            if e.alarm is not None and e.index >= SHIFT - delay and e.alarm not in alarms:
+                alarms[e.alarm] = stop  # counted at the record being ingested
+        if stop % EVERY == 0 and stop >= WINDOW:
+            est = monitor.estimated_scores.get("accuracy")
+            if est is not None:
+                errors.append(abs(est.value - float(right[stop - WINDOW : stop].mean())))
+    estimated = alarms.get("performance_drop_estimated")
+    labelled = alarms.get("concept_drift")
+    return {
+        "mae": statistics.fmean(errors),
+        "estimated": None if estimated is None else estimated - SHIFT,
+        "labelled": None if labelled is None else labelled - SHIFT,
+        "lead": None if estimated is None or labelled is None else labelled - estimated,
+        "accuracy_before": float(right[:SHIFT].mean()),
+        "accuracy_after": float(right[SHIFT:].mean()),
+    }
+
+
+def median(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    missing = len(values) - len(got)
+    text = f"{statistics.median(got):,.0f}" if got else "none"
+    return text + (f" ({missing} none)" if missing and got else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--delay", type=int, default=5_000)
+    args = ap.parse_args()
+    print(machine())
+    print(f"{args.seeds} seeds; shift at record {SHIFT:,}; labels {args.delay:,} records late\n")
+    print(
+        "| scenario | accuracy before -> after | MAE estimate vs realized | target |"
+        " estimated alarm after shift | label alarm after shift | lead | target |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for sc in SCENARIOS:
+        runs = [run(sc, seed, args.delay) for seed in range(args.seeds)]
+        mae = statistics.median(float(r["mae"] or 0) for r in runs)
+        before = statistics.median(float(r["accuracy_before"] or 0) for r in runs)
+        after = statistics.median(float(r["accuracy_after"] or 0) for r in runs)
+        leads = [r["lead"] for r in runs]
+        lead_ok = all(v is not None and v >= 2000 for v in leads)
+        mae_target = ("ok" if mae <= 0.02 else f"MISS by {mae - 0.02:.3f}") + " (<= 0.02)"
+        lead_target = ("ok" if lead_ok else "MISS") + " (>= 2,000)"
+        if not sc.covariate:
+            mae_target, lead_target = "not expected", "not expected"
+        print(
+            f"| {sc.name} | {before:.3f} -> {after:.3f} | {mae:.3f} | {mae_target} |"
+            f" {median([r['estimated'] for r in runs])} | {median([r['labelled'] for r in runs])} |"
+            f" {median(leads)} | {lead_target} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
