@@ -82,8 +82,12 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("onto the boundary, logistic regression", boundary, LogisticRegression, True),
-    Scenario("onto the boundary, gradient boosting", boundary, HistGradientBoostingClassifier, True),
-    Scenario("hard subgroup grows, gradient boosting", subgroup, HistGradientBoostingClassifier, True),
+    Scenario(
+        "onto the boundary, gradient boosting", boundary, HistGradientBoostingClassifier, True
+    ),
+    Scenario(
+        "hard subgroup grows, gradient boosting", subgroup, HistGradientBoostingClassifier, True
+    ),
     Scenario("labels flip in half the space (concept)", concept, LogisticRegression, False),
 ]
 
