@@ -136,7 +136,7 @@ def test_stationary_stream_of_200k_records_and_20_features_raises_no_alarm() -> 
 @pytest.mark.parametrize("seed", range(3))
 def test_on_the_default_config_a_drift_in_one_of_20_features_raises_an_alarm(seed: int) -> None:
     """The alarm is what reaches the retrain trigger: a shift confined to one feature of 20 must
-    raise one, naming that feature, soon after the change (bench_detection.py: 47 records
+    raise one, naming that feature, soon after the change (detection.py: 47 records
     median over 20 seeds for +1 sd)."""
     monitor = Monitor(numeric_schema(20))
     rng = np.random.default_rng(seed)
@@ -414,7 +414,7 @@ def test_numeric_features_given_as_an_array_give_the_same_detections() -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_an_alarm_carries_the_maximum_likelihood_change_point(seed: int) -> None:
     """Not the detector's bucket edge: the split of the feature's values since its regime
-    began that best explains a shift in mean (bench_detection.py: median error 1 record at
+    began that best explains a shift in mean (detection.py: median error 1 record at
     +1 sd, against 160 from ADWIN's window)."""
     monitor = Monitor(numeric_schema(20))
     rng = np.random.default_rng(seed)
@@ -507,7 +507,7 @@ def test_the_second_moment_tests_hold_their_budget_on_heavy_tails_and_correlatio
 @pytest.mark.parametrize("tails", ["student_t", "lognormal"])
 def test_a_heavy_tailed_or_skewed_feature_does_not_fool_the_mean_detectors(tails: str) -> None:
     """On raw values ADWIN raised about 300 false alarms per million such records; on the
-    robust scale about 1 (bench_detection.py: 0 in 2 x 1M Student t(3), 1 in 2 x 1M
+    robust scale about 1 (detection.py: 0 in 2 x 1M Student t(3), 1 in 2 x 1M
     log-normal)."""
     rng = np.random.default_rng(12)
     if tails == "student_t":

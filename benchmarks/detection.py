@@ -16,7 +16,7 @@ tailed (Student t with 3 degrees of freedom), skewed (log-normal) and correlated
 features, categorical, both mixed, and a Bernoulli(0.1) error stream. The targets are printed beside
 each figure; a miss says by how much.
 
-Run by hand, one benchmark at a time:  .venv/bin/python benchmarks/bench_detection.py
+Run by hand, one benchmark at a time:  .venv/bin/python benchmarks/detection.py
 (``--seeds 5 --stationary 200000`` for a quick look).
 """
 
@@ -145,6 +145,45 @@ def category_share(before: float, after: float) -> Callable[[int], Stream]:
     return make
 
 
+def several(k: int, shift: float) -> Callable[[int], Stream]:
+    """``k`` of the 20 features shift by ``shift`` sd at once."""
+
+    def make(seed: int) -> Stream:
+        x = gaussian(2 * CHANGE, np.random.default_rng(seed))
+        x[CHANGE:, :k] += shift
+        return Stream(numeric=x, watched=x[:, 0].tolist())
+
+    return make
+
+
+def heavy_tailed_shift(shift: float) -> Callable[[int], Stream]:
+    """20 Student t(3) features; one moves by ``shift`` scale units."""
+
+    def make(seed: int) -> Stream:
+        x = np.random.default_rng(seed).standard_t(3, (2 * CHANGE, N_FEATURES))
+        x[CHANGE:, 0] += shift
+        return Stream(numeric=x, watched=x[:, 0].tolist())
+
+    return make
+
+
+def discrete(kind: str) -> Callable[[int], Stream]:
+    """One discrete-valued feature among 19 normal ones: a count (Poisson 3 -> 4) or a 0/1
+    flag (20% -> 30% ones, whose MAD is 0)."""
+
+    def make(seed: int) -> Stream:
+        rng = np.random.default_rng(seed)
+        x = gaussian(3 * CHANGE, rng)
+        n_after = 2 * CHANGE
+        if kind == "count":
+            x[:, 0] = np.concatenate([rng.poisson(3, CHANGE), rng.poisson(4, n_after)])
+        else:
+            x[:, 0] = np.concatenate([rng.random(CHANGE) < 0.2, rng.random(n_after) < 0.3])
+        return Stream(numeric=x, watched=x[:, 0].tolist())
+
+    return make
+
+
 def error_rate(before: float, after: float) -> Callable[[int], Stream]:
     def make(seed: int) -> Stream:
         rng = np.random.default_rng(seed)
@@ -186,8 +225,16 @@ SCENARIOS = [
     Scenario(
         "+1 sd over 20,000 records", ramp(1.0, 20_000), 5 * CHANGE, (drift.ADWIN,), "feature", 3000
     ),
+    Scenario("5 of 20 features +0.5 sd", several(5, 0.5), 2 * CHANGE, (drift.ADWIN,), "feature"),
     Scenario(
-        "error rate 0.1 -> 0.2",
+        "one of 20 t(3) features +1", heavy_tailed_shift(1.0), 2 * CHANGE, (drift.ADWIN,), "feature"
+    ),
+    Scenario("a count, Poisson 3 -> 4", discrete("count"), 3 * CHANGE, (drift.ADWIN,), "feature"),
+    Scenario(
+        "a 0/1 flag, 20% -> 30% ones", discrete("flag"), 3 * CHANGE, (drift.ADWIN,), "feature"
+    ),
+    Scenario(
+        "label-only: error rate 0.1 -> 0.2",
         error_rate(0.1, 0.2),
         4 * CHANGE,
         (drift.binary.HDDMA, drift.ADWIN),
@@ -196,7 +243,7 @@ SCENARIOS = [
         300,
     ),
     Scenario(
-        "error rate 0.1 -> 0.3",
+        "label-only: error rate 0.1 -> 0.3",
         error_rate(0.1, 0.3),
         4 * CHANGE,
         (drift.binary.HDDMA, drift.ADWIN),
