@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from driftd.cli import demo_config_path
+from tests.conftest import self_signed_cert
 
 
 def fast_demo_config(tmp_path: Path) -> Path:
@@ -94,3 +96,66 @@ def test_the_demo_shows_a_drift_deploy_and_a_gate_rejection(tmp_path: Path) -> N
     text = "".join(lines)
     assert "driftd demo summary" in text
     assert "rejected" in text.split("driftd demo summary")[1]
+
+
+def test_the_demo_feeds_a_daemon_with_scoped_tokens_over_tls(tmp_path: Path) -> None:
+    """The demo's own traffic carries the predict and ingest tokens and speaks TLS when the
+    daemon does: a config with only scoped tokens used to have the demo's requests refused."""
+    cert, key = self_signed_cert(tmp_path)
+    tokens = {s: f"demo-{s}-token-0123456789" for s in ("predict", "ingest", "read")}
+    text = fast_demo_config(tmp_path).read_text()
+    text = text.replace("[server]\n", f'[server]\ntls_certfile = "{cert}"\ntls_keyfile = "{key}"\n')
+    text += "\n[auth.tokens]\n" + "".join(f'{s} = ["{t}"]\n' for s, t in tokens.items())
+    config = tmp_path / "scoped.toml"
+    config.write_text(text)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "driftd", "demo", "--port", "0", "--duration", "60",
+            "--state-dir", str(tmp_path / "state"), "--config", str(config),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []
+    port: list[int] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"listening on https://127.0.0.1:(\d+)", line)
+            if m:
+                port.append(int(m.group(1)))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not port and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port, "".join(lines[-20:])
+        headers = {"Authorization": f"Bearer {tokens['read']}"}
+        url = f"https://127.0.0.1:{port[0]}"
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=url, timeout=10, verify=trust, headers=headers) as c:
+            deadline = time.monotonic() + 45
+            counts: dict[str, int] = {}
+            while time.monotonic() < deadline:
+                counts = c.get("/v1/status").json()["store"]
+                if counts.get("records", 0) > 500 and counts.get("labelled", 0) > 200:
+                    break
+                time.sleep(0.5)
+            else:
+                raise AssertionError(f"the demo's traffic did not arrive: {counts}")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        proc.stderr.close()
+    text = "".join(lines)
+    assert "unauthorized" not in text and "forbidden" not in text

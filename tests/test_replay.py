@@ -152,6 +152,11 @@ def test_prequential_score_is_reported_overall_and_per_segment(result: dict[str,
     assert len(series["index"]) == len(series["prequential"]) == len(series["live_score"])
     assert {"feature:x0", "prediction", "error"} <= set(series["detectors"])
     assert all(len(v) == len(series["index"]) for v in series["detectors"].values())
+    # The accuracy estimated from class probabilities, before labels, beside the realized one.
+    assert len(series["estimated"]) == len(series["index"])
+    error = series["estimate_error"]
+    assert error["samples"] > 0.9 * len(series["index"])
+    assert error["mae"] is not None and 0 <= error["mae"] <= error["max"] <= 1
 
 
 def test_two_runs_with_the_same_seed_give_identical_json(

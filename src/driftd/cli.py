@@ -227,11 +227,14 @@ def _demo(args: argparse.Namespace) -> int:
 
         def started(daemon: Daemon) -> None:
             assert daemon.parts is not None  # called once the daemon has started
+            cert = config.server.tls_certfile
+            tokens = {scope: next(iter(t), None) for scope, t in config.scope_tokens().items()}
             source = DemoSource(
                 daemon.parts,
                 config.demo,
-                url=f"http://127.0.0.1:{daemon.port}",
-                token=config.server.token,
+                url=f"{'https' if cert else 'http'}://127.0.0.1:{daemon.port}",
+                tokens=tokens,
+                cafile=str(config.resolve(cert)) if cert else None,
                 report=None if tty else _log_progress,
             )
             sources.append(source)

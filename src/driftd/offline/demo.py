@@ -18,11 +18,12 @@ import http.client
 import json
 import logging
 import random
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -54,12 +55,13 @@ class DemoSource:
         config: DemoConfig,
         *,
         url: str,
-        token: str | None = None,
+        tokens: Mapping[str, str | None] | None = None,
+        cafile: str | None = None,
         report: Callable[[str], None] | None = None,
         report_every: float = 5.0,
     ) -> None:
         self.parts = parts
-        self.client = _Client(url, token)
+        self.client = _Client(url, tokens or {}, cafile)
         self.config = config
         self.stream = SyntheticStream(
             config.stream, tuple(config.concepts), config.segment, config.seed
@@ -151,25 +153,46 @@ class DemoSource:
         )
 
 
-class _Client:
-    """A keep-alive JSON client for the daemon's own loopback port (standard library only)."""
+_SCOPES = {"/v1/predict": "predict", "/v1/labels": "ingest"}  # the routes the demo posts to
 
-    def __init__(self, url: str, token: str | None) -> None:
+
+class _Client:
+    """A keep-alive JSON client for the daemon's own loopback port (standard library only).
+
+    ``tokens`` maps a scope to the token the demo sends for it; ``cafile``, when the daemon
+    serves TLS, is its own certificate, trusted for this loopback connection alone (the name
+    in it need not be 127.0.0.1)."""
+
+    def __init__(self, url: str, tokens: Mapping[str, str | None], cafile: str | None) -> None:
         parts = urllib.parse.urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.headers = {"Content-Type": "application/json"}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
+        self.tokens = tokens
+        self.tls: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self.tls = ssl.create_default_context(cafile=cafile)
+            self.tls.check_hostname = False
         self.conn: http.client.HTTPConnection | None = None
+
+    def _headers(self, path: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        token = self.tokens.get(_SCOPES.get(path, ""))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=30, context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
 
     def post(self, path: str, payload: Any) -> tuple[int, Any]:
         """POST JSON; returns (status, decoded body), or (0, None) when the daemon is away."""
         body = json.dumps(payload).encode()
         for _ in range(2):  # one retry on a connection the server closed while idle
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.conn = self._connect()
             try:
-                self.conn.request("POST", path, body, self.headers)
+                self.conn.request("POST", path, body, self._headers(path))
                 resp = self.conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException):

@@ -474,10 +474,12 @@ class _Session:
 
     def sample(self) -> None:
         _, live = self.engine.live_score
+        estimated = self.engine.estimated_scores.get("accuracy")
         self.samples.append(
             {
                 "index": self.position - 1,
                 "live_score": live,
+                "estimated": None if estimated is None else estimated.value,
                 "detectors": {
                     (f"{s.signal}:{s.feature}" if s.feature else s.signal): _finite(s.estimate)
                     for s in self.engine.detector_states()
@@ -722,6 +724,7 @@ def _series(
     index: list[int] = []
     rolling: list[float | None] = []
     live: list[float | None] = []
+    estimated: list[float | None] = []
     detectors: dict[str, list[float | None]] = {}
     for s in samples:
         i = s["index"]
@@ -732,6 +735,7 @@ def _series(
         index.append(i)
         rolling.append(float((csum[i + 1] - csum[lo]) / count) if count else None)
         live.append(s["live_score"])
+        estimated.append(s.get("estimated"))
         for key, value in s["detectors"].items():
             detectors.setdefault(key, []).append(value)
     return {
@@ -740,5 +744,25 @@ def _series(
         "window": window,
         "prequential": rolling,
         "live_score": live,
+        "estimated": estimated,
+        "estimate_error": _estimate_error(estimated, rolling),
         "detectors": detectors,
+    }
+
+
+def _estimate_error(
+    estimated: list[float | None], realized: list[float | None]
+) -> dict[str, float | int | None]:
+    """How far the accuracy estimated from probabilities (before labels) was from the realized
+    accuracy of the same window of predictions: mean and largest absolute error, over the
+    samples where both exist."""
+    gaps = [
+        abs(e - r)
+        for e, r in zip(estimated, realized, strict=True)
+        if e is not None and r is not None
+    ]
+    return {
+        "mae": float(np.mean(gaps)) if gaps else None,
+        "max": float(np.max(gaps)) if gaps else None,
+        "samples": len(gaps),
     }

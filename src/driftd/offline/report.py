@@ -272,6 +272,15 @@ def _score_figure(result: dict[str, Any]) -> bytes:
     x = series["index"]
     ax.plot(x, _nan(series["prequential"]), color="#1f5fbf", lw=1.6, label="prequential (rolling)")
     ax.plot(x, _nan(series["live_score"]), color="#8a93a6", lw=1.0, label="monitor live score")
+    if any(v is not None for v in series.get("estimated", ())):
+        ax.plot(
+            x,
+            _nan(series["estimated"]),
+            color="#e69f00",
+            lw=1.0,
+            ls="--",
+            label="estimated from probabilities (before labels)",
+        )
     for i, seg in enumerate(score["segments"]):
         if i % 2:
             ax.axvspan(seg["first_index"], seg["last_index"], color="#eef1f7", lw=0, zorder=0)

@@ -36,6 +36,7 @@ from driftd.monitor import (
     MonitorConfig,
     MonitorEvent,
 )
+from driftd.monitor.estimated import Estimate
 from driftd.store import IngestResult, Joined, Store
 
 __all__ = ["Engine", "NoModel", "PredictResult"]
@@ -391,6 +392,11 @@ class Engine:
     def live_score(self) -> tuple[str, float | None]:
         """The serving model's windowed score on labelled traffic: (metric, value or None)."""
         return self.monitor.live_score
+
+    @property
+    def estimated_scores(self) -> dict[str, Estimate]:
+        """The live score estimated from class probabilities, before labels (see the monitor)."""
+        return self.monitor.estimated_scores
 
     def detector_states(self) -> list[DetectorState]:
         """Every detector's state and estimate, for the report and the gauges."""
