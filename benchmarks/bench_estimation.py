@@ -137,6 +137,28 @@ def run(scenario: Scenario, seed: int, delay: int) -> dict[str, float | None]:
     }
 
 
+def stationary(seed: int, records: int) -> int:
+    """``performance_drop_estimated`` alarms on a stream whose inputs never move (the budget:
+    0 per million, as for the monitor's other signals)."""
+    rng = np.random.default_rng(seed)
+    x_ref, y_ref = boundary(rng, REFERENCE, False)
+    model = LogisticRegression().fit(x_ref, y_ref)
+    monitor = Monitor(SCHEMA, MonitorConfig())
+    alarms = 0
+    for start in range(0, records, 10_000):
+        x, _ = boundary(rng, 10_000, False)
+        proba = model.predict_proba(x)
+        pred = model.classes_[proba.argmax(axis=1)].tolist()
+        probas = [{"0": a, "1": b} for a, b in proba.tolist()]
+        feats = [{"x0": a, "x1": b} for a, b in x.tolist()]
+        for i in range(0, 10_000, 1_000):
+            events = monitor.update(
+                start + i, feats[i : i + 1000], pred[i : i + 1000], 0.0, probas=probas[i : i + 1000]
+            )
+            alarms += sum(e.alarm == "performance_drop_estimated" for e in events)
+    return alarms
+
+
 def median(values: list[float | None]) -> str:
     got = [v for v in values if v is not None]
     missing = len(values) - len(got)
@@ -148,6 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--delay", type=int, default=5_000)
+    ap.add_argument("--stationary", type=int, default=1_000_000, help="records, per seed")
     args = ap.parse_args()
     print(machine())
     print(f"{args.seeds} seeds; shift at record {SHIFT:,}; labels {args.delay:,} records late\n")
@@ -173,6 +196,13 @@ def main() -> None:
             f" {median(leads)} | {lead_target} |",
             flush=True,
         )
+    seeds = min(args.seeds, 2)
+    alarms = sum(stationary(seed, args.stationary) for seed in range(seeds))
+    per_million = alarms / (seeds * args.stationary / 1e6)
+    print(
+        f"\nStationary inputs, {seeds} x {args.stationary:,} records:"
+        f" {per_million:g} performance_drop_estimated alarms per million (target 0)"
+    )
 
 
 if __name__ == "__main__":
