@@ -62,9 +62,14 @@ class RecentValues:
     converted until a detector fires and :meth:`window` is read. A kept batch must not be
     changed by the caller afterwards."""
 
-    def __init__(self, width: int, capacity: int = RECENT, *, start: int = 0) -> None:
+    def __init__(
+        self, width: int, capacity: int = RECENT, *, start: int = 0, dtype: str = "float64"
+    ) -> None:
         self.width = width
         self.capacity = capacity
+        # "object" for the categories of categorical features; a name, not a type, so that
+        # a checkpoint holds only plain values
+        self.dtype = dtype
         self._chunks: deque[tuple[int, int, Any]] = deque()  # (first position, length, data)
         self._kept = 0
         self.end = start  # stream position after the last value
@@ -108,10 +113,10 @@ class RecentValues:
             if hi <= lo:
                 continue
             values = data[:, column] if isinstance(data, np.ndarray) else data[column]
-            parts.append(np.asarray(values[lo - pos : hi - pos], dtype=np.float64))
+            parts.append(np.asarray(values[lo - pos : hi - pos], dtype=self.dtype))
             first = lo if first is None else first
         if first is None:
-            return max(start, self.end - self._kept), np.empty(0)
+            return max(start, self.end - self._kept), np.empty(0, dtype=self.dtype)
         return first, np.concatenate(parts)
 
     def change_point(self, column: int, start: int, stop: int) -> int | None:
@@ -127,12 +132,19 @@ class RecentValues:
         block = (
             np.column_stack([self.window(c, start, self.end)[1] for c in range(self.width)])
             if self._kept
-            else np.empty((0, self.width))
+            else np.empty((0, self.width), dtype=self.dtype)
         )
-        return {"width": self.width, "capacity": self.capacity, "end": self.end, "block": block}
+        return {
+            "width": self.width,
+            "capacity": self.capacity,
+            "end": self.end,
+            "block": block,
+            "dtype": self.dtype,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.width, self.capacity = state["width"], state["capacity"]
+        self.dtype = state.get("dtype", "float64")
         block = state["block"]
         self._chunks, self._kept = deque(), 0
         self.end = state["end"] - len(block)

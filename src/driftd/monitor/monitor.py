@@ -20,7 +20,7 @@ import numpy.typing as npt
 from driftd.ingest.schema import Schema
 from driftd.monitor._index import IndexMap
 from driftd.monitor.alarms import AlarmPolicy
-from driftd.monitor.categories import CategoryWatch
+from driftd.monitor.categories import OTHER, CategoryWatch
 from driftd.monitor.changepoint import RECENT, RecentValues, mean_change
 from driftd.monitor.checkpoint import frame, unframe
 from driftd.monitor.config import MonitorConfig
@@ -72,7 +72,7 @@ class Monitor:
     ...     print(e.kind, e.alarm, e.signal, e.feature, e.index, e.change_point)
     detection None feature x 3039 3000
     alarm data_drift feature x 3039 3000
-    detection None category colour 3135 2048
+    detection None category colour 3135 3004
 
     """
 
@@ -158,6 +158,10 @@ class Monitor:
         streams, by stream position), and where each detector's current regime began."""
         self._recent = RecentValues(len(self.schema.numeric), start=self._features_map.length)
         self._recent_errors = RecentValues(1, start=self._error_map.length)
+        self._recent_categories = RecentValues(
+            len(self.schema.categorical), start=self._features_map.length, dtype="object"
+        )
+        self._categorical_order = {name: i for i, name in enumerate(self._categorical)}
         self._numeric_order = {name: i for i, name in enumerate(self._numeric)}
         self._regime: dict[tuple[Signal, str | None], int] = {}
         self._rebaselined: dict[Signal, int] = {}
@@ -236,10 +240,14 @@ class Monitor:
             for m in self._moments.feed(numeric):
                 hit = Hit(m.at, DRIFT, m.at - self._moments.window + 1, m.stats())
                 raw.append((fmap.index_at(m.at), order, "feature", m.features[0], hit))
+        categories = []
         for name, cats in self._categorical.items():
             column = list(map(operator.itemgetter(name), features))
+            categories.append(column)
             raw.extend((fmap.index_at(h.at), order, "category", name, h) for h in cats.feed(column))
             order += 1
+        if categories:
+            self._recent_categories.extend_columns(categories)
         if predictions is not None:
             raw.extend(self._feed_predictions(start_index, predictions, order))
             if probas is not None and self._estimated is not None:
@@ -451,6 +459,8 @@ class Monitor:
         test = hit.stats.get("test")
         if signal == "feature" and test is not None and self._moments is not None:
             return self._estimate_moment(feature, hit)
+        if signal == "category" and feature is not None:
+            return self._estimate_category(feature, hit)
         if signal == "feature" and feature is not None:
             recent, column = self._recent, self._numeric_order[feature]
         elif signal == "error":
@@ -483,6 +493,26 @@ class Monitor:
             _, other = self._recent.window(cols[1], first, stop)
             series = z * (other - mean[cols[1]]) / sd[cols[1]]
         k = mean_change(series)
+        if k is None:
+            return hit.change
+        self._regime[key] = first + k
+        return first + k
+
+    def _estimate_category(self, feature: str, hit: Hit) -> int:
+        """The change point of a category's share: the mean-shift split of its indicator (or
+        of "not in the top categories" for the other bucket) since the regime began."""
+        category = hit.stats["category"]
+        key: tuple[Signal, str | None] = ("category", f"{feature}:{category}")
+        start = self._regime.get(key, self._reset_at("feature"))
+        stop = hit.at + 1
+        column = self._categorical_order[feature]
+        first, values = self._recent_categories.window(column, max(start, stop - RECENT), stop)
+        if category == OTHER:
+            top = np.asarray(self._categorical[feature].categories, dtype=object)
+            indicator = ~np.isin(values, top)
+        else:
+            indicator = values == category
+        k = mean_change(np.asarray(indicator, dtype=np.float64))
         if k is None:
             return hit.change
         self._regime[key] = first + k
@@ -613,7 +643,7 @@ class Monitor:
             raise CheckpointMismatch("checkpoint does not hold a monitor")
         monitor.schema = schema
         monitor.config = config
-        if "_recent" not in monitor.__dict__:  # written before change points were estimated
+        if "_recent_categories" not in monitor.__dict__:  # from before these were estimated
             monitor._fresh_estimates()
         alarm = config.alarm
         monitor._policy.configure(alarm.features, alarm.window, alarm.suppress)
