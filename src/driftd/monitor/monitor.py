@@ -158,6 +158,7 @@ class Monitor:
         streams, by stream position), and where each detector's current regime began."""
         self._recent = RecentValues(len(self.schema.numeric), start=self._features_map.length)
         self._recent_errors = RecentValues(1, start=self._error_map.length)
+        self._recent_expected = RecentValues(1, start=self._estimated_map.length)
         self._recent_categories = RecentValues(
             len(self.schema.categorical), start=self._features_map.length, dtype="object"
         )
@@ -308,10 +309,12 @@ class Monitor:
             return []
         self._estimated.extend(confidence, positives=positives)
         self._estimated_map.extend(at)
+        expected = [1.0 - c for c in confidence]
+        self._recent_expected.extend_columns([expected])
         emap = self._estimated_map
         return [
             (emap.index_at(h.at), order, "estimated", None, h)
-            for h in self._estimated_watch.feed([1.0 - c for c in confidence])
+            for h in self._estimated_watch.feed(expected)
         ]
 
     def update_outcomes(
@@ -383,6 +386,7 @@ class Monitor:
         self._rebaselined = {
             "feature": self._features_map.length,
             "error": self._error_map.length,
+            "estimated": self._estimated_map.length,
         }
         self._baseline = max(self._baseline, index)
 
@@ -465,6 +469,8 @@ class Monitor:
             recent, column = self._recent, self._numeric_order[feature]
         elif signal == "error":
             recent, column = self._recent_errors, 0
+        elif signal == "estimated":
+            recent, column = self._recent_expected, 0
         else:
             return hit.change
         key = (signal, feature)
@@ -643,7 +649,7 @@ class Monitor:
             raise CheckpointMismatch("checkpoint does not hold a monitor")
         monitor.schema = schema
         monitor.config = config
-        if "_recent_categories" not in monitor.__dict__:  # from before these were estimated
+        if "_recent_expected" not in monitor.__dict__:  # from before these were estimated
             monitor._fresh_estimates()
         alarm = config.alarm
         monitor._policy.configure(alarm.features, alarm.window, alarm.suppress)
