@@ -21,23 +21,7 @@ from driftd.models.calibration import (
     calibrate,
     expected_calibration_error,
 )
-
-Data = tuple[np.ndarray, np.ndarray]
-
-
-def redundant(rng: np.random.Generator, n: int, classes: int = 2, copies: int = 8) -> Data:
-    """One informative value seen through ``copies`` noisy features: naive Bayes counts the
-    same evidence ``copies`` times, and its probabilities crowd at 0 and 1."""
-    y = rng.integers(0, classes, n)
-    z = rng.normal(y.astype(float), 1.0)
-    return np.column_stack([z + rng.normal(0, 0.3, n) for _ in range(copies)]), y
-
-
-def logistic(rng: np.random.Generator, n: int) -> Data:
-    """Labels drawn from a logistic model: a logistic regression's probabilities are right."""
-    X = rng.normal(0, 1, (n, 2))
-    p = 1 / (1 + np.exp(-(1.5 * X[:, 0] - X[:, 1])))
-    return X, (rng.random(n) < p).astype(int)
+from tests.streams import logistic, redundant
 
 
 def decide(model: Any, X: np.ndarray, y: np.ndarray) -> Calibration:
