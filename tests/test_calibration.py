@@ -119,6 +119,7 @@ def _set(path: str, value: Any) -> Any:
         (_set("format", 2), "format: expected 1"),
         (_set("method", "sigmoid"), "method: expected 'isotonic'"),
         (_set("classes", ["0", "0"]), "classes: expected at least two distinct"),
+        (_set("classes", [["0"], "1"]), r"classes: expected a list of class names"),
         (_set("maps", {"0": {"x": [0.5], "y": [0.5]}}), "maps: expected one map for each"),
         (_set("maps.1.y", [0.9] + [0.1] * 9), r"maps\.1\.y: expected non-decreasing"),
         (_set("maps.1.x", [0.5, 0.5]), r"maps\.1: expected 'x' and 'y' of one length"),

@@ -125,10 +125,10 @@ class Calibrator:
         if body.get("method") != "isotonic":
             raise ValueError("method: expected 'isotonic'")
         classes = body.get("classes")
-        if not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes):
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError("classes: expected a list of class names (strings)")
+        if len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError("classes: expected at least two distinct class names")
-        if not all(isinstance(c, str) for c in classes):
-            raise ValueError("classes: expected strings")
         mapped = classes[-1:] if len(classes) == 2 else classes
         maps = body.get("maps")
         if not isinstance(maps, dict) or set(maps) != set(mapped):
