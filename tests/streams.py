@@ -15,8 +15,10 @@ __all__ = [
     "error_bits",
     "feature_names",
     "gaussian_batches",
+    "logistic",
     "mean_shift",
     "records",
+    "redundant",
     "regression_outcomes",
     "variance_shift",
 ]
@@ -100,3 +102,22 @@ def gaussian_batches(
         size = min(batch, n - start)
         block = rng.normal(0.0, 1.0, (size, n_features))
         yield start, [dict(zip(names, row, strict=True)) for row in block.tolist()]
+
+
+def redundant(
+    rng: np.random.Generator, n: int, classes: int = 2, copies: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels 0..classes-1 and one informative value per row seen through ``copies`` noisy
+    features: naive Bayes counts the same evidence ``copies`` times, and its probabilities
+    crowd at 0 and 1 (overconfident, far from calibrated)."""
+    y = rng.integers(0, classes, n)
+    z = rng.normal(y.astype(float), 1.0)
+    return np.column_stack([z + rng.normal(0, 0.3, n) for _ in range(copies)]), y
+
+
+def logistic(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two features and labels drawn from a logistic model of them: a logistic regression's
+    probabilities are calibrated."""
+    X = rng.normal(0, 1, (n, 2))
+    p = 1 / (1 + np.exp(-(1.5 * X[:, 0] - X[:, 1])))
+    return X, (rng.random(n) < p).astype(int)

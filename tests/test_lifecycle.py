@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from driftd.config import load_text
+from driftd.errors import IntegrityError
 from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
+from driftd.models.calibration import Calibrator, IsotonicMap
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.lifecycle import Lifecycle, Loader
 from driftd.models.registry import Registry
@@ -450,3 +452,55 @@ def test_kill_9_during_deletions_loses_no_version_and_no_event(
         finally:
             store.close()
     print(f"\n{caught} of 4 kills left a deletion's renamed directory behind")
+
+
+def squash(low: float) -> Calibrator:
+    """A calibrator pulling the positive class's probability into [low, 1 - low]."""
+    return Calibrator(("0", "1"), (IsotonicMap((0.0, 1.0), (low, 1.0 - low)),))
+
+
+def deploy_calibrated(models: Lifecycle, seed: int, calibrator: Calibrator) -> int:
+    rows = make_rows(300, seed=seed)
+    X = rows_to_matrix(models.schema, [r["features"] for r in rows])
+    fit = fit_and_dump(FitJob(MODEL, models.schema, X, [r["label"] for r in rows]))
+    manifest = {"reason": "test", "warmup": [r["features"] for r in rows[:4]]}
+    return models.deploy(fit.artifact, manifest, X[:4], calibration=calibrator.dumps()).number
+
+
+def test_a_versions_calibrator_serves_with_it_and_comes_back_with_a_rollback(
+    lifecycle: Lifecycle,
+) -> None:
+    """The store gets the model's own probabilities, the estimate the calibrated ones, from
+    the calibrator of the version that answered, after a deploy and after a rollback alike."""
+    first = deploy_calibrated(lifecycle, 0, squash(0.25))
+    deploy_calibrated(lifecycle, 1, squash(0.4))
+    lifecycle.rollback(first, details={})
+    live = lifecycle.current
+    assert live is not None and live.version == first and live.calibrator == squash(0.25)
+    X = rows_to_matrix(lifecycle.schema, [r["features"] for r in make_rows(20, seed=9)])
+    probas = live.probabilities(X)
+    assert probas is not None
+    raw = live.model.predict_proba(X)[:, 1]
+    assert [row["1"] for row in probas.raw] == pytest.approx(raw.tolist())
+    assert [row["1"] for row in probas.calibrated] == pytest.approx((0.25 + raw / 2).tolist())
+
+
+def test_a_champion_whose_calibrator_was_tampered_with_is_refused_at_start(
+    make: Make, tmp_path: Path
+) -> None:
+    models = make()
+    first = deploy_calibrated(models, 0, squash(0.25))
+    second = deploy_calibrated(models, 1, squash(0.25))
+    path = tmp_path / "models" / f"v{second:06d}" / "calibration.json"
+    path.write_bytes(path.read_bytes().replace(b"0.25", b"0.3"))
+    again = make()
+    assert again.current is not None and again.current.version == first
+    (failure,) = again.load_failures
+    assert failure.startswith(f"v{second:06d}") and "calibration sha256 mismatch" in failure
+
+
+def test_a_calibrator_for_other_classes_refuses_its_version(lifecycle: Lifecycle) -> None:
+    other = Calibrator(("no", "yes"), (IsotonicMap((0.0, 1.0), (0.0, 1.0)),))
+    with pytest.raises(IntegrityError, match="calibration is for classes \\['no', 'yes'\\]"):
+        deploy_calibrated(lifecycle, 0, other)
+    assert lifecycle.current is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
 from driftd.errors import IntegrityError
+from driftd.models.calibration import Calibrator, IsotonicMap
 from driftd.models.registry import Registry, load_artifact
 
 
@@ -111,3 +113,56 @@ def test_a_retired_version_is_neither_listed_nor_loadable_and_is_swept(
     assert reg.sweep() == [retired.name] and reg.retired() == []
     reg.purge(reg.retire(1))
     assert reg.numbers() == [3] and [p.name for p in tmp_path.iterdir()] == ["v000003"]
+
+
+def squash() -> Calibrator:
+    """A calibrator that pulls every positive-class probability towards 0.5."""
+    return Calibrator(("0", "1"), (IsotonicMap((0.0, 1.0), (0.25, 0.75)),))
+
+
+def test_a_calibrator_round_trips_through_the_registry_with_its_sha256(
+    tmp_path: Path, artifact: bytes
+) -> None:
+    reg = Registry(tmp_path)
+    plain = reg.publish(artifact, {})
+    calibrated = reg.publish(artifact, {}, calibration=squash().dumps())
+    assert plain.manifest["calibration_sha256"] is None and reg.calibrator(plain) is None
+    assert not (plain.path / "calibration.json").exists()
+    on_disk = (calibrated.path / "calibration.json").read_bytes()
+    assert calibrated.manifest["calibration_sha256"] == hashlib.sha256(on_disk).hexdigest()
+    assert reg.calibrator(reg.get(calibrated.number)) == squash()
+
+
+def test_a_version_from_before_calibration_has_none(tmp_path: Path, artifact: bytes) -> None:
+    reg = Registry(tmp_path)
+    v = reg.publish(artifact, {})
+    manifest = json.loads((v.path / "manifest.json").read_text())
+    del manifest["calibration_sha256"]
+    (v.path / "manifest.json").write_text(json.dumps(manifest))
+    assert reg.calibrator(reg.get(v.number)) is None
+
+
+def test_a_tampered_or_missing_calibrator_is_refused_like_a_tampered_artifact(
+    tmp_path: Path, artifact: bytes
+) -> None:
+    reg = Registry(tmp_path)
+    v = reg.publish(artifact, {}, calibration=squash().dumps())
+    path = v.path / "calibration.json"
+    path.write_bytes(path.read_bytes().replace(b"0.75", b"0.95"))  # still a valid calibrator
+    with pytest.raises(IntegrityError, match="v000001: calibration sha256 mismatch"):
+        reg.calibrator(v)
+    path.unlink()
+    with pytest.raises(IntegrityError, match="v000001: calibration unreadable"):
+        reg.calibrator(v)
+
+
+def test_a_calibrator_that_matches_its_sha256_but_is_not_one_is_refused(
+    tmp_path: Path, artifact: bytes
+) -> None:
+    """A manifest rewritten to vouch for a foreign file still only gets a JSON parse: the
+    bytes are checked field by field, never unpickled or imported."""
+    reg = Registry(tmp_path)
+    bad = pickle.dumps(_Payload())
+    v = reg.publish(artifact, {}, calibration=bad)
+    with pytest.raises(IntegrityError, match="v000001: calibration refused \\(not JSON"):
+        reg.calibrator(v)

@@ -14,6 +14,7 @@ from driftd.ingest.schema import Feature, Schema
 from driftd.retrain.config import ModelConfig
 from driftd.retrain.fit import FitJob, fit_and_dump
 from driftd.retrain.worker import TrainingWorker
+from tests.streams import logistic, redundant
 
 SCHEMA = Schema((Feature("a"), Feature("b")))
 X = np.random.default_rng(0).random((300, 2))
@@ -196,3 +197,59 @@ def test_a_cancel_during_a_fit_stops_the_worker_at_once_and_quietly(
             cold.close()
     finally:
         worker.close()
+
+
+def candidate(estimator: str, X_all: np.ndarray, y_all: np.ndarray, *, task: str) -> FitJob:
+    """A job on the first half of the rows, evaluated on the second half."""
+    schema = Schema(tuple(Feature(f"x{i}") for i in range(X_all.shape[1])), task=task)
+    half = len(y_all) // 2
+    hold = (X_all[half:], y_all[half:].tolist())
+    return FitJob(
+        ModelConfig(estimator=estimator),
+        schema,
+        X_all[:half],
+        y_all[:half].tolist(),
+        holdout=hold,
+        metrics=("accuracy",) if task == "classification" else ("mae",),
+    )
+
+
+def test_the_training_process_calibrates_an_overconfident_candidate_on_its_holdout() -> None:
+    """Naive Bayes on redundant features is overconfident: the training process, which has the
+    holdout at hand, fits isotonic maps there and sends them back with the evaluation. A
+    logistic regression on logistic data is calibrated already and gets none."""
+    nb = candidate(
+        "sklearn.naive_bayes.GaussianNB",
+        *redundant(np.random.default_rng(0), 2000),
+        task="classification",
+    )
+    worker = TrainingWorker()
+    try:
+        result = worker(nb, timeout=60.0)
+    finally:
+        worker.close()
+    assert result.ok and result.evaluation is not None, result.error
+    calibration = result.evaluation.calibration
+    assert calibration is not None and calibration.calibrator is not None
+    assert calibration.calibrator.classes == ("0", "1")
+    record = calibration.record()
+    assert record["applied"] and record["rows"] == 1000 and record["folds"] == 5
+    assert record["ece_before"] > 0.15 and record["ece_after"] < record["ece_before"] / 3
+
+    lr = candidate(
+        "sklearn.linear_model.LogisticRegression",
+        *logistic(np.random.default_rng(0), 2000),
+        task="classification",
+    )
+    evaluation = fit_and_dump(lr).evaluation
+    assert evaluation is not None and evaluation.calibration is not None
+    assert evaluation.calibration.calibrator is None
+
+
+def test_a_regressor_has_no_calibration() -> None:
+    X_all, _ = logistic(np.random.default_rng(1), 400)
+    regression = candidate(
+        "sklearn.linear_model.LinearRegression", X_all, X_all[:, 0] * 2, task="regression"
+    )
+    evaluation = fit_and_dump(regression).evaluation
+    assert evaluation is not None and evaluation.loads and evaluation.calibration is None

@@ -7,7 +7,9 @@ alias, and only then swaps the serving reference, in order with traffic (``in_or
 ``on_swap`` so that the detectors start over at the same record. A crash between the alias move
 and the swap serves the new champion after the restart, as intended; a crash before the alias
 move leaves the old one. At start the champion is loaded, or, when it fails verification, the
-newest version that passes, and the audit log says so.
+newest version that passes, and the audit log says so. A version's calibrator is verified and
+parsed with its model (:meth:`Registry.calibrator`); one that fails, or was fitted for other
+classes, refuses the version as a tampered artifact would.
 
 After each deploy it deletes the versions the retention rule (:mod:`driftd.models.retention`)
 lets go, each in the registry's one rename, then a ``model_deleted`` event, then the removal;
@@ -19,6 +21,7 @@ It never exposes a half-loaded model: :attr:`current` is one reference, replaced
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -28,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 from driftd.errors import IntegrityError
 from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
+from driftd.models.calibration import Calibrator
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.registry import Registry, Version
 from driftd.models.retention import Retention
@@ -130,6 +134,7 @@ class Lifecycle:
             "created": live.manifest.get("created"),
             "reason": live.manifest.get("reason"),
             "metrics": live.manifest.get("metrics"),
+            "calibration": live.manifest.get("calibration"),
             "loaded_at": live.loaded_at,
             "fallback": self._fallback,
         }
@@ -217,16 +222,24 @@ class Lifecycle:
 
     # -- changes ---------------------------------------------------------------------------
     def deploy(
-        self, artifact: bytes, manifest: dict[str, Any], warmup: Any, *, model: Any = None
+        self,
+        artifact: bytes,
+        manifest: dict[str, Any],
+        warmup: Any,
+        *,
+        model: Any = None,
+        calibration: bytes | None = None,
     ) -> Version:
-        """Publish ``artifact`` as a new version and serve it.
+        """Publish ``artifact`` (with its ``calibration``, if any) as a new version and serve it.
 
         ``model`` is ``artifact`` already loaded (by the training process, with the same trusted
         types): then only the published bytes are read back and verified, and that object
         serves, so the serving process does not spend the load's GIL time beside requests.
+        The calibrator is always read back from the version, verified and parsed here: it is
+        small, and what serves is then what the registry holds.
         Then the versions retention lets go are deleted."""
         with self._moves:
-            version = self.registry.publish(artifact, manifest)
+            version = self.registry.publish(artifact, manifest, calibration=calibration)
             live = self._load(version.number, warmup, model=model)
             details = {"reason": manifest.get("reason"), "job": manifest.get("job")}
             self._switch(live, "deploy", details)
@@ -250,7 +263,7 @@ class Lifecycle:
                 raise ValueError(f"version {target} is already the champion")
             kept = self._previous
             if kept is not None and kept.version == target:
-                live = LiveModel(kept.version, kept.model, kept.manifest, self.clock())
+                live = dataclasses.replace(kept, loaded_at=self.clock())
             else:
                 live = self._load(target)
             self._switch(live, "rollback", {"from": aliases.champion, **details})
@@ -332,7 +345,9 @@ class Lifecycle:
                 )
         if model is None:
             model = self.registry.loads(version, data)
-        live = LiveModel(number, model, version.manifest, self.clock())
+        calibrator = self.registry.calibrator(version)
+        live = LiveModel(number, model, version.manifest, self.clock(), calibrator)
+        _check_classes(version, live, calibrator)
         live.warm_up(warmup if warmup is not None else self._warmup_rows(version))
         return live
 
@@ -349,3 +364,13 @@ class Lifecycle:
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         self.store.add_event(kind, data, ts=self.clock())
+
+
+def _check_classes(version: Version, live: LiveModel, calibrator: Calibrator | None) -> None:
+    """Refuse a calibrator fitted for other classes than its model's: its maps would calibrate
+    the wrong columns."""
+    if calibrator is not None and calibrator.classes != live.class_names():
+        raise IntegrityError(
+            f"{version.name}: calibration is for classes {list(calibrator.classes)},"
+            f" the model has {live.class_names()}"
+        )

@@ -1,8 +1,9 @@
 """The model registry: immutable version directories, champion/previous aliases, integrity checks.
 
-A version is published by writing ``model.skops`` and then ``manifest.json`` (holding the
-artifact's sha256) into a temporary directory beside the others, fsyncing both, and renaming
-the directory into place: a version is either whole or absent. The aliases live in one small
+A version is published by writing ``model.skops``, its calibrator ``calibration.json`` when it
+has one (:mod:`driftd.models.calibration`), and then ``manifest.json`` (holding the sha256 of
+each) into a temporary directory beside the others, fsyncing each, and renaming the
+directory into place: a version is either whole or absent. The aliases live in one small
 file replaced atomically (temp file in the same directory, fsync, ``os.replace``, fsync the
 directory). A version is deleted the same way backwards: its directory is first renamed to a
 temporary name, the one step a reader can see, and only then removed. A crash at any instant
@@ -10,7 +11,7 @@ therefore leaves a registry whose champion loads and whose listed versions are w
 leftovers, a half-removed version among them, are swept at start.
 
 Artifacts are loaded with skops and a trusted-type list pinned here: a model file is never a
-way to run code.
+way to run code. A calibrator is plain JSON, checked field by field: it needs no trusted type.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from driftd._fs import TMP_PREFIX, atomic_write, fsync_dir
 from driftd.errors import IntegrityError
+from driftd.models.calibration import Calibrator
 
 __all__ = [
     "TRUSTED_TYPES",
@@ -41,6 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ARTIFACT = "model.skops"
+CALIBRATION = "calibration.json"
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
 _VERSION_DIR = re.compile(r"^v(\d{6})$")
@@ -169,8 +172,11 @@ class Registry:
                     log.warning("skipping a version with an unreadable manifest: %s", exc)
         return out
 
-    def publish(self, artifact: bytes, manifest: dict[str, Any]) -> Version:
-        """Write a new immutable version; the manifest (with the artifact's sha256) goes last."""
+    def publish(
+        self, artifact: bytes, manifest: dict[str, Any], *, calibration: bytes | None = None
+    ) -> Version:
+        """Write a new immutable version; the manifest (with the sha256 of the artifact and of
+        the calibrator, ``None`` for a version without one) goes last."""
         numbers = self.numbers()
         number = (numbers[-1] if numbers else 0) + 1
         final = self.root / f"v{number:06d}"
@@ -181,8 +187,13 @@ class Registry:
                 "version": number,
                 "sha256": hashlib.sha256(artifact).hexdigest(),
                 "size": len(artifact),
+                "calibration_sha256": None
+                if calibration is None
+                else hashlib.sha256(calibration).hexdigest(),
             }
             _write_synced(tmp / ARTIFACT, artifact)
+            if calibration is not None:
+                _write_synced(tmp / CALIBRATION, calibration)
             _write_synced(tmp / MANIFEST, json.dumps(full, indent=2, sort_keys=True).encode())
             fsync_dir(tmp)
             os.rename(tmp, final)
@@ -222,16 +233,19 @@ class Registry:
     def read(self, number: int) -> tuple[Version, bytes]:
         """A version's artifact bytes, verified against the sha256 in its manifest."""
         version = self.get(number)
+        return version, _verified(version, ARTIFACT, version.manifest.get("sha256"))
+
+    def calibrator(self, version: Version) -> Calibrator | None:
+        """A version's calibrator, verified against the sha256 in its manifest like the
+        artifact; ``None`` for a version published without one (or before calibration)."""
+        digest = version.manifest.get("calibration_sha256")
+        if digest is None:
+            return None
+        data = _verified(version, CALIBRATION, digest)
         try:
-            data = (version.path / ARTIFACT).read_bytes()
-        except OSError as exc:
-            raise IntegrityError(f"{version.name}: artifact unreadable ({exc.strerror})") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != version.manifest.get("sha256"):
-            raise IntegrityError(
-                f"{version.name}: sha256 mismatch (artifact changed after publish)"
-            )
-        return version, data
+            return Calibrator.loads(data)
+        except ValueError as exc:
+            raise IntegrityError(f"{version.name}: calibration refused ({exc})") from exc
 
     # -- aliases ---------------------------------------------------------------------------
     def aliases(self) -> Aliases:
@@ -260,6 +274,18 @@ class Registry:
         new = Aliases(champion=number, previous=previous)
         atomic_write(self.root / ALIASES, json.dumps(new.as_dict()).encode())
         return new
+
+
+def _verified(version: Version, name: str, digest: object) -> bytes:
+    """The bytes of ``name`` in ``version``, refused unless their sha256 is ``digest``."""
+    what = "artifact" if name == ARTIFACT else "calibration"
+    try:
+        data = (version.path / name).read_bytes()
+    except OSError as exc:
+        raise IntegrityError(f"{version.name}: {what} unreadable ({exc.strerror})") from exc
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise IntegrityError(f"{version.name}: {what} sha256 mismatch (changed after publish)")
+    return data
 
 
 def _write_synced(path: Path, data: bytes) -> None:

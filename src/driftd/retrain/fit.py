@@ -6,8 +6,9 @@ numeric columns pass through, categorical columns are one-hot encoded with unkno
 ignored. :func:`fit_and_dump` is the one fitting code path: the training worker
 (:mod:`driftd.retrain.worker`) and replay's inline fit both call it, so a model is the same
 whichever ran it. It also evaluates the candidate for the gate: it loads the dumped artifact
-back with the trusted types, warms it up and scores it on the holdout, and sends the loaded
-object back pickled, to be unpickled only if the candidate deploys.
+back with the trusted types, warms it up and scores it on the holdout, decides on the same
+holdout whether isotonic maps calibrate its probabilities (:mod:`driftd.models.calibration`),
+and sends the loaded object back pickled, to be unpickled only if the candidate deploys.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy.typing as npt
 from driftd._imports import import_object
 from driftd.errors import IntegrityError
 from driftd.ingest.schema import Label, Schema
+from driftd.models.calibration import Calibration, calibrate
 from driftd.models.registry import load_artifact
 from driftd.models.serving import LiveModel, WarmupError
 from driftd.retrain.config import ModelConfig
@@ -146,16 +148,20 @@ class FitJob:
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """The candidate as the gate needs it: whether its artifact loads (and why not), its median
-    single-row latency in ms, and its scores on the holdout; and ``pickled``, the artifact as
-    it loaded here, for a deploy to serve (:meth:`model`). A skops load of a 500-tree model
-    costs 0.2 s of the GIL; unpickling the loaded object costs 6 ms, and only a deploy pays
-    it (a rejected candidate's bytes are never unpickled)."""
+    single-row latency in ms, and its scores on the holdout, of its raw probabilities (its
+    calibration is fitted on that same holdout: scored there, it would flatter the candidate
+    against the champion); ``pickled``, the artifact as it loaded here, for a deploy to serve
+    (:meth:`model`); and ``calibration``, what the holdout decided about its probabilities
+    (``None`` for a model without any). A skops load of a 500-tree model costs 0.2 s of the
+    GIL; unpickling the loaded object costs 6 ms, and only a deploy pays it (a rejected
+    candidate's bytes are never unpickled)."""
 
     loads: bool
     load_error: str | None = None
     latency_ms: float | None = None
     scores: dict[str, float] | None = None
     pickled: bytes | None = field(default=None, repr=False)
+    calibration: Calibration | None = None
 
     def model(self) -> Any:
         """The loaded candidate, or ``None`` if it could not be pickled: the deploy then loads
@@ -234,11 +240,30 @@ def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
     except (IntegrityError, WarmupError) as exc:
         return Evaluation(False, str(exc))
     scores = {metric: score(metric, model, X_hold, y_hold) for metric in job.metrics}
+    calibration = (
+        _calibration(LiveModel(0, model, {}, 0.0), X_hold, y_hold)
+        if job.schema.task == "classification"
+        else None
+    )
     try:
         pickled: bytes | None = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # noqa: BLE001 - a custom trusted type may not pickle: deploy loads it
         pickled = None
-    return Evaluation(True, None, 1000 * latency, scores, pickled)
+    return Evaluation(True, None, 1000 * latency, scores, pickled, calibration)
+
+
+def _calibration(live: LiveModel, X: npt.NDArray[Any], y: Sequence[Label]) -> Calibration | None:
+    """The holdout's calibration of ``live``'s probabilities, by class index; ``None`` when it
+    gives none or predicts a class it has no probability for."""
+    proba, names = live.raw_probabilities(X), live.class_names()
+    if proba is None or names is None:
+        return None
+    index = {name: i for i, name in enumerate(names)}
+    predicted = np.array([index.get(str(p), -1) for p in live.predict(X)], dtype=np.intp)
+    if (predicted < 0).any():
+        return None
+    labels = np.array([index.get(str(label), -1) for label in y], dtype=np.intp)
+    return calibrate(proba, labels, predicted, names)
 
 
 def library_versions() -> dict[str, str]:

@@ -2,9 +2,10 @@
 
 A job takes a frozen, hashed, time-ordered snapshot of labelled rows (since the drift point
 after an alarm, else the most recent window), holds out the most recent slice, has the fit
-(the training process) fit the candidate, load it with the trusted-type list and score it, scores
-the champion on the same holdout, and asks the gate. A passing candidate is deployed through the
-lifecycle (:mod:`driftd.models.lifecycle`); a failing one is kept under ``rejected/`` (bounded)
+(the training process) fit the candidate, load it with the trusted-type list, score it and
+calibrate its probabilities, scores the champion on the same holdout, and asks the gate. A
+passing candidate is deployed, with its calibrator, through the lifecycle
+(:mod:`driftd.models.lifecycle`); a failing one is kept under ``rejected/`` (bounded)
 and the team is alerted. A fit that the daemon's shutdown cuts short is no failure: it is
 recorded as ``training_cancelled``, nobody is paged, and the policy keeps the job queued for
 the next start. After a deploy the post-deploy guard (:mod:`driftd.retrain.guard`)
@@ -333,6 +334,7 @@ class Retrainer:
                 details={"verdict": verdict.as_dict()},
             )
             return "rejected", base
+        calibration = result.evaluation.calibration
         manifest = {
             "created": self.clock(),
             "reason": ",".join(job.reasons),
@@ -343,14 +345,20 @@ class Retrainer:
             "training": {**window, "train_rows": len(y_train), "holdout_rows": len(y_hold)},
             "metrics": scores["candidate"],
             "verdict": verdict.as_dict(),
+            "calibration": None if calibration is None else calibration.record(),
             "fit_seconds": round(result.seconds, 3),
             "libraries": library_versions(),
             "warmup": _rows(self.schema, warm),
         }
         champion = self.models.current
         previous = champion.version if champion is not None else None
+        calibrator = None if calibration is None else calibration.calibrator
         version = self.models.deploy(
-            result.artifact, manifest, warm, model=result.evaluation.model()
+            result.artifact,
+            manifest,
+            warm,
+            model=result.evaluation.model(),
+            calibration=None if calibrator is None else calibrator.dumps(),
         )
         expected = scores["candidate"].get(live_metric, math.nan)
         if cfg.guard.records > 0 and previous is not None and math.isfinite(expected):

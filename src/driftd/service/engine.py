@@ -7,6 +7,10 @@ here through :meth:`Engine.run`, so that the detectors rebaseline at the record 
 starts at). The HTTP routes, the demo source and replay all call the same methods. The engine
 owns the monitor and its checkpoint; which model serves is the lifecycle's
 (:mod:`driftd.models.lifecycle`), read here once per request.
+
+A prediction's class probabilities are stored raw, as the model gave them, and the estimate is
+fed them calibrated by the serving version: the stored rows stay what the model said whatever a
+version's calibration was, so that a later calibrator can be fitted on them and their labels.
 """
 
 from __future__ import annotations
@@ -172,11 +176,18 @@ class Engine:
             self._fix_label_type(label_type_of(preds[0]))
         probas = live.probabilities(X) if self.schema.task == "classification" else None
         batch = Batch(
-            instances, now, ids=ids, predictions=preds, model_version=live.version, probas=probas
+            instances,
+            now,
+            ids=ids,
+            predictions=preds,
+            model_version=live.version,
+            probas=None if probas is None else probas.raw,
         )
         result = self.store.add_records(batch, source="predict", received=now)
         self.metrics.predictions.inc(len(instances))
-        self._after_ingest(result, batch, "predict", now)
+        self._after_ingest(
+            result, batch, "predict", now, None if probas is None else probas.calibrated
+        )
         return PredictResult(preds, list(result.ids), live.version, result.duplicates)
 
     def add_records(
@@ -187,16 +198,25 @@ class Engine:
         if batch.probas is not None:
             self._check_probas(batch.probas, batch.predictions)
         result = self.store.add_records(batch, source=source, received=now)
-        self._after_ingest(result, batch, source, now)
+        self._after_ingest(result, batch, source, now, batch.probas)
         return result
 
-    def _after_ingest(self, result: IngestResult, batch: Batch, source: str, now: float) -> None:
+    def _after_ingest(
+        self,
+        result: IngestResult,
+        batch: Batch,
+        source: str,
+        now: float,
+        probas: Sequence[Mapping[str, float] | None] | None,
+    ) -> None:
+        """Count the stored records and pass the new ones through the monitor, with ``probas``
+        (the calibrated probabilities of a prediction, where the store keeps the raw ones)."""
         self.metrics.records.labels(source).inc(result.accepted)
         self._store_records += result.accepted
         if result.duplicates:
             self.metrics.duplicates.inc(len(result.duplicates))
         if result.accepted:
-            features, predictions, probas = batch.features, batch.predictions, batch.probas
+            features, predictions = batch.features, batch.predictions
             if result.inserted is not None:  # leave out the re-sent records
                 kept = result.inserted
                 features = [f for f, k in zip(features, kept, strict=True) if k]
