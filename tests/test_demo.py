@@ -34,36 +34,62 @@ def fast_demo_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_demo_shows_a_drift_deploy_and_a_gate_rejection(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "driftd", "demo", "--port", "0", "--duration", "120",
-            "--state-dir", str(tmp_path / "state"), "--config", str(fast_demo_config(tmp_path)),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[str] = []
-    port: list[int] = []
+class Demo:
+    """``driftd demo`` in a subprocess: its stderr lines, and the port it listens on."""
 
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            m = re.search(r"listening on http://127.0.0.1:(\d+)", line)
+    def __init__(self, config: Path, state: Path, duration: int) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "driftd", "demo", "--port", "0",
+                "--duration", str(duration), "--state-dir", str(state), "--config", str(config),
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self.scheme = "http"
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            m = re.search(r"listening on (https?)://127.0.0.1:(\d+)", line)
             if m:
-                port.append(int(m.group(1)))
+                self.scheme, self.port = m.group(1), int(m.group(2))
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not port and time.monotonic() < deadline:
+    def url(self, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while self.port is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert port, "".join(lines[-20:])
-        with httpx.Client(base_url=f"http://127.0.0.1:{port[0]}", timeout=10) as c:
+        assert self.port is not None, "".join(self.lines[-20:])
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        """Ctrl-C, as at a terminal; the exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_the_demo_shows_a_drift_deploy_and_a_gate_rejection(tmp_path: Path) -> None:
+    demo = Demo(fast_demo_config(tmp_path), tmp_path / "state", duration=120)
+    try:
+        with httpx.Client(base_url=demo.url(), timeout=10) as c:
             deadline = time.monotonic() + 90
             finished: list[dict[str, object]] = []
             while time.monotonic() < deadline:
@@ -85,15 +111,10 @@ def test_the_demo_shows_a_drift_deploy_and_a_gate_rejection(tmp_path: Path) -> N
             assert re.search(r'driftd_drift_alarms_total\{kind="concept_drift"\} [1-9]', metrics)
             version = re.search(r"^driftd_model_version (\S+)$", metrics, re.MULTILINE)
             assert version is not None and float(version.group(1)) >= 2
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        assert demo.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
-        proc.stderr.close()
-    text = "".join(lines)
+        demo.close()
+    text = demo.text
     assert "driftd demo summary" in text
     assert "rejected" in text.split("driftd demo summary")[1]
 
@@ -108,36 +129,11 @@ def test_the_demo_feeds_a_daemon_with_scoped_tokens_over_tls(tmp_path: Path) -> 
     text += "\n[auth.tokens]\n" + "".join(f'{s} = ["{t}"]\n' for s, t in tokens.items())
     config = tmp_path / "scoped.toml"
     config.write_text(text)
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "driftd", "demo", "--port", "0", "--duration", "60",
-            "--state-dir", str(tmp_path / "state"), "--config", str(config),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[str] = []
-    port: list[int] = []
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            m = re.search(r"listening on https://127.0.0.1:(\d+)", line)
-            if m:
-                port.append(int(m.group(1)))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    demo = Demo(config, tmp_path / "state", duration=60)
     try:
-        deadline = time.monotonic() + 30
-        while not port and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert port, "".join(lines[-20:])
+        url = demo.url()
+        assert url.startswith("https://"), url
         headers = {"Authorization": f"Bearer {tokens['read']}"}
-        url = f"https://127.0.0.1:{port[0]}"
         trust = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=url, timeout=10, verify=trust, headers=headers) as c:
             deadline = time.monotonic() + 45
@@ -149,13 +145,8 @@ def test_the_demo_feeds_a_daemon_with_scoped_tokens_over_tls(tmp_path: Path) -> 
                 time.sleep(0.5)
             else:
                 raise AssertionError(f"the demo's traffic did not arrive: {counts}")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        assert demo.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
-        proc.stderr.close()
-    text = "".join(lines)
+        demo.close()
+    text = demo.text
     assert "unauthorized" not in text and "forbidden" not in text
