@@ -442,7 +442,9 @@ def test_a_failed_bootstrap_is_retried_with_backoff(tmp_path: Path) -> None:
     cfg = tmp_path / "d.toml"
     cfg.write_text(
         config_text(
-            tmp_path / "state", bootstrap=str(late), sections={"retrain": "cooldown_seconds = 1"}
+            tmp_path / "state",
+            bootstrap=None,
+            sections={"bootstrap": f'data = "{late}"\nmin_rows = 200\nretry_seconds = 1'},
         )
     )
     d = DaemonProcess(cfg).start(wait_ready=False)

@@ -52,6 +52,7 @@ class BootstrapConfig:
     min_rows: int = field(default=500, metadata={"min": 10})
     rows: int = field(default=5000, metadata={"min": 10})
     seed: int = 0
+    retry_seconds: float = field(default=60.0, metadata={"min": 0.1})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,9 @@ class RetrainConfig(PolicyConfig):
 
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
+            cooldown_labels=self.cooldown_labels,
             cooldown_seconds=self.cooldown_seconds,
+            backoff_max_labels=self.backoff_max_labels,
             backoff_max_seconds=self.backoff_max_seconds,
             min_new_labels=self.min_new_labels,
             min_rows_after_drift=self.min_rows_after_drift,

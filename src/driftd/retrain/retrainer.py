@@ -145,9 +145,13 @@ class Retrainer:
         """Ask for a retrain (thread-safe). Counted; a skip is counted with its reason."""
         now = self.clock()
         with self.lock:
-            new = self.store.labelled_count(since_idx=self.policy.trained_until)
             decision = self.policy.request(
-                reason, now=now, new_labels=new, operator=operator, drift_point=drift_point
+                reason,
+                now=now,
+                new_labels=self._new_labels(),
+                since_attempt=self._since_attempt(),
+                operator=operator,
+                drift_point=drift_point,
             )
             self._persist()
         self.metrics.retrain_triggers.labels(reason).inc()
@@ -180,15 +184,52 @@ class Retrainer:
         if regime is not None:
             since = self.store.labelled_count(since_idx=regime.point - 1)
             with self.lock:
-                reason = self.policy.drift_due(since, now)
-            if reason is not None:
-                self.request(reason, drift_point=regime.point)
+                due = self.policy.drift_due(
+                    since,
+                    now=now,
+                    new_labels=self._new_labels(),
+                    since_attempt=self._since_attempt(),
+                )
+            if due.deferred is not None:
+                self._deferred(due.deferred, regime.point, since, now)
+            if due.reason is not None:
+                self.request(due.reason, drift_point=regime.point)
         with self.lock:
-            job = self.policy.start(now)
+            job = None
+            if self.policy.pending is not None:
+                job = self.policy.start(
+                    now, since_attempt=self._since_attempt(), position=self.store.last_index()
+                )
             if job is not None:
                 self._persist()
         self._gauges()
         return job
+
+    def _new_labels(self) -> int:
+        """Labelled rows newer than the last training."""
+        return self.store.labelled_count(since_idx=self.policy.trained_until)
+
+    def _since_attempt(self) -> int:
+        """Labelled rows after the record the last attempt started at: the cooldown's count."""
+        if self.policy.last_attempt is None:
+            return 0
+        return self.store.labelled_count(since_idx=self.policy.attempt_position)
+
+    def _deferred(self, reason: str, point: int, rows: int, now: float) -> None:
+        """A drift retrain is due but must wait: say so in the audit log and the metrics (the
+        regime keeps it; it is asked for once it may start)."""
+        p = self.policy
+        data = {
+            "reason": reason,
+            "drift_point": point,
+            "rows_since_point": rows,
+            "cooldown_labels": p.cooldown_labels(),
+            "cooldown_until": p.cooldown_until() if p.last_attempt is not None else None,
+            "consecutive_rejections": p.consecutive_rejections,
+        }
+        self.metrics.retrain_deferred.labels(reason).inc()
+        self.store.add_event("retrain_deferred", data, ts=now)
+        log.info("drift retrain (change point %d) deferred: %s", point, reason)
 
     # -- the job ---------------------------------------------------------------------------
     def run(self, job: Job) -> Outcome:
@@ -205,12 +246,14 @@ class Retrainer:
             self._alert("training_failed", f"retrain {job.id} failed: {exc}", job=job.id)
         took = time.monotonic() - start
         with self.lock:
+            tie = bool(details.get("verdict", {}).get("tie", False))
             self.policy.finish(
                 job,
                 outcome,
                 now=self.clock(),
                 trained_until=details.get("trained_until"),
                 trained_rows=int(details.get("rows", 0)),
+                tie=tie,
             )
             self._persist()
             escalate = self.policy.consecutive_rejections
@@ -234,7 +277,7 @@ class Retrainer:
         self.last_job = record
         self.store.add_event("retrain_finished", record, ts=self.clock())
         log.info("retrain %s (%s): %s in %.1f s", job.id, ", ".join(job.reasons), outcome, took)
-        if outcome == "rejected" and escalate % self.settings.escalate_after == 0:
+        if outcome == "rejected" and not tie and escalate % self.settings.escalate_after == 0:
             self._alert(
                 "consecutive_rejections",
                 f"{escalate} retrains in a row were rejected; the champion is getting stale",
@@ -471,6 +514,8 @@ class Retrainer:
                 "running": p.running.as_dict() if p.running else None,
                 "pending": p.pending.as_dict() if p.pending else None,
                 "cooldown_until": p.cooldown_until() if p.last_attempt is not None else None,
+                "cooldown_labels": p.cooldown_labels(),
+                "cooldown_from_index": p.attempt_position,
                 "consecutive_rejections": p.consecutive_rejections,
                 "drift_regime": None
                 if p.regime is None
