@@ -259,7 +259,7 @@ def test_the_post_deploy_guard_rolls_back_a_champion_that_fails_live(
     tmp_path: Path, hook: Hook
 ) -> None:
     """Drift to concept B deploys v2; traffic then returns to concept A, where v2 is wrong: the
-    guard sees v2's live accuracy fall short of its holdout score and rolls back to v1."""
+    guard scores v1 in shadow on the records v2 served, finds it better, and rolls back to it."""
     d = start(tmp_path, hook, guard="records = 200\nmargin = 0.1")
     try:
         with client(d) as c:
@@ -270,7 +270,7 @@ def test_the_post_deploy_guard_rolls_back_a_champion_that_fails_live(
             wait_until(lambda: events(c, "rollback"), what="a guard rollback", c=c)
             rb = events(c, "rollback")[0]
             assert rb["reason"] == "guard" and rb["from"] == 2 and rb["version"] == 1
-            assert "short of its holdout" in rb["why"]
+            assert "the previous champion v1 scored" in rb["why"]
             assert events(c, "guard_failed")[0]["version"] == 2
             assert c.get("/v1/status").json()["model"]["version"] == 1
             alert = hook.wait_for("rolled_back")

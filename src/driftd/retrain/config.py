@@ -99,7 +99,8 @@ class RetrainConfig(PolicyConfig):
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
     records: int = field(default=300, metadata={"min": 0})
-    margin: float = field(default=0.1, metadata={"min": 0})
+    margin: float = field(default=0.02, metadata={"min": 0})
+    drift_margin: float = field(default=0.05, metadata={"min": 0})
 
 
 @dataclass(frozen=True, slots=True)

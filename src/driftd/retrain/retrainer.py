@@ -404,6 +404,7 @@ class Retrainer:
                 metric=live_metric,
                 needed=cfg.guard.records,
                 margin=cfg.guard.margin,
+                drift_margin=cfg.guard.drift_margin,
             )
         return "deployed", {**base, "version": version.number}
 
@@ -480,20 +481,49 @@ class Retrainer:
         return {"version": target, "previous": from_version, "reason": reason}
 
     def on_joined(self, joined: list[Joined]) -> None:
-        """Labels that met their predictions (on the ingest worker): feed the post-deploy guard."""
+        """Labels that met their predictions (on the ingest worker): feed the post-deploy guard,
+        and once it has its records, score the previous champion on them and act on the verdict:
+        a drift opens a regime (unless one is open), a better previous champion is rolled back to.
+        """
         guard = self.guard
-        if guard is None:
-            return
-        verdict = guard.observe(joined)
-        if verdict is None:
+        if guard is None or not guard.observe(joined):
             return
         self.guard = None
-        if not verdict.failed:
-            self.store.add_event("guard_passed", verdict.record, ts=self.clock())
+        verdict = guard.judge(self._shadow(guard))
+        now = self.clock()
+        if verdict.drifted:
+            self._guard_drift(verdict.record, verdict.why, now)
+        if not verdict.rollback:
+            self.store.add_event("guard_passed", verdict.record, ts=now)
             return
-        self.store.add_event("guard_failed", verdict.record, ts=self.clock())
-        why = verdict.why or "the live score fell short of the holdout score"
+        self.store.add_event("guard_failed", {**verdict.record, "why": verdict.why}, ts=now)
+        why = verdict.why or "the previous champion scored better on the same records"
         self.defer(lambda: self._guard_rollback(guard, why))
+
+    def _shadow(self, guard: Guard) -> dict[int, Label] | None:
+        """The previous champion's predictions for the records the guard watched, when it is
+        still loaded (``[model] keep_previous``); None otherwise."""
+        previous = self.models.previous
+        if previous is None or previous.version != guard.previous:
+            return None
+        rows = self.store.labelled_at(guard.indices)
+        if not len(rows):
+            return None
+        X = matrix(self.schema, rows.numeric, rows.categorical)
+        return dict(zip(rows.idx.tolist(), previous.predict(X), strict=True))
+
+    def _guard_drift(self, record: dict[str, Any], why: str | None, now: float) -> None:
+        """The new champion scores well under its holdout from its first records on: the data
+        moved before the deploy's rebaseline could let the detectors see it. Open a regime at its
+        first record, so that the drift is retrained rather than swallowed; an open regime
+        already knows of a drift and keeps its own change point."""
+        with self.lock:
+            opened = self.policy.regime is None
+            if opened:
+                self.policy.on_drift(int(record["first_index"]), now)
+                self._persist()
+        self.store.add_event("guard_drift", {**record, "why": why, "opened": opened}, ts=now)
+        log.warning("post-deploy guard: %s", why)
 
     def _guard_rollback(self, guard: Guard, why: str) -> None:
         try:
