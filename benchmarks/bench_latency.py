@@ -78,6 +78,7 @@ rows = 2000
 [retrain]
 window_rows = {WINDOW}
 cooldown_labels = 0
+challenger_labels = 0
 [gate]
 min_absolute_change = 0.001
 [guard]

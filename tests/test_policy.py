@@ -90,7 +90,7 @@ def test_a_tie_rejection_does_not_double_the_next_wait() -> None:
     p.request("operator", now=0, new_labels=0, since_attempt=0, operator=True)
     started(p)
     assert p.running is not None
-    p.finish(p.running, "rejected", now=0, tie=True)
+    p.finish(p.running, "rejected", now=0, back_off=False)
     assert p.consecutive_rejections == 0 and p.cooldown_labels() == 600
     p.on_drift(change_point=2000, now=1)
     assert p.drift_due(400, now=1, new_labels=600, since_attempt=600) == DriftDue("drift")
@@ -219,3 +219,23 @@ def test_a_cancelled_job_waits_again_with_the_reasons_that_came_and_survives_a_r
     again = restored.start(103, since_attempt=700, position=900)
     assert again is not None and again.id == job.id
     assert (again.reasons, again.drift_point) == (["schedule", "drift_growth"], 42)
+
+
+def test_a_challenger_is_due_every_quarter_window_of_new_labels_between_regimes() -> None:
+    """Between drift regimes, and never while the cooldown would refuse it (asking is queuing:
+    a poll does not fill the audit log with skips)."""
+    p = RetrainPolicy(CFG)
+    assert p.challenger_every() == 750, "a quarter of window_rows by default"
+    assert not p.challenger_due(now=0, new_labels=749, since_attempt=749)
+    assert p.challenger_due(now=0, new_labels=750, since_attempt=750)
+    p.request("challenger", now=0, new_labels=750, since_attempt=750)
+    assert not p.challenger_due(now=0, new_labels=750, since_attempt=750), "one waits already"
+    started(p, position=750)
+    assert p.running is not None
+    p.finish(p.running, "rejected", now=1, trained_until=750, back_off=False)
+    assert not p.challenger_due(now=2, new_labels=750, since_attempt=599), "the cooldown holds"
+    assert p.challenger_due(now=2, new_labels=750, since_attempt=750)
+    p.on_drift(change_point=1400, now=3)
+    assert not p.challenger_due(now=3, new_labels=900, since_attempt=900), "a regime refits"
+    off = RetrainPolicy(PolicyConfig(challenger_labels=0))
+    assert not off.challenger_due(now=0, new_labels=10**6, since_attempt=10**6)

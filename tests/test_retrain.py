@@ -80,7 +80,7 @@ def start(
         "server": f'port = 0\ntoken = "{TOKEN}"\nmax_batch_size = 5000\nmax_body_bytes = 4194304',
         "retrain": (
             "cooldown_seconds = 60\nmin_rows_after_drift = 400\n"
-            "window_rows = 400\nmin_new_labels = 100"
+            "window_rows = 400\nmin_new_labels = 100\nchallenger_labels = 0"
         ),
         "gate": "min_holdout = 50",
         "guard": "records = 0",

@@ -89,7 +89,7 @@ def build(
         data = None if boot is None else write_csv(tmp_path / "boot.csv", make_rows(boot, seed=1))
         body = {
             "retrain": "cooldown_labels = 200\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
-            "min_new_labels = 100",
+            "min_new_labels = 100\nchallenger_labels = 0",
             "gate": "min_holdout = 50",
             "guard": "records = 0",
             **sections,
@@ -364,6 +364,29 @@ def test_a_tie_rejection_does_not_back_off_the_next_drift(
     assert status["consecutive_rejections"] == 0 and status["cooldown_labels"] == 200
     play(parts, make_rows(200, seed=6), "b", clock)
     assert parts.retrainer.request("schedule").outcome == "queued"
+
+
+def test_without_an_alarm_a_challenger_is_fitted_on_the_recent_window_every_n_labels(
+    build: Callable[..., Parts], clock: Clock
+) -> None:
+    """A drift the detectors miss still gets retrained: every ``challenger_labels`` labelled
+    rows newer than the last training a challenger fits on the most recent window, and the gate
+    deploys it only if it does as well as the champion on the same holdout."""
+    parts = build(retrain="cooldown_labels = 200\nwindow_rows = 800\nchallenger_labels = 400")
+    parts.bootstrap.run()
+    play(parts, make_rows(300, seed=2), "a", clock, retrain=True)
+    assert not kinds(parts, limit=100).count("retrain_started"), "not before 400 labels"
+    play(parts, make_rows(100, seed=3), "b", clock, retrain=True)
+    done = [e.data for e in parts.store.events(kind="retrain_finished", limit=10)]
+    assert [d["reasons"] for d in done] == [["challenger"], ["bootstrap"]]
+    assert done[0]["window"]["since_drift_point"] is None and done[0]["rows"] == 400
+    verdict = done[0]["verdict"]
+    assert done[0]["outcome"] == ("deployed" if verdict["passed"] else "rejected")
+    assert {r["rule"] for r in verdict["rules"]} >= {"vs_champion"}, "scored against the champion"
+    play(parts, make_rows(400, seed=4), "c", clock, retrain=True)
+    reasons = [e.data["reasons"] for e in parts.store.events(kind="retrain_finished", limit=10)]
+    assert reasons.count(["challenger"]) == 2
+    assert parts.retrainer.status()["drift_regime"] is None
 
 
 def deploy_flipped(parts: Parts, clock: Clock) -> int:

@@ -42,7 +42,7 @@ REJECT_REASONS = (
     "method_not_allowed",
     "idle_connection",
 )
-TRIGGER_REASONS = ("drift", "drift_growth", "schedule", "operator", "bootstrap")
+TRIGGER_REASONS = ("drift", "drift_growth", "challenger", "schedule", "operator", "bootstrap")
 SKIP_REASONS = ("cooldown", "backoff", "too_few_new_labels", "too_few_rows", "single_class")
 DEFER_REASONS = ("cooldown", "backoff", "too_few_new_labels")
 OUTCOMES = ("deployed", "rejected", "failed", "timeout")

@@ -93,6 +93,7 @@ class RetrainConfig(PolicyConfig):
             min_new_labels=self.min_new_labels,
             min_rows_after_drift=self.min_rows_after_drift,
             window_rows=self.window_rows,
+            challenger_labels=self.challenger_labels,
         )
 
 

@@ -35,6 +35,12 @@ operator deploy in between leaves it open. A regime whose retrain is due but mus
 *deferred*: :meth:`RetrainPolicy.drift_due` says why, once per regime and reason, so that the
 wait is in the audit log; the retrain is asked for as soon as it may start.
 
+Between regimes a *challenger* is fitted on the recent window every ``challenger_labels``
+labelled rows newer than the last training (default: a quarter of ``window_rows``; 0: never),
+and the gate deploys it only if it does at least as well as the champion on the same most
+recent holdout. A drift the detectors miss (a slow one) is then retrained on a schedule in
+labels, so that driftd does no worse than periodic retraining.
+
 >>> from driftd.retrain.policy import RetrainPolicy, PolicyConfig
 >>> p = RetrainPolicy(PolicyConfig(cooldown_labels=500, min_new_labels=100))
 >>> p.request("schedule", now=0.0, new_labels=500, since_attempt=0).outcome
@@ -72,6 +78,7 @@ class PolicyConfig:
     min_new_labels: int = field(default=200, metadata={"min": 0})
     min_rows_after_drift: int = field(default=400, metadata={"min": 10})
     window_rows: int = field(default=20_000, metadata={"min": 10})
+    challenger_labels: int | None = field(default=None, metadata={"min": 0})
 
 
 @dataclass(slots=True)
@@ -214,13 +221,14 @@ class RetrainPolicy:
         now: float,
         trained_until: int | None = None,
         trained_rows: int = 0,
-        tie: bool = False,
+        back_off: bool = True,
     ) -> None:
-        """Record how a job ended; the cooldown runs from its start. A ``tie`` rejection (the
-        candidate lost by less than the gate's tie margin) does not back off."""
+        """Record how a job ended; the cooldown runs from its start. A rejection with
+        ``back_off`` False says nothing against retraining (a tie, or a challenger nobody asked
+        for that did not beat the champion) and is not counted."""
         if self.running is not None and self.running.id == job.id:
             self.running = None
-        if outcome == "rejected" and not tie:
+        if outcome == "rejected" and back_off:
             self.consecutive_rejections += 1
         elif outcome == "deployed":
             self.consecutive_rejections = 0
@@ -287,6 +295,22 @@ class RetrainPolicy:
         first = why != regime.deferred
         regime.deferred = why
         return DriftDue(deferred=why if first else None)
+
+    # -- challengers -----------------------------------------------------------------------
+    def challenger_every(self) -> int:
+        """Labelled rows newer than the last training after which a challenger is fitted."""
+        n = self.config.challenger_labels
+        return self.config.window_rows // 4 if n is None else n
+
+    def challenger_due(self, *, now: float, new_labels: int, since_attempt: int) -> bool:
+        """Whether to ask for a challenger now. Not while a drift regime is open (its retrains
+        refit as its rows grow) or a job waits or runs, and not while the cooldown would refuse
+        it: asking is then queuing, so a poll never fills the audit log with skips."""
+        every = self.challenger_every()
+        if every == 0 or self.regime is not None or self.pending or self.running:
+            return False
+        enough = new_labels >= max(every, self.config.min_new_labels)
+        return enough and self.waiting(now, since_attempt) is None
 
     # -- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

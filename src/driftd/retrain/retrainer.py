@@ -18,6 +18,7 @@ job thread. The policy's state is persisted after every change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -103,7 +104,7 @@ class Retrainer:
         self.alerter = alerter
         self.clock = clock
         self.defer = defer
-        self.gate = Gate(settings.gate, settings.model.metric)
+        self.gate, self.challenger_gate = _gates(settings)
         self.lock = threading.RLock()
         saved = store.get_state(POLICY_KEY)
         policy_cfg = settings.retrain.policy()
@@ -128,7 +129,7 @@ class Retrainer:
         with self.lock:
             self.settings = settings
             self.alerter = alerter
-            self.gate = Gate(settings.gate, settings.model.metric)
+            self.gate, self.challenger_gate = _gates(settings)
             self.policy.config = settings.retrain.policy()
             self._export_threshold()
 
@@ -173,8 +174,9 @@ class Retrainer:
             self._persist()
 
     def poll(self) -> Job | None:
-        """Called from the main loop's tick: request a drift retrain when its rows are in, and
-        return the job to run now, if any (the caller runs it on the job thread).
+        """Called from the main loop's tick: request a drift retrain when its rows are in (or,
+        with no drift regime open, a challenger when its labels are), and return the job to run
+        now, if any (the caller runs it on the job thread).
 
         While a drift regime is open its labelled rows are counted on every call (an indexed
         count): at 2,000 records/s, checking once a second would leave the stale model serving
@@ -194,6 +196,13 @@ class Retrainer:
                 self._deferred(due.deferred, regime.point, since, now)
             if due.reason is not None:
                 self.request(due.reason, drift_point=regime.point)
+        elif self.policy.challenger_every() and not (self.policy.pending or self.policy.running):
+            with self.lock:
+                challenger = self.policy.challenger_due(
+                    now=now, new_labels=self._new_labels(), since_attempt=self._since_attempt()
+                )
+            if challenger:
+                self.request("challenger")
         with self.lock:
             job = None
             if self.policy.pending is not None:
@@ -246,14 +255,16 @@ class Retrainer:
             self._alert("training_failed", f"retrain {job.id} failed: {exc}", job=job.id)
         took = time.monotonic() - start
         with self.lock:
-            tie = bool(details.get("verdict", {}).get("tie", False))
+            # A tie, or a challenger that did not beat the champion, is no sign that retraining
+            # has gone wrong: neither backs off the next retrain nor counts toward escalation.
+            counted = not details.get("verdict", {}).get("tie") and job.reasons != ["challenger"]
             self.policy.finish(
                 job,
                 outcome,
                 now=self.clock(),
                 trained_until=details.get("trained_until"),
                 trained_rows=int(details.get("rows", 0)),
-                tie=tie,
+                back_off=counted,
             )
             self._persist()
             escalate = self.policy.consecutive_rejections
@@ -277,7 +288,7 @@ class Retrainer:
         self.last_job = record
         self.store.add_event("retrain_finished", record, ts=self.clock())
         log.info("retrain %s (%s): %s in %.1f s", job.id, ", ".join(job.reasons), outcome, took)
-        if outcome == "rejected" and not tie and escalate % self.settings.escalate_after == 0:
+        if outcome == "rejected" and counted and escalate % self.settings.escalate_after == 0:
             self._alert(
                 "consecutive_rejections",
                 f"{escalate} retrains in a row were rejected; the champion is getting stale",
@@ -365,7 +376,8 @@ class Retrainer:
             outcome: Outcome = "timeout" if result.timed_out else "failed"
             return outcome, {**base, "error": result.error, "traceback": result.traceback}
         assert result.evaluation is not None  # the job had a holdout
-        verdict, scores = self._judge(result.evaluation, X_hold, y_hold)
+        challenger = job.reasons == ["challenger"]
+        verdict, scores = self._judge(result.evaluation, X_hold, y_hold, challenger=challenger)
         base.update(verdict=verdict.as_dict(), scores=scores)
         if not verdict.passed:
             self._keep_rejected(job, result.artifact, verdict, base)
@@ -409,10 +421,11 @@ class Retrainer:
         return "deployed", {**base, "version": version.number}
 
     def _judge(
-        self, evaluation: Evaluation, X_hold: Any, y_hold: list[Label]
+        self, evaluation: Evaluation, X_hold: Any, y_hold: list[Label], *, challenger: bool
     ) -> tuple[Verdict, dict[str, Any]]:
         """The gate's verdict on a candidate evaluated in the training process (loaded, warmed
-        up, scored there), against the serving champion scored here on the same holdout."""
+        up, scored there), against the serving champion scored here on the same holdout; a
+        challenger must beat it (see :func:`_gates`)."""
         metric = self.settings.model.metric
         candidate = evaluation.scores
         champion_live = self.models.current
@@ -421,7 +434,8 @@ class Retrainer:
         if self.schema.task == "classification":
             values, freq = np.unique(np.asarray([str(v) for v in y_hold]), return_counts=True)
             counts = dict(zip(values.tolist(), freq.tolist(), strict=True))
-        verdict = self.gate.judge(
+        gate = self.challenger_gate if challenger else self.gate
+        verdict = gate.judge(
             candidate=None if candidate is None else candidate.get(metric),
             champion=None if champion is None else champion.get(metric, math.nan),
             holdout=len(y_hold),
@@ -576,6 +590,15 @@ class Retrainer:
             log.warning("alert %s: %s", kind, summary)
             return
         self.alerter.send(kind, summary, severity=severity, labels=labels, details=details)
+
+
+def _gates(settings: RetrainSettings) -> tuple[Gate, Gate]:
+    """The gate, and the one a challenger passes: nothing asked for it, so it must beat the
+    champion by more than a tie, or every challenger on a steady stream would deploy, and each
+    deploy rebaselines the detectors that a change needs to be seen by."""
+    cfg, metric = settings.gate, settings.model.metric
+    gain = max(cfg.min_absolute_change or 0.0, cfg.tie_margin)
+    return Gate(cfg, metric), Gate(dataclasses.replace(cfg, min_absolute_change=gain), metric)
 
 
 def _finite(scores: dict[str, float]) -> dict[str, float | None]:
