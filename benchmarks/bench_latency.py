@@ -77,7 +77,8 @@ data = "{boot}"
 rows = 2000
 [retrain]
 window_rows = {WINDOW}
-cooldown_seconds = 0
+cooldown_labels = 0
+challenger_labels = 0
 [gate]
 min_absolute_change = 0.001
 [guard]

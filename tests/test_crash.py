@@ -349,7 +349,8 @@ class CrashMatrix:
                 sections={
                     "server": "port = 0\nmax_body_bytes = 4194304\nmax_batch_size = 2000",
                     "monitor": "checkpoint_interval_seconds = 0.1",
-                    "retrain": "cooldown_seconds = 0\nmin_new_labels = 0\nwindow_rows = 2000",
+                    "retrain": "cooldown_labels = 0\nmin_new_labels = 0\nwindow_rows = 2000\n"
+                    "challenger_labels = 0",
                     # Every candidate passes, so that every retrain ends in a publish and an
                     # alias replacement (the instants under test).
                     "gate": "min_holdout = 50\nmin_absolute_change = -1.0\nmax_latency_ms = 10000",

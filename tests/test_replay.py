@@ -232,7 +232,9 @@ def test_a_file_without_timestamps_runs_at_a_fixed_rate_with_scheduled_retrains(
 ) -> None:
     data = write_stream(tmp_path / "r.csv", 3000, concepts=(0,), timestamps=False)
     path = tmp_path / "replay.toml"
-    path.write_text(CONFIG.replace("[retrain]\n", "[retrain]\ninterval_seconds = 200\n"))
+    # Challengers off: the schedule is what retrains here.
+    schedule = "[retrain]\ninterval_seconds = 200\nchallenger_labels = 0\n"
+    path.write_text(CONFIG.replace("[retrain]\n", schedule))
     cfg = load(path)
     out = replay(data, cfg, ReplayOptions(rate=4.0, progress=False))
     assert out["input"]["clock"] == "rate"
@@ -245,8 +247,17 @@ def test_a_file_without_timestamps_runs_at_a_fixed_rate_with_scheduled_retrains(
 
 
 def test_the_post_deploy_guard_rolls_back_at_a_repeatable_point(tmp_path: Path) -> None:
+    """A gate that lets small, worse candidates through and a zero-margin guard: somewhere the
+    previous champion, scored in shadow, does better on the new one's first records, and the
+    rollback falls at the same record on every run."""
     data = write_stream(tmp_path / "g.csv")
-    cfg = load(config_file(tmp_path, "\n[guard]\nrecords = 100\nmargin = 0.0\n"))
+    path = tmp_path / "replay.toml"
+    gate = "[gate]\nmin_holdout = 10\nmin_absolute_change = -1.0\n"
+    small = CONFIG.replace(
+        "min_rows_after_drift = 300", "min_rows_after_drift = 60\nchallenger_labels = 0"
+    )
+    path.write_text(small.replace("[gate]\n", gate) + "\n[guard]\nrecords = 100\nmargin = 0.0\n")
+    cfg = load(path)
     runs = [replay(data, cfg, ReplayOptions(seed=2, progress=False)) for _ in range(2)]
     out = runs[0]
     assert out["rollbacks"], "a zero-margin guard is expected to fail at least once"

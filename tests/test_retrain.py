@@ -80,7 +80,7 @@ def start(
         "server": f'port = 0\ntoken = "{TOKEN}"\nmax_batch_size = 5000\nmax_body_bytes = 4194304',
         "retrain": (
             "cooldown_seconds = 60\nmin_rows_after_drift = 400\n"
-            "window_rows = 400\nmin_new_labels = 100"
+            "window_rows = 400\nmin_new_labels = 100\nchallenger_labels = 0"
         ),
         "gate": "min_holdout = 50",
         "guard": "records = 0",
@@ -259,7 +259,7 @@ def test_the_post_deploy_guard_rolls_back_a_champion_that_fails_live(
     tmp_path: Path, hook: Hook
 ) -> None:
     """Drift to concept B deploys v2; traffic then returns to concept A, where v2 is wrong: the
-    guard sees v2's live accuracy fall short of its holdout score and rolls back to v1."""
+    guard scores v1 in shadow on the records v2 served, finds it better, and rolls back to it."""
     d = start(tmp_path, hook, guard="records = 200\nmargin = 0.1")
     try:
         with client(d) as c:
@@ -270,7 +270,7 @@ def test_the_post_deploy_guard_rolls_back_a_champion_that_fails_live(
             wait_until(lambda: events(c, "rollback"), what="a guard rollback", c=c)
             rb = events(c, "rollback")[0]
             assert rb["reason"] == "guard" and rb["from"] == 2 and rb["version"] == 1
-            assert "short of its holdout" in rb["why"]
+            assert "the previous champion v1 scored" in rb["why"]
             assert events(c, "guard_failed")[0]["version"] == 2
             assert c.get("/v1/status").json()["model"]["version"] == 1
             alert = hook.wait_for("rolled_back")
@@ -442,7 +442,9 @@ def test_a_failed_bootstrap_is_retried_with_backoff(tmp_path: Path) -> None:
     cfg = tmp_path / "d.toml"
     cfg.write_text(
         config_text(
-            tmp_path / "state", bootstrap=str(late), sections={"retrain": "cooldown_seconds = 1"}
+            tmp_path / "state",
+            bootstrap=None,
+            sections={"bootstrap": f'data = "{late}"\nmin_rows = 200\nretry_seconds = 1'},
         )
     )
     d = DaemonProcess(cfg).start(wait_ready=False)

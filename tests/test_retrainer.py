@@ -88,8 +88,8 @@ def build(
     def make(boot: int | None = 1000, **sections: str) -> Parts:
         data = None if boot is None else write_csv(tmp_path / "boot.csv", make_rows(boot, seed=1))
         body = {
-            "retrain": "cooldown_seconds = 60\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
-            "min_new_labels = 100",
+            "retrain": "cooldown_labels = 200\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
+            "min_new_labels = 100\nchallenger_labels = 0",
             "gate": "min_holdout = 50",
             "guard": "records = 0",
             **sections,
@@ -111,16 +111,31 @@ def build(
         parts.close()
 
 
-def play(parts: Parts, rows: list[dict[str, Any]], prefix: str, clock: Clock) -> None:
-    """Predict each batch of 100 and send its labels, a second of fake time per batch."""
+def play(
+    parts: Parts,
+    rows: list[dict[str, Any]],
+    prefix: str,
+    clock: Clock,
+    *,
+    rate: float = 100.0,
+    retrain: bool = False,
+) -> list[str]:
+    """Predict each batch of 100 and send its labels, at ``rate`` records per fake second;
+    with ``retrain``, poll the retrainer after each batch and run the job it returns, as the
+    daemon's tick does. Returns the outcomes of the jobs run."""
     engine = parts.engine
+    outcomes = []
     for i in range(0, len(rows), 100):
         part = rows[i : i + 100]
         ids = [f"{prefix}-{i + k}" for k in range(len(part))]
-        clock.now += 1
+        clock.now += len(part) / rate
         engine.run(engine.predict, [r["features"] for r in part], ids, clock())
         labels = [{"id": k, "label": r["label"]} for k, r in zip(ids, part, strict=True)]
         engine.run(engine.add_labels, labels, clock())
+        job = parts.retrainer.poll() if retrain else None
+        if job is not None:
+            outcomes.append(parts.retrainer.run(job))
+    return outcomes
 
 
 def kinds(parts: Parts, limit: int = 50) -> list[str]:
@@ -247,7 +262,6 @@ def test_a_candidate_that_loses_to_the_champion_is_rejected_kept_and_backs_off(
     fits.shuffle = True
     parts.retrainer.request("operator", operator=True)
     job = parts.retrainer.poll()
-    started = clock.now
     assert job is not None and parts.retrainer.run(job) == "rejected"
     assert parts.models.current is not None and parts.models.current.version == 1
     verdict = json.loads((tmp_path / "state" / "rejected" / job.id / "verdict.json").read_text())
@@ -255,11 +269,10 @@ def test_a_candidate_that_loses_to_the_champion_is_rejected_kept_and_backs_off(
     assert parts.retrainer.status()["consecutive_rejections"] == 1
     runs = metrics.registry.get_sample_value("driftd_retrain_runs_total", {"outcome": "rejected"})
     assert runs == 1
-    # the backoff doubles the cooldown: a request 61 s after the job started is still refused
+    # the backoff doubles the cooldown: 200 labelled rows after the attempt are not enough
     play(parts, make_rows(200, seed=6), "b", clock)
-    clock.now = started + 61
     assert parts.retrainer.request("schedule").reason == "backoff"
-    clock.now = started + 120
+    play(parts, make_rows(200, seed=7), "c", clock)
     assert parts.retrainer.request("schedule").outcome == "queued"
 
 
@@ -275,33 +288,172 @@ def test_a_failed_fit_is_recorded_and_starts_the_cooldown(
     assert job is not None and parts.retrainer.run(job) == "failed"
     assert finished(parts)["error"] == fits.fail
     assert parts.retrainer.request("schedule").reason == "cooldown"
-    clock.now += 60
+    play(parts, make_rows(200, seed=6), "b", clock)
     assert parts.retrainer.request("schedule").outcome == "queued"
 
 
-def test_the_guard_rolls_back_a_champion_that_fails_live_through_defer(
-    build: Callable[..., Parts], clock: Clock, deferred: list[Callable[[], None]]
+def drift_jobs(parts: Parts) -> list[dict[str, Any]]:
+    """The finished drift retrains, oldest first."""
+    done = [e.data for e in parts.store.events(kind="retrain_finished", limit=100)]
+    return [d for d in reversed(done) if {"drift", "drift_growth"} & set(d["reasons"])]
+
+
+@pytest.mark.parametrize("rate", [2000.0, 10.0])
+def test_with_the_default_policy_a_second_drift_after_the_first_is_retrained(
+    build: Callable[..., Parts], clock: Clock, rate: float
 ) -> None:
-    """A new champion whose first labelled records score far under its holdout is rolled
-    back; the rollback is handed to ``defer`` (it waits for the ingest worker the guard runs
-    on) and restores the previous champion."""
+    """The issue's cause 1: a cooldown of 120 s is 240,000 records at 2,000 records/s, so every
+    drift after the first raised an alarm and got no retrain. Counted in labelled rows, the
+    default ``[retrain]`` retrains the second drift at 2,000 records/s and at 10."""
+    parts = build(retrain="")
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "a", clock, rate=rate, retrain=True)
+    play(parts, make_rows(3000, seed=3, flip=True), "b", clock, rate=rate, retrain=True)
+    first = drift_jobs(parts)
+    assert first and first[0]["outcome"] == "deployed"
+    second_start = parts.store.last_index()
+    play(parts, make_rows(3000, seed=4), "c", clock, rate=rate, retrain=True)
+    later = [
+        d
+        for d in drift_jobs(parts)[len(first) :]
+        if d["window"]["since_drift_point"] > second_start - 100
+    ]
+    assert later and later[0]["outcome"] == "deployed", drift_jobs(parts)
+
+
+def test_a_drift_retrain_held_by_the_cooldown_is_deferred_recorded_and_run_later(
+    build: Callable[..., Parts], clock: Clock, metrics: Metrics
+) -> None:
+    """Never dropped: a ``retrain_deferred`` event says why (once), the counter counts it, and
+    the retrain starts as soon as the cooldown's labelled rows are in."""
     parts = build(
-        guard="records = 100\nmargin = 0.1", gate="min_holdout = 50\nmin_absolute_change = -0.1"
+        retrain="cooldown_labels = 1200\nmin_rows_after_drift = 300\nmin_new_labels = 100"
     )
+    parts.bootstrap.run()
+    play(parts, make_rows(300, seed=2), "a", clock)
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "deployed"
+    play(parts, make_rows(300, seed=5), "a2", clock)
+    play(parts, make_rows(500, seed=3, flip=True), "b", clock, retrain=True)
+    (deferred,) = parts.store.events(kind="retrain_deferred", limit=5)
+    assert deferred.data["reason"] == "cooldown" and deferred.data["cooldown_labels"] == 1200
+    sample = metrics.registry.get_sample_value
+    assert sample("driftd_retrain_deferred_total", {"reason": "cooldown"}) == 1
+    assert not drift_jobs(parts), "held while fewer than 1,200 labelled rows came"
+    play(parts, make_rows(500, seed=4, flip=True), "c", clock, retrain=True)
+    ran = drift_jobs(parts)
+    assert ran and ran[0]["outcome"] == "deployed"
+    assert ran[0]["window"]["since_drift_point"] == deferred.data["drift_point"]
+
+
+def test_a_tie_rejection_does_not_back_off_the_next_drift(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """The issue's cause 4: a candidate that lost by a hair doubled the cooldown. Here the gate
+    asks for a gain no candidate makes, with a tie margin that covers it: the rejection is a tie
+    and the next wait is one cooldown, not two."""
+    parts = build(gate="min_holdout = 50\nmin_absolute_change = 0.5\ntie_margin = 1.0")
     parts.bootstrap.run()
     play(parts, make_rows(500, seed=2), "a", clock)
     parts.retrainer.request("operator", operator=True)
     job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "rejected"
+    assert finished(parts)["verdict"]["tie"] is True
+    status = parts.retrainer.status()
+    assert status["consecutive_rejections"] == 0 and status["cooldown_labels"] == 200
+    play(parts, make_rows(200, seed=6), "b", clock)
+    assert parts.retrainer.request("schedule").outcome == "queued"
+
+
+def test_without_an_alarm_a_challenger_is_fitted_on_the_recent_window_every_n_labels(
+    build: Callable[..., Parts], clock: Clock
+) -> None:
+    """A drift the detectors miss still gets retrained: every ``challenger_labels`` labelled
+    rows newer than the last training a challenger fits on the most recent window, and the gate
+    deploys it only if it does as well as the champion on the same holdout."""
+    parts = build(retrain="cooldown_labels = 200\nwindow_rows = 800\nchallenger_labels = 400")
+    parts.bootstrap.run()
+    play(parts, make_rows(300, seed=2), "a", clock, retrain=True)
+    assert not kinds(parts, limit=100).count("retrain_started"), "not before 400 labels"
+    play(parts, make_rows(100, seed=3), "b", clock, retrain=True)
+    done = [e.data for e in parts.store.events(kind="retrain_finished", limit=10)]
+    assert [d["reasons"] for d in done] == [["challenger"], ["bootstrap"]]
+    assert done[0]["window"]["since_drift_point"] is None and done[0]["rows"] == 400
+    verdict = done[0]["verdict"]
+    assert done[0]["outcome"] == ("deployed" if verdict["passed"] else "rejected")
+    assert {r["rule"] for r in verdict["rules"]} >= {"vs_champion"}, "scored against the champion"
+    play(parts, make_rows(400, seed=4), "c", clock, retrain=True)
+    reasons = [e.data["reasons"] for e in parts.store.events(kind="retrain_finished", limit=10)]
+    assert reasons.count(["challenger"]) == 2
+    assert parts.retrainer.status()["drift_regime"] is None
+
+
+def deploy_flipped(parts: Parts, clock: Clock) -> int:
+    """v1 on concept A, then the labels flip until a drift retrain deploys v2 on the flipped
+    concept; returns v2's number."""
+    parts.bootstrap.run()
+    play(parts, make_rows(500, seed=2), "a", clock)
+    play(parts, make_rows(400, seed=3, flip=True), "b", clock)
+    job = parts.retrainer.poll()
     assert job is not None and parts.retrainer.run(job) == "deployed"
+    live = parts.models.current
+    assert live is not None and live.version == 2
+    return live.version
+
+
+def test_the_guard_rolls_back_when_the_previous_champion_scores_better_in_shadow(
+    build: Callable[..., Parts], clock: Clock, deferred: list[Callable[[], None]]
+) -> None:
+    """v2 learnt the flipped concept; the stream goes back to concept A, where v1, scored in
+    shadow on the very records v2 served, is right and v2 is wrong: the guard rolls back,
+    through ``defer`` (it waits for the ingest worker the guard runs on)."""
+    parts = build(guard="records = 100\nmargin = 0.1")
+    deploy_flipped(parts, clock)
     assert parts.retrainer.status()["guard"] == {"version": 2, "seen": 0, "needed": 100}
-    play(parts, make_rows(100, seed=5, flip=True), "b", clock)
-    assert "guard_failed" in kinds(parts) and len(deferred) == 1
+    play(parts, make_rows(100, seed=5), "back", clock)
+    (failed,) = parts.store.events(kind="guard_failed", limit=1)
+    assert failed.data["shadow"] > failed.data["live_on_shadow"] + 0.1
+    assert failed.data["shadow_records"] == 100 and len(deferred) == 1
     deferred.pop()()
     live = parts.models.current
     assert live is not None and live.version == 1
     (event,) = parts.store.events(kind="rollback", limit=1)
     assert event.data["reason"] == "guard" and event.data["from"] == 2
+    assert "the previous champion v1 scored" in event.data["why"]
     assert parts.retrainer.status()["guard"] is None
+
+
+def test_a_drift_right_after_a_deploy_is_retrained_not_rolled_back(
+    build: Callable[..., Parts], clock: Clock, deferred: list[Callable[[], None]]
+) -> None:
+    """The issue's causes 2 and 3: a scheduled deploy lands just after a change point, before
+    the error detector alarmed; its rebaseline restarts the detector on a model that is wrong
+    from its first record, so no alarm ever comes. The old model, in shadow, is no better: no
+    rollback. The guard sees the new one far under its holdout score and opens a drift regime
+    at its first record, and the drift is retrained."""
+    parts = build(
+        guard="records = 100\nmargin = 0.02",
+        gate="min_holdout = 50\nmin_absolute_change = -0.5",
+    )
+    parts.bootstrap.run()
+    play(parts, make_rows(900, seed=2), "a", clock)
+    play(parts, make_rows(10, seed=3, flip=True), "change", clock)
+    assert not parts.store.events(kind="drift_alarm", limit=1), "the detector has not seen it"
+    parts.retrainer.request("schedule")
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "deployed"
+    first = parts.store.last_index() + 1
+    play(parts, make_rows(600, seed=4, flip=True), "b", clock, retrain=True)
+    assert not deferred and not parts.store.events(kind="rollback", limit=1)
+    (drift,) = parts.store.events(kind="guard_drift", limit=1)
+    assert drift.data["first_index"] == first and drift.data["opened"]
+    assert drift.data["shadow"] <= drift.data["live_on_shadow"] + 0.02
+    ran = drift_jobs(parts)
+    assert ran and ran[0]["outcome"] == "deployed"
+    assert ran[0]["window"]["since_drift_point"] == first
+    live = parts.models.current
+    assert live is not None and live.version == ran[-1]["version"] >= 3
 
 
 def test_a_restart_keeps_the_policy_and_records_an_interrupted_job(

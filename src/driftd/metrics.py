@@ -42,8 +42,9 @@ REJECT_REASONS = (
     "method_not_allowed",
     "idle_connection",
 )
-TRIGGER_REASONS = ("drift", "drift_growth", "schedule", "operator", "bootstrap")
+TRIGGER_REASONS = ("drift", "drift_growth", "challenger", "schedule", "operator", "bootstrap")
 SKIP_REASONS = ("cooldown", "backoff", "too_few_new_labels", "too_few_rows", "single_class")
+DEFER_REASONS = ("cooldown", "backoff", "too_few_new_labels")
 OUTCOMES = ("deployed", "rejected", "failed", "timeout")
 ALERT_KINDS = (
     "candidate_rejected",
@@ -211,6 +212,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.retrain_deferred = Counter(
+            "driftd_retrain_deferred",
+            "Drift retrains that were due but had to wait (they start once they may), by why.",
+            ["reason"],
+            registry=r,
+        )
         self.retrain_runs = Counter(
             "driftd_retrain_runs", "Finished retrain jobs, by outcome.", ["outcome"], registry=r
         )
@@ -250,6 +257,8 @@ class Metrics:
             self.retrain_triggers.labels(reason)
         for reason in SKIP_REASONS:
             self.retrain_skipped.labels(reason)
+        for reason in DEFER_REASONS:
+            self.retrain_deferred.labels(reason)
         for outcome in OUTCOMES:
             self.retrain_runs.labels(outcome)
         for state in ("waiting", "running"):

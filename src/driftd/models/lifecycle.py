@@ -120,6 +120,12 @@ class Lifecycle:
         return self.serving.current
 
     @property
+    def previous(self) -> LiveModel | None:
+        """The champion the last swap replaced, still loaded (``keep_previous``), or None: what
+        the post-deploy guard scores in shadow, and what a rollback to it swaps back in."""
+        return self._previous
+
+    @property
     def load_failures(self) -> tuple[str, ...]:
         """Versions refused at start, with why."""
         return tuple(self._load_failures)

@@ -2,10 +2,11 @@
 
 The one owner of the bootstrap. Its data is a history file, river's synthetic stream (the demo),
 or, with neither configured, the first ``min_rows`` labelled records the daemon receives. A
-failed first fit is retried after the retrain cooldown, doubled after each failure up to the
-backoff cap; a fit that the daemon's shutdown cancelled is no failure, and the next start, with
-still no model, trains again. The fit, the gate and the deploy are the retrainer's, as for any
-retrain.
+failed first fit is retried after ``retry_seconds``, doubled after each failure up to the
+retrain stage's ``backoff_max_seconds`` (in seconds, not labels: with no model serving, no
+labelled traffic may come to count); a fit that the daemon's shutdown cancelled is no failure,
+and the next start, with still no model, trains again. The fit, the gate and the deploy are the
+retrainer's, as for any retrain.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Bootstrap:
         The history file to train on (``bootstrap.data``, resolved against the config file).
     synthetic
         River's stream and concept to train on (``bootstrap.data = "synth"``).
-    cooldown, backoff_max
+    retry, backoff_max
         The wait before retrying a failed bootstrap, doubled per failure, and its cap.
     """
 
@@ -62,7 +63,7 @@ class Bootstrap:
         schema: Schema,
         history: Path | None = None,
         synthetic: Synthetic | None = None,
-        cooldown: float = 120.0,
+        retry: float = 60.0,
         backoff_max: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -74,7 +75,7 @@ class Bootstrap:
         self.schema = schema
         self.history = history
         self.synthetic = synthetic
-        self.cooldown = cooldown
+        self.retry = retry
         self.backoff_max = backoff_max
         self.clock = clock
         self._state: State = "idle"
@@ -164,7 +165,7 @@ class Bootstrap:
 
     def _failed(self, why: str) -> None:
         self._failures += 1
-        wait = min(self.cooldown * 2 ** (self._failures - 1), max(self.backoff_max, self.cooldown))
+        wait = min(self.retry * 2 ** (self._failures - 1), max(self.backoff_max, self.retry))
         self._state, self._error = "failed", why
         self._retry_at = self.clock() + wait
         log.error("bootstrap failed (%s); retrying in %.0f s", why, wait)

@@ -52,6 +52,7 @@ class BootstrapConfig:
     min_rows: int = field(default=500, metadata={"min": 10})
     rows: int = field(default=5000, metadata={"min": 10})
     seed: int = 0
+    retry_seconds: float = field(default=60.0, metadata={"min": 0.1})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +86,22 @@ class RetrainConfig(PolicyConfig):
 
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
+            cooldown_labels=self.cooldown_labels,
             cooldown_seconds=self.cooldown_seconds,
+            backoff_max_labels=self.backoff_max_labels,
             backoff_max_seconds=self.backoff_max_seconds,
             min_new_labels=self.min_new_labels,
             min_rows_after_drift=self.min_rows_after_drift,
             window_rows=self.window_rows,
+            challenger_labels=self.challenger_labels,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
     records: int = field(default=300, metadata={"min": 0})
-    margin: float = field(default=0.1, metadata={"min": 0})
+    margin: float = field(default=0.02, metadata={"min": 0})
+    drift_margin: float = field(default=0.05, metadata={"min": 0})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,23 @@ Pure: scores and facts in, verdict out. The rules:
 * ``loads``: the artifact loads with the trusted-type list;
 * ``latency``: its median single-row warm-up prediction is within ``max_latency_ms``.
 
+A verdict that failed ``vs_champion`` alone, with the candidate worse than the champion by less
+than ``tie_margin`` (or better, but not by the required change), is a *tie*: the champion stays,
+but the retrain policy does not back off for it, since a candidate as good as the champion is no
+sign that retraining has gone wrong (0.989 against 0.990 on one holdout is no evidence).
+
 >>> from driftd.retrain.gate import Gate, GateConfig
 >>> gate = Gate(GateConfig(threshold=0.7, min_absolute_change=0.0), "accuracy")
 >>> v = gate.judge(candidate=0.82, champion=0.75, holdout=500)
 >>> v.passed, [r.name for r in v.rules if not r.passed]
 (True, [])
 >>> v = gate.judge(candidate=0.74, champion=0.75, holdout=500)
->>> v.passed, v.failed[0].reason
-(False, 'accuracy 0.7400 is worse than the champion 0.7500 by 0.0100; allowed change is >= 0')
+>>> v.passed, v.tie
+(False, False)
+>>> v.failed[0].reason
+'accuracy 0.7400 is worse than the champion 0.7500 by 0.0100; allowed change is >= 0'
+>>> gate.judge(candidate=0.989, champion=0.990, holdout=500).tie
+True
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class GateConfig:
     min_holdout: int = field(default=50, metadata={"min": 1})
     min_holdout_per_class: int = field(default=5, metadata={"min": 0})
     max_latency_ms: float = field(default=250.0, metadata={"min": 0.1})
+    tie_margin: float = field(default=0.005, metadata={"min": 0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,7 @@ class Verdict:
     candidate: float | None
     champion: float | None
     rules: tuple[Rule, ...]
+    tie: bool = False
 
     @property
     def failed(self) -> list[Rule]:
@@ -88,6 +99,7 @@ class Verdict:
             "candidate": _finite_or_none(self.candidate),
             "champion": _finite_or_none(self.champion),
             "rules": [r.as_dict() for r in self.rules],
+            "tie": self.tie,
         }
 
 
@@ -151,7 +163,18 @@ class Gate:
                     f" {'<=' if fast else '>'} {cfg.max_latency_ms:g} ms",
                 )
             )
-        return Verdict(all(r.passed for r in rules), m, candidate, champion, tuple(rules))
+        passed = all(r.passed for r in rules)
+        tie = not passed and self._tie(candidate, champion, rules)
+        return Verdict(passed, m, candidate, champion, tuple(rules), tie)
+
+    def _tie(self, candidate: float | None, champion: float | None, rules: list[Rule]) -> bool:
+        """Whether the candidate lost to the champion alone, and by less than ``tie_margin``."""
+        if [r.name for r in rules if not r.passed] != ["vs_champion"]:
+            return False
+        assert candidate is not None  # vs_champion compared the two
+        assert champion is not None
+        loss = champion - candidate if self.higher else candidate - champion
+        return loss < self.config.tie_margin
 
     def _evaluated(self, candidate: float | None) -> Rule:
         if candidate is None:

@@ -1,16 +1,25 @@
 """The retrain trigger policy: turning drift alarms, schedule ticks and operator requests into at
 most one running and one waiting retrain.
 
-Pure, with time passed in (the APScheduler way: nothing here reads the clock), so that tests
-use a fake clock and replay runs at full speed. The state round-trips through
-:meth:`RetrainPolicy.to_dict` so that a restart keeps the cooldown and cannot set off a burst.
+Pure, with time and counts passed in (the APScheduler way: nothing here reads the clock or the
+store), so that tests use a fake clock and replay runs at full speed. The state round-trips
+through :meth:`RetrainPolicy.to_dict` so that a restart keeps the cooldown and cannot set off a
+burst.
+
+The policy counts in labelled rows, not seconds: a wait in seconds means 240,000 records at
+2,000 records/s and 1,200 at 10, while a retrain can only differ from the last one by the labels
+that came since. The caller passes ``since_attempt``, the labelled rows after the record the last
+attempt started at (:attr:`RetrainPolicy.attempt_position`).
 
 Rules, in order, for a request:
 
 * single flight: one job runs, at most one waits; a request while one waits is merged into it
   (its reason recorded);
-* cooldown after every attempt, doubled after each consecutive rejection up to a cap
-  (exponential backoff); operator requests are exempt;
+* cooldown after every attempt: ``cooldown_labels`` labelled rows (and, when set, the wall-clock
+  floor ``cooldown_seconds``), doubled after each consecutive counted rejection up to
+  ``backoff_max_labels`` (``backoff_max_seconds``); a rejection the gate calls a tie is not
+  counted, since a candidate as good as the champion says nothing against the next one;
+  operator requests are exempt;
 * at least ``min_new_labels`` labelled rows since the last training; operator requests are exempt.
 
 A job that a shutdown cancels goes back to the head of the queue (merged with one that waits),
@@ -21,22 +30,31 @@ Drift opens a *regime* at the alarm's change point: the first retrain waits unti
 doubles since the last one, until it reaches ``window_rows``. These growth retrains skip the
 cooldown (there are at most log2(window / min_rows) of them, and a model trained on a few
 hundred rows should be replaced as soon as twice as many exist), but not the backoff that
-follows a rejection.
+follows a rejection. A regime is closed only by a deploy of its own retrain: a scheduled or
+operator deploy in between leaves it open. A regime whose retrain is due but must wait is
+*deferred*: :meth:`RetrainPolicy.drift_due` says why, once per regime and reason, so that the
+wait is in the audit log; the retrain is asked for as soon as it may start.
+
+Between regimes a *challenger* is fitted on the recent window every ``challenger_labels``
+labelled rows newer than the last training (default: a quarter of ``window_rows``; 0: never),
+and the gate deploys it only if it does at least as well as the champion on the same most
+recent holdout. A drift the detectors miss (a slow one) is then retrained on a schedule in
+labels, so that driftd does no worse than periodic retraining.
 
 >>> from driftd.retrain.policy import RetrainPolicy, PolicyConfig
->>> p = RetrainPolicy(PolicyConfig(cooldown_seconds=60, min_new_labels=100))
->>> p.request("schedule", now=0.0, new_labels=500).outcome
+>>> p = RetrainPolicy(PolicyConfig(cooldown_labels=500, min_new_labels=100))
+>>> p.request("schedule", now=0.0, new_labels=500, since_attempt=0).outcome
 'queued'
->>> job = p.start(now=1.0); job.reasons
+>>> job = p.start(now=1.0, since_attempt=0, position=1000); job.reasons
 ['schedule']
->>> p.request("schedule", now=2.0, new_labels=500)
+>>> p.request("schedule", now=2.0, new_labels=500, since_attempt=499)
 Decision(outcome='skipped', job_id=None, reason='cooldown')
->>> p.request("operator", now=3.0, new_labels=0, operator=True).outcome
+>>> p.request("operator", now=3.0, new_labels=0, since_attempt=0, operator=True).outcome
 'queued'
->>> p.request("drift", now=4.0, new_labels=0).outcome
+>>> p.request("drift", now=4.0, new_labels=0, since_attempt=0).outcome
 'merged'
 >>> p.finish(job, "deployed", now=10.0, trained_until=900)
->>> p.start(now=11.0).reasons  # an operator's job is exempt from the cooldown
+>>> p.start(now=11.0, since_attempt=10, position=1010).reasons  # an operator's job is exempt
 ['operator', 'drift']
 """
 
@@ -46,18 +64,21 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Decision", "DriftRegime", "Job", "PolicyConfig", "RetrainPolicy"]
+__all__ = ["Decision", "DriftDue", "DriftRegime", "Job", "PolicyConfig", "RetrainPolicy"]
 
 Outcome = Literal["deployed", "rejected", "failed", "timeout", "skipped", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    cooldown_seconds: float = field(default=120.0, metadata={"min": 0})
+    cooldown_labels: int = field(default=1000, metadata={"min": 0})
+    cooldown_seconds: float = field(default=0.0, metadata={"min": 0})
+    backoff_max_labels: int = field(default=20_000, metadata={"min": 0})
     backoff_max_seconds: float = field(default=3600.0, metadata={"min": 0})
     min_new_labels: int = field(default=200, metadata={"min": 0})
     min_rows_after_drift: int = field(default=400, metadata={"min": 10})
     window_rows: int = field(default=20_000, metadata={"min": 10})
+    challenger_labels: int | None = field(default=None, metadata={"min": 0})
 
 
 @dataclass(slots=True)
@@ -68,6 +89,7 @@ class Job:
     started: float | None = None
     drift_point: int | None = None
     prior_attempt: float | None = None
+    prior_position: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,11 +102,24 @@ class Decision:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DriftDue:
+    """What an open drift regime asks for now: a retrain (``reason``), or nothing; ``deferred``
+    is why a due retrain waits, set the first time the regime waits for that reason."""
+
+    reason: str | None = None
+    deferred: str | None = None
+
+
+NOT_DUE = DriftDue()
+
+
 @dataclass(slots=True)
 class DriftRegime:
     point: int
     opened: float
     trained_rows: int = 0
+    deferred: str | None = None  # the last wait reported, so that each is reported once
 
 
 class RetrainPolicy:
@@ -95,29 +130,56 @@ class RetrainPolicy:
         self.running: Job | None = None
         self.pending: Job | None = None
         self.last_attempt: float | None = None
+        self.attempt_position = 0  # the last record stored when the last attempt started
         self.consecutive_rejections = 0
         self.trained_until = 0
         self.regime: DriftRegime | None = None
         self._ids = itertools.count(1)
 
-    # -- requests --------------------------------------------------------------------------
+    # -- the cooldown ----------------------------------------------------------------------
+    def _factor(self) -> int:
+        return int(2 ** min(self.consecutive_rejections, 30))
+
     def cooldown_until(self) -> float:
-        """When the next non-operator job may start."""
+        """When the wall-clock floor of the cooldown ends (-inf before the first attempt)."""
         if self.last_attempt is None:
             return float("-inf")
-        factor = 2 ** min(self.consecutive_rejections, 30)
+        cfg = self.config
         wait = min(
-            self.config.cooldown_seconds * factor,
-            max(self.config.backoff_max_seconds, self.config.cooldown_seconds),
+            cfg.cooldown_seconds * self._factor(),
+            max(cfg.backoff_max_seconds, cfg.cooldown_seconds),
         )
         return float(self.last_attempt + wait)
 
+    def cooldown_labels(self) -> int:
+        """Labelled rows after :attr:`attempt_position` the next attempt waits for."""
+        if self.last_attempt is None:
+            return 0
+        cfg = self.config
+        return min(
+            cfg.cooldown_labels * self._factor(), max(cfg.backoff_max_labels, cfg.cooldown_labels)
+        )
+
+    def waiting(self, now: float, since_attempt: int) -> str | None:
+        """Why a non-exempt attempt may not start now (``cooldown``, ``backoff``), or None."""
+        if since_attempt >= self.cooldown_labels() and now >= self.cooldown_until():
+            return None
+        return "backoff" if self.consecutive_rejections else "cooldown"
+
+    def _exempt(self, reasons: list[str]) -> bool:
+        """Operators skip the cooldown; so do growth retrains, unless a rejection backs off."""
+        return "operator" in reasons or (
+            reasons == ["drift_growth"] and self.consecutive_rejections == 0
+        )
+
+    # -- requests --------------------------------------------------------------------------
     def request(
         self,
         reason: str,
         *,
         now: float,
         new_labels: int,
+        since_attempt: int,
         operator: bool = False,
         drift_point: int | None = None,
     ) -> Decision:
@@ -128,29 +190,27 @@ class RetrainPolicy:
             if drift_point is not None:
                 self.pending.drift_point = drift_point
             return Decision("merged", self.pending.id)
-        exempt = operator or (reason == "drift_growth" and self.consecutive_rejections == 0)
         if not operator:
-            if now < self.cooldown_until() and not exempt:
-                why = "backoff" if self.consecutive_rejections else "cooldown"
+            why = None if self._exempt([reason]) else self.waiting(now, since_attempt)
+            if why is not None:
                 return Decision("skipped", reason=why)
             if new_labels < self.config.min_new_labels:
                 return Decision("skipped", reason="too_few_new_labels")
         self.pending = Job(f"job-{self._next_id()}", [reason], now, drift_point=drift_point)
         return Decision("queued", self.pending.id)
 
-    def start(self, now: float) -> Job | None:
-        """The waiting job, if it may start now (nothing running, cooldown over or operator)."""
+    def start(self, now: float, *, since_attempt: int, position: int) -> Job | None:
+        """The waiting job, if it may start now (nothing running, cooldown over or exempt);
+        ``position`` is the last record stored, where the next cooldown counts from."""
         job = self.pending
         if job is None or self.running is not None:
             return None
-        exempt = "operator" in job.reasons or (
-            job.reasons == ["drift_growth"] and self.consecutive_rejections == 0
-        )
-        if not exempt and now < self.cooldown_until():
+        if not self._exempt(job.reasons) and self.waiting(now, since_attempt) is not None:
             return None
         self.pending, self.running = None, job
         job.started = now
         job.prior_attempt, self.last_attempt = self.last_attempt, now
+        job.prior_position, self.attempt_position = self.attempt_position, position
         return job
 
     def finish(
@@ -161,17 +221,20 @@ class RetrainPolicy:
         now: float,
         trained_until: int | None = None,
         trained_rows: int = 0,
+        back_off: bool = True,
     ) -> None:
-        """Record how a job ended; the cooldown runs from its start."""
+        """Record how a job ended; the cooldown runs from its start. A rejection with
+        ``back_off`` False says nothing against retraining (a tie, or a challenger nobody asked
+        for that did not beat the champion) and is not counted."""
         if self.running is not None and self.running.id == job.id:
             self.running = None
-        if outcome == "rejected":
+        if outcome == "rejected" and back_off:
             self.consecutive_rejections += 1
         elif outcome == "deployed":
             self.consecutive_rejections = 0
         if outcome in ("skipped", "cancelled"):
             # Nothing was trained: this job does not start a cooldown.
-            self.last_attempt = job.prior_attempt
+            self.last_attempt, self.attempt_position = job.prior_attempt, job.prior_position
         if outcome == "cancelled":
             self._requeue(job)
         if trained_until is not None and outcome in ("deployed", "rejected"):
@@ -182,6 +245,7 @@ class RetrainPolicy:
             and outcome == "deployed"
         ):
             self.regime.trained_rows = max(self.regime.trained_rows, trained_rows)
+            self.regime.deferred = None
             if self.regime.trained_rows >= self.config.window_rows:
                 self.regime = None
 
@@ -200,28 +264,53 @@ class RetrainPolicy:
         """A drift alarm: train on data since ``change_point`` from now on."""
         self.regime = DriftRegime(change_point, now)
 
-    def drift_due(self, labelled_since_point: int, now: float) -> str | None:
-        """The reason to request a drift retrain now, given the labelled rows since the point.
+    def drift_due(
+        self, labelled_since_point: int, *, now: float, new_labels: int, since_attempt: int
+    ) -> DriftDue:
+        """What the open regime asks for, given the labelled rows since its point, since the
+        last training (``new_labels``) and since the last attempt started.
 
-        None while a job for this regime waits or runs, and during the cooldown (growth
-        retrains excepted): the regime remembers the drift, so nothing is lost by asking later
-        rather than being refused now.
+        Nothing while a job for this regime waits or runs, or while its rows are not in. A due
+        retrain that the cooldown, the backoff or ``min_new_labels`` holds back is deferred, not
+        dropped: the regime remembers it, and a later call asks for it once it may start.
         """
         regime = self.regime
-        if regime is None:
-            return None
-        if any(
+        if regime is None or any(
             j is not None and j.drift_point == regime.point for j in (self.running, self.pending)
         ):
-            return None
+            return NOT_DUE
         if regime.trained_rows == 0:
-            due = labelled_since_point >= self.config.min_rows_after_drift
-            return "drift" if due and now >= self.cooldown_until() else None
-        if labelled_since_point < 2 * regime.trained_rows:
-            return None
-        if self.consecutive_rejections and now < self.cooldown_until():
-            return None
-        return "drift_growth"
+            if labelled_since_point < self.config.min_rows_after_drift:
+                return NOT_DUE
+            reason = "drift"
+        elif labelled_since_point < 2 * regime.trained_rows:
+            return NOT_DUE
+        else:
+            reason = "drift_growth"
+        why = None if self._exempt([reason]) else self.waiting(now, since_attempt)
+        if why is None and new_labels < self.config.min_new_labels:
+            why = "too_few_new_labels"
+        if why is None:
+            return DriftDue(reason)
+        first = why != regime.deferred
+        regime.deferred = why
+        return DriftDue(deferred=why if first else None)
+
+    # -- challengers -----------------------------------------------------------------------
+    def challenger_every(self) -> int:
+        """Labelled rows newer than the last training after which a challenger is fitted."""
+        n = self.config.challenger_labels
+        return self.config.window_rows // 4 if n is None else n
+
+    def challenger_due(self, *, now: float, new_labels: int, since_attempt: int) -> bool:
+        """Whether to ask for a challenger now. Not while a drift regime is open (its retrains
+        refit as its rows grow) or a job waits or runs, and not while the cooldown would refuse
+        it: asking is then queuing, so a poll never fills the audit log with skips."""
+        every = self.challenger_every()
+        if every == 0 or self.regime is not None or self.pending or self.running:
+            return False
+        enough = new_labels >= max(every, self.config.min_new_labels)
+        return enough and self.waiting(now, since_attempt) is None
 
     # -- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +318,7 @@ class RetrainPolicy:
             "pending": self.pending.as_dict() if self.pending else None,
             "interrupted": self.running.as_dict() if self.running else None,
             "last_attempt": self.last_attempt,
+            "attempt_position": self.attempt_position,
             "consecutive_rejections": self.consecutive_rejections,
             "trained_until": self.trained_until,
             "regime": asdict(self.regime) if self.regime else None,
@@ -242,6 +332,7 @@ class RetrainPolicy:
         p = cls(config)
         p.pending = Job(**data["pending"]) if data.get("pending") else None
         p.last_attempt = data.get("last_attempt")
+        p.attempt_position = int(data.get("attempt_position", 0))
         p.consecutive_rejections = int(data.get("consecutive_rejections", 0))
         p.trained_until = int(data.get("trained_until", 0))
         p.regime = DriftRegime(**data["regime"]) if data.get("regime") else None

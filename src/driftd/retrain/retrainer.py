@@ -19,6 +19,7 @@ job thread. The policy's state is persisted after every change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -104,7 +105,7 @@ class Retrainer:
         self.alerter = alerter
         self.clock = clock
         self.defer = defer
-        self.gate = Gate(settings.gate, settings.model.metric)
+        self.gate, self.challenger_gate = _gates(settings)
         self.lock = threading.RLock()
         saved = store.get_state(POLICY_KEY)
         policy_cfg = settings.retrain.policy()
@@ -129,7 +130,7 @@ class Retrainer:
         with self.lock:
             self.settings = settings
             self.alerter = alerter
-            self.gate = Gate(settings.gate, settings.model.metric)
+            self.gate, self.challenger_gate = _gates(settings)
             self.policy.config = settings.retrain.policy()
             self._export_threshold()
 
@@ -146,9 +147,13 @@ class Retrainer:
         """Ask for a retrain (thread-safe). Counted; a skip is counted with its reason."""
         now = self.clock()
         with self.lock:
-            new = self.store.labelled_count(since_idx=self.policy.trained_until)
             decision = self.policy.request(
-                reason, now=now, new_labels=new, operator=operator, drift_point=drift_point
+                reason,
+                now=now,
+                new_labels=self._new_labels(),
+                since_attempt=self._since_attempt(),
+                operator=operator,
+                drift_point=drift_point,
             )
             self._persist()
         self.metrics.retrain_triggers.labels(reason).inc()
@@ -170,8 +175,9 @@ class Retrainer:
             self._persist()
 
     def poll(self) -> Job | None:
-        """Called from the main loop's tick: request a drift retrain when its rows are in, and
-        return the job to run now, if any (the caller runs it on the job thread).
+        """Called from the main loop's tick: request a drift retrain when its rows are in (or,
+        with no drift regime open, a challenger when its labels are), and return the job to run
+        now, if any (the caller runs it on the job thread).
 
         While a drift regime is open its labelled rows are counted on every call (an indexed
         count): at 2,000 records/s, checking once a second would leave the stale model serving
@@ -181,15 +187,59 @@ class Retrainer:
         if regime is not None:
             since = self.store.labelled_count(since_idx=regime.point - 1)
             with self.lock:
-                reason = self.policy.drift_due(since, now)
-            if reason is not None:
-                self.request(reason, drift_point=regime.point)
+                due = self.policy.drift_due(
+                    since,
+                    now=now,
+                    new_labels=self._new_labels(),
+                    since_attempt=self._since_attempt(),
+                )
+            if due.deferred is not None:
+                self._deferred(due.deferred, regime.point, since, now)
+            if due.reason is not None:
+                self.request(due.reason, drift_point=regime.point)
+        elif self.policy.challenger_every() and not (self.policy.pending or self.policy.running):
+            with self.lock:
+                challenger = self.policy.challenger_due(
+                    now=now, new_labels=self._new_labels(), since_attempt=self._since_attempt()
+                )
+            if challenger:
+                self.request("challenger")
         with self.lock:
-            job = self.policy.start(now)
+            job = None
+            if self.policy.pending is not None:
+                job = self.policy.start(
+                    now, since_attempt=self._since_attempt(), position=self.store.last_index()
+                )
             if job is not None:
                 self._persist()
         self._gauges()
         return job
+
+    def _new_labels(self) -> int:
+        """Labelled rows newer than the last training."""
+        return self.store.labelled_count(since_idx=self.policy.trained_until)
+
+    def _since_attempt(self) -> int:
+        """Labelled rows after the record the last attempt started at: the cooldown's count."""
+        if self.policy.last_attempt is None:
+            return 0
+        return self.store.labelled_count(since_idx=self.policy.attempt_position)
+
+    def _deferred(self, reason: str, point: int, rows: int, now: float) -> None:
+        """A drift retrain is due but must wait: say so in the audit log and the metrics (the
+        regime keeps it; it is asked for once it may start)."""
+        p = self.policy
+        data = {
+            "reason": reason,
+            "drift_point": point,
+            "rows_since_point": rows,
+            "cooldown_labels": p.cooldown_labels(),
+            "cooldown_until": p.cooldown_until() if p.last_attempt is not None else None,
+            "consecutive_rejections": p.consecutive_rejections,
+        }
+        self.metrics.retrain_deferred.labels(reason).inc()
+        self.store.add_event("retrain_deferred", data, ts=now)
+        log.info("drift retrain (change point %d) deferred: %s", point, reason)
 
     # -- the job ---------------------------------------------------------------------------
     def run(self, job: Job) -> Outcome:
@@ -206,12 +256,16 @@ class Retrainer:
             self._alert("training_failed", f"retrain {job.id} failed: {exc}", job=job.id)
         took = time.monotonic() - start
         with self.lock:
+            # A tie, or a challenger that did not beat the champion, is no sign that retraining
+            # has gone wrong: neither backs off the next retrain nor counts toward escalation.
+            counted = not details.get("verdict", {}).get("tie") and job.reasons != ["challenger"]
             self.policy.finish(
                 job,
                 outcome,
                 now=self.clock(),
                 trained_until=details.get("trained_until"),
                 trained_rows=int(details.get("rows", 0)),
+                back_off=counted,
             )
             self._persist()
             escalate = self.policy.consecutive_rejections
@@ -235,7 +289,7 @@ class Retrainer:
         self.last_job = record
         self.store.add_event("retrain_finished", record, ts=self.clock())
         log.info("retrain %s (%s): %s in %.1f s", job.id, ", ".join(job.reasons), outcome, took)
-        if outcome == "rejected" and escalate % self.settings.escalate_after == 0:
+        if outcome == "rejected" and counted and escalate % self.settings.escalate_after == 0:
             self._alert(
                 "consecutive_rejections",
                 f"{escalate} retrains in a row were rejected; the champion is getting stale",
@@ -323,7 +377,8 @@ class Retrainer:
             outcome: Outcome = "timeout" if result.timed_out else "failed"
             return outcome, {**base, "error": result.error, "traceback": result.traceback}
         assert result.evaluation is not None  # the job had a holdout
-        verdict, scores = self._judge(result.evaluation, X_hold, y_hold)
+        challenger = job.reasons == ["challenger"]
+        verdict, scores = self._judge(result.evaluation, X_hold, y_hold, challenger=challenger)
         base.update(verdict=verdict.as_dict(), scores=scores)
         if not verdict.passed:
             self._keep_rejected(job, result.artifact, verdict, base)
@@ -369,14 +424,16 @@ class Retrainer:
                 metric=live_metric,
                 needed=cfg.guard.records,
                 margin=cfg.guard.margin,
+                drift_margin=cfg.guard.drift_margin,
             )
         return "deployed", {**base, "version": version.number}
 
     def _judge(
-        self, evaluation: Evaluation, X_hold: Any, y_hold: list[Label]
+        self, evaluation: Evaluation, X_hold: Any, y_hold: list[Label], *, challenger: bool
     ) -> tuple[Verdict, dict[str, Any]]:
         """The gate's verdict on a candidate evaluated in the training process (loaded, warmed
-        up, scored there), against the serving champion scored here on the same holdout."""
+        up, scored there), against the serving champion scored here on the same holdout; a
+        challenger must beat it (see :func:`_gates`)."""
         metric = self.settings.model.metric
         candidate = evaluation.scores
         champion_live = self.models.current
@@ -385,7 +442,8 @@ class Retrainer:
         if self.schema.task == "classification":
             values, freq = np.unique(np.asarray([str(v) for v in y_hold]), return_counts=True)
             counts = dict(zip(values.tolist(), freq.tolist(), strict=True))
-        verdict = self.gate.judge(
+        gate = self.challenger_gate if challenger else self.gate
+        verdict = gate.judge(
             candidate=None if candidate is None else candidate.get(metric),
             champion=None if champion is None else champion.get(metric, math.nan),
             holdout=len(y_hold),
@@ -445,20 +503,49 @@ class Retrainer:
         return {"version": target, "previous": from_version, "reason": reason}
 
     def on_joined(self, joined: list[Joined]) -> None:
-        """Labels that met their predictions (on the ingest worker): feed the post-deploy guard."""
+        """Labels that met their predictions (on the ingest worker): feed the post-deploy guard,
+        and once it has its records, score the previous champion on them and act on the verdict:
+        a drift opens a regime (unless one is open), a better previous champion is rolled back to.
+        """
         guard = self.guard
-        if guard is None:
-            return
-        verdict = guard.observe(joined)
-        if verdict is None:
+        if guard is None or not guard.observe(joined):
             return
         self.guard = None
-        if not verdict.failed:
-            self.store.add_event("guard_passed", verdict.record, ts=self.clock())
+        verdict = guard.judge(self._shadow(guard))
+        now = self.clock()
+        if verdict.drifted:
+            self._guard_drift(verdict.record, verdict.why, now)
+        if not verdict.rollback:
+            self.store.add_event("guard_passed", verdict.record, ts=now)
             return
-        self.store.add_event("guard_failed", verdict.record, ts=self.clock())
-        why = verdict.why or "the live score fell short of the holdout score"
+        self.store.add_event("guard_failed", {**verdict.record, "why": verdict.why}, ts=now)
+        why = verdict.why or "the previous champion scored better on the same records"
         self.defer(lambda: self._guard_rollback(guard, why))
+
+    def _shadow(self, guard: Guard) -> dict[int, Label] | None:
+        """The previous champion's predictions for the records the guard watched, when it is
+        still loaded (``[model] keep_previous``); None otherwise."""
+        previous = self.models.previous
+        if previous is None or previous.version != guard.previous:
+            return None
+        rows = self.store.labelled_at(guard.indices)
+        if not len(rows):
+            return None
+        X = matrix(self.schema, rows.numeric, rows.categorical)
+        return dict(zip(rows.idx.tolist(), previous.predict(X), strict=True))
+
+    def _guard_drift(self, record: dict[str, Any], why: str | None, now: float) -> None:
+        """The new champion scores well under its holdout from its first records on: the data
+        moved before the deploy's rebaseline could let the detectors see it. Open a regime at its
+        first record, so that the drift is retrained rather than swallowed; an open regime
+        already knows of a drift and keeps its own change point."""
+        with self.lock:
+            opened = self.policy.regime is None
+            if opened:
+                self.policy.on_drift(int(record["first_index"]), now)
+                self._persist()
+        self.store.add_event("guard_drift", {**record, "why": why, "opened": opened}, ts=now)
+        log.warning("post-deploy guard: %s", why)
 
     def _guard_rollback(self, guard: Guard, why: str) -> None:
         try:
@@ -479,6 +566,8 @@ class Retrainer:
                 "running": p.running.as_dict() if p.running else None,
                 "pending": p.pending.as_dict() if p.pending else None,
                 "cooldown_until": p.cooldown_until() if p.last_attempt is not None else None,
+                "cooldown_labels": p.cooldown_labels(),
+                "cooldown_from_index": p.attempt_position,
                 "consecutive_rejections": p.consecutive_rejections,
                 "drift_regime": None
                 if p.regime is None
@@ -509,6 +598,15 @@ class Retrainer:
             log.warning("alert %s: %s", kind, summary)
             return
         self.alerter.send(kind, summary, severity=severity, labels=labels, details=details)
+
+
+def _gates(settings: RetrainSettings) -> tuple[Gate, Gate]:
+    """The gate, and the one a challenger passes: nothing asked for it, so it must beat the
+    champion by more than a tie, or every challenger on a steady stream would deploy, and each
+    deploy rebaselines the detectors that a change needs to be seen by."""
+    cfg, metric = settings.gate, settings.model.metric
+    gain = max(cfg.min_absolute_change or 0.0, cfg.tie_margin)
+    return Gate(cfg, metric), Gate(dataclasses.replace(cfg, min_absolute_change=gain), metric)
 
 
 def _finite(scores: dict[str, float]) -> dict[str, float | None]:

@@ -142,7 +142,7 @@ def assemble(
         schema=schema,
         history=config.resolve(data) if data not in (None, "synth") else None,
         synthetic=(config.demo.stream, config.demo.concepts[0]) if data == "synth" else None,
-        cooldown=settings.retrain.cooldown_seconds,
+        retry=config.bootstrap.retry_seconds,
         backoff_max=settings.retrain.backoff_max_seconds,
         clock=clock,
     )

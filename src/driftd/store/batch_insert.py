@@ -16,12 +16,14 @@ import operator
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from driftd.ingest.batch import Batch, packer
 from driftd.ingest.schema import Schema
 
 __all__ = ["BatchWriter", "Ids", "chunks"]
+
+T = TypeVar("T")
 
 
 class Ids(Sequence[str]):
@@ -190,7 +192,7 @@ _INSERT = (
 )
 
 
-def chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def chunks(items: list[T], size: int) -> Iterator[list[T]]:
     """``items`` in lists of at most ``size`` (SQLite caps the parameters of a statement)."""
     for i in range(0, len(items), size):
         yield items[i : i + size]

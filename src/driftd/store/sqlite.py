@@ -460,6 +460,13 @@ class Store:
                 ).fetchone()[0]
             )
 
+    def last_index(self) -> int:
+        """The index of the last record stored (0 before the first): where a count of the
+        labelled rows that come after a moment starts."""
+        with self.reader() as conn:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+        return int(row[0]) if row else 0
+
     def snapshot(
         self, *, limit: int, since_idx: int = 0, since_ts: float | None = None
     ) -> Snapshot:
@@ -473,6 +480,21 @@ class Store:
                 args.append(since_ts)
             sql = f"SELECT * FROM ({sql} ORDER BY idx DESC LIMIT ?) ORDER BY ts, idx"  # noqa: S608
             rows = conn.execute(sql, [*args, limit]).fetchall()
+        return self._to_snapshot(rows)
+
+    def labelled_at(self, indices: Sequence[int]) -> Snapshot:
+        """The labelled rows among ``indices`` that are still stored, in time order: the
+        records a post-deploy guard watched, to score another model on."""
+        rows: list[tuple[Any, ...]] = []
+        with self.reader() as conn:
+            for chunk in chunks(list(indices), 500):
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    "SELECT idx, ts, num, cat, label FROM records"  # noqa: S608
+                    f" WHERE label IS NOT NULL AND idx IN ({marks})",
+                    chunk,
+                ).fetchall()
+        rows.sort(key=lambda r: (r[1], r[0]))
         return self._to_snapshot(rows)
 
     def _to_snapshot(self, rows: list[tuple[Any, ...]]) -> Snapshot:
