@@ -184,7 +184,7 @@ concepts = [0, 2]
 retention_rows = {retention_rows}
 retention_interval_seconds = {trim_seconds}
 [retrain]
-cooldown_seconds = 30
+cooldown_labels = 20000
 min_new_labels = 1000
 min_rows_after_drift = 2000
 window_rows = 20000

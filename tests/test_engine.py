@@ -120,3 +120,28 @@ def test_a_store_of_schema_one_is_upgraded_and_numbers_its_joins(tmp_path: Path)
         assert [(j.idx, j.seq) for j in store.joined_after(1)] == [(1, 2)]
     finally:
         store.close()
+
+
+def test_join_numbers_are_never_given_twice_across_retention_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A late label gives an old record the newest join number; retention may then delete that
+    record, and a restart must not hand the number out again (the monitor's checkpoint already
+    holds it, so a join numbered again would never be replayed)."""
+    path = tmp_path / "store.sqlite3"
+    store = Store(path, SCHEMA).open()
+    feats = [{"x0": 0.0, "x1": 0.0}]
+    store.add_records(Batch(feats, NOW, ids=["a"], predictions=[0]), source="p", received=NOW)
+    store.add_records(
+        Batch(feats, NOW, ids=["b"], predictions=[0], labels=[1]), source="p", received=NOW
+    )
+    assert [j.seq for j in store.add_labels([("a", 1, NOW)]).joined] == [2]
+    store.trim(max_rows=1, max_age=None, now=NOW)  # deletes "a", which holds number 2
+    store.close()
+    store = Store(path, SCHEMA).open()
+    try:
+        assert store.last_join == 2
+        store.add_records(Batch(feats, NOW, ids=["c"], predictions=[1]), source="p", received=NOW)
+        assert [j.seq for j in store.add_labels([("c", 1, NOW)]).joined] == [3]
+    finally:
+        store.close()

@@ -244,3 +244,15 @@ def test_the_daemons_estimate_of_an_overconfident_model_is_right_once_calibrated
         db.close()
     raw = float(np.mean([json.loads(proba)[str(json.loads(pred))] for pred, proba in stored]))
     assert raw - realized > 0.1, (raw, realized)
+
+
+def test_the_positive_class_is_the_last_of_the_models_class_order() -> None:
+    """scikit-learn's positive class is ``classes_[1]``; for the strings "10" and "9" that is
+    "9". Class names that only look numeric (``--1``, ``²``) are names like any other."""
+    for names in (("10", "9"), ("--1", "²")):
+        monitor = Monitor(Schema(features=(Feature("x"),)), MonitorConfig())
+        probas = [{names[0]: 0.2, names[1]: 0.8}] * 100
+        monitor.update(0, [{"x": 0.0}] * 100, [names[1]] * 100, now=0.0, probas=probas)
+        scores = monitor.estimated_scores
+        assert scores["accuracy"].value == pytest.approx(0.8)
+        assert scores["f1"].value == pytest.approx(2 * 80 / (100 + 80))  # 9 is the positive one

@@ -171,7 +171,14 @@ def test_a_drift_produces_exactly_one_retrain_and_a_deploy(tmp_path: Path) -> No
 
 
 def test_operator_retrain_rollback_and_predictions_flow_during_training(tmp_path: Path) -> None:
-    d = start(tmp_path)
+    # The fit takes 2 s once the flag exists, so that predictions are seen flowing during it
+    # whatever the host's load (a plain fit can end within a dozen predictions).
+    flag = tmp_path / "slow"
+    d = start(
+        tmp_path,
+        env={"DRIFTD_TEST_SLOW_FLAG": str(flag), "DRIFTD_TEST_SLOW_SECONDS": "2"},
+        model='factory = "tests.models:slow_when_flagged"',
+    )
     failures: list[str] = []
     latencies: list[float] = []
     stop = threading.Event()
@@ -192,6 +199,7 @@ def test_operator_retrain_rollback_and_predictions_flow_during_training(tmp_path
                 assert anon.post("/v1/retrain").status_code == 401
             t = threading.Thread(target=predict)
             t.start()
+            flag.touch()
             r = c.post("/v1/retrain")
             assert r.status_code == 202
             job = r.json()["job"]

@@ -34,13 +34,6 @@ from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 __all__ = ["Monitor"]
 
 
-def _class_order(name: str) -> tuple[int, int, str]:
-    """Classes in their natural order, as scikit-learn sorts them: integers by value (their
-    names are strings here), then strings."""
-    integer = name.lstrip("-").isdigit()
-    return (0, int(name), "") if integer else (1, 0, name)
-
-
 Value = float | str
 Label = int | str | float
 
@@ -301,7 +294,9 @@ class Monitor:
             at.append(start + i)
             confidence.append(c)
             if positives is not None and len(proba) == 2:
-                positive = max(proba, key=_class_order)
+                # the positive class is the model's second (scikit-learn's classes_[1]); the
+                # daemon's own probabilities come in the model's class order
+                positive: str = list(proba)[-1]
                 positives.append((proba[positive], str(pred) == positive))
             else:
                 positives = None  # not a binary model: accuracy only
@@ -447,7 +442,7 @@ class Monitor:
                 events.append(self._alarm("concept_drift", signal, None, index, now, change, stats))
             elif (
                 signal == "estimated"
-                and stats.get("mean_after", 0.0) > stats.get("mean_before", 0.0)
+                and (stats.get("mean_after") or 0.0) > (stats.get("mean_before") or 0.0)
                 and self._policy.performance_drop(index)
             ):
                 # Only a rise of the expected error: a model growing more confident is no alarm.

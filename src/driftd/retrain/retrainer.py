@@ -528,11 +528,18 @@ class Retrainer:
         previous = self.models.previous
         if previous is None or previous.version != guard.previous:
             return None
-        rows = self.store.labelled_at(guard.indices)
-        if not len(rows):
+        try:
+            rows = self.store.labelled_at(guard.indices)
+            if not len(rows):
+                return None
+            X = matrix(self.schema, rows.numeric, rows.categorical)
+            return dict(zip(rows.idx.tolist(), previous.predict(X), strict=True))
+        except Exception:
+            # This runs on the ingest worker after the labels were committed: a previous model
+            # that cannot predict (or a read that fails) must not turn that write into a 500.
+            # The guard then judges on the new champion's own score alone.
+            log.exception("the previous champion could not be scored in shadow")
             return None
-        X = matrix(self.schema, rows.numeric, rows.categorical)
-        return dict(zip(rows.idx.tolist(), previous.predict(X), strict=True))
 
     def _guard_drift(self, record: dict[str, Any], why: str | None, now: float) -> None:
         """The new champion scores well under its holdout from its first records on: the data

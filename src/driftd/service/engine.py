@@ -15,6 +15,7 @@ version's calibration was, so that a later calibrator can be fitted on them and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -194,10 +195,14 @@ class Engine:
         self, records: Sequence[Record] | Columns, source: str, now: float
     ) -> IngestResult:
         batch = records.batch(now) if isinstance(records, Columns) else _batch(records, now)
-        self._check_label_types(prediction=batch.predictions, label=batch.labels)
+        fixes = self._check_label_types(prediction=batch.predictions, label=batch.labels)
         if batch.probas is not None:
-            self._check_probas(batch.probas, batch.predictions)
+            batch = dataclasses.replace(
+                batch, probas=self._check_probas(batch.probas, batch.predictions)
+            )
         result = self.store.add_records(batch, source=source, received=now)
+        if fixes is not None:
+            self._fix_label_type(fixes)
         self._after_ingest(result, batch, source, now, batch.probas)
         return result
 
@@ -239,10 +244,12 @@ class Engine:
         self._joined(result.joined, now)
 
     def add_labels(self, labels: Sequence[LabelRecord], now: float) -> dict[str, Any]:
-        self._check_label_types(label=[lb["label"] for lb in labels])
+        fixes = self._check_label_types(label=[lb["label"] for lb in labels])
         result = self.store.add_labels(
             [(lb["id"], lb["label"], lb.get("timestamp", now)) for lb in labels]
         )
+        if fixes is not None:
+            self._fix_label_type(fixes)
         accepted = len(labels) - len(result.duplicates)
         self.metrics.labels.inc(accepted)
         if result.duplicates:
@@ -255,39 +262,44 @@ class Engine:
             "duplicates": result.duplicates,
         }
 
-    def _check_label_types(self, **columns: Sequence[Label | None] | None) -> None:
+    def _check_label_types(self, **columns: Sequence[Label | None] | None) -> LabelType | None:
         """Refuse class labels (and predictions) of another type than the stored ones, as
-        :class:`InvalidInput`. Unless the schema fixes the type, the first label stored does;
-        a model fitted on ``1`` and ``"1"`` alike would answer strings to consumers of integers,
-        and a champion could no longer be scored against its challenger."""
+        :class:`InvalidInput`. Unless the schema fixes the type, the serving model's classes or
+        the first label stored do; a model fitted on ``1`` and ``"1"`` alike would answer
+        strings to consumers of integers, and a champion could no longer be scored against its
+        challenger. Returns the type this batch fixes, for the caller to keep once the batch is
+        stored (a refused batch fixes nothing), or ``None``."""
         if self.schema.task != "classification":
-            return
+            return None
         fixed = self._label_type or self._served_label_type()
         if fixed is None:
             given = (v for values in columns.values() if values for v in values if v is not None)
             first = next(given, None)
             if first is None:
-                return
+                return None
             fixed = label_type_of(first)
         errors = mistyped_labels(fixed, columns)
         if errors:
             raise InvalidInput(errors)
-        if self._label_type is None:
-            self._fix_label_type(fixed)
+        return fixed if self._label_type is None else None
 
     def _check_probas(
         self,
         probas: Sequence[Mapping[str, float] | None],
         predictions: Sequence[Label | None] | None,
-    ) -> None:
+    ) -> Sequence[Mapping[str, float] | None]:
         """Refuse probabilities that do not sum to 1 or name other classes than the serving
-        model's, as :class:`InvalidInput`: an estimate made from them would be meaningless."""
+        model's, as :class:`InvalidInput`: an estimate made from them would be meaningless.
+        Returns them in the serving model's class order (its last class is the positive one
+        of a binary model), as sent when no model serves."""
         live = self.serving.current
-        classes = getattr(live.model, "classes_", None) if live is not None else None
-        known = [str(c) for c in classes.tolist()] if classes is not None else None
+        known = live.class_names() if live is not None else None
         errors = bad_probabilities(probas, predictions, known)
         if errors:
             raise InvalidInput(errors)
+        if known is None:
+            return probas
+        return [None if p is None else {k: p[k] for k in known} for p in probas]
 
     def _served_label_type(self) -> LabelType | None:
         """The class type of the serving model's classes, if one serves: a first model fitted

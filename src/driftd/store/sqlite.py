@@ -140,7 +140,11 @@ class Store:
         elif version < SCHEMA_VERSION:
             self._migrate(db, version)
         self._db = db
-        self._join_seq = db.execute("SELECT max(join_seq) FROM records").fetchone()[0] or 0
+        # The highest join number given: kept in meta by trim, which may delete the rows
+        # holding it (late labels give old records the newest numbers).
+        kept = db.execute("SELECT value FROM meta WHERE key='join_seq'").fetchone()
+        stored = db.execute("SELECT max(join_seq) FROM records").fetchone()[0]
+        self._join_seq = max(int(kept[0]) if kept else 0, stored or 0)
         self._pending = db.execute("SELECT count(*) FROM pending_labels").fetchone()[0]
         if self.checkpoint_every is not None:
             # Copying the WAL back into the database (every 1,000 pages by default) would
@@ -397,6 +401,9 @@ class Store:
                 if cutoff is None:
                     return deleted + self._trim_pending(db, max_rows, max_age, now)
                 with _tx(db):
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('join_seq', ?)", (str(self._join_seq),)
+                    )
                     cur = db.execute(
                         "DELETE FROM records WHERE idx IN (SELECT idx FROM records WHERE idx <= ?"
                         " ORDER BY idx LIMIT ?)",
