@@ -325,10 +325,10 @@ def _ratios(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]
 
 # -- where the time goes -----------------------------------------------------------------------
 def profile(n: int = 3000) -> dict[str, Any]:
-    """One single-instance prediction inside the daemon's own parts (no HTTP), by stage, in
-    microseconds (median of ``n``): the model (predictions and probabilities), the SQLite write
-    and commit, the monitor, and the rest of ``Engine.predict``; and the functions cProfile
-    finds most time under."""
+    """One single-instance prediction inside the daemon's own parts (no HTTP): its median time
+    in microseconds, split by stage in the shares cProfile finds under the model calls, the
+    SQLite write and commit (``Store.add_records``) and the monitor (``Monitor.update``); and
+    the functions cProfile finds most time under."""
     import cProfile
     import pstats
     import statistics
@@ -341,55 +341,44 @@ def profile(n: int = 3000) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         text = bench_http.config(tmp / "state", bench_http.write_boot(tmp / "boot.csv"))
-        parts = assemble(
-            load_text(text, env={}),
-            Metrics(process=False),
-            state_dir=tmp / "state",
-            fit=fit_and_dump,
-        )
+        cfg = load_text(text, env={})
+        parts = assemble(cfg, Metrics(process=False), state_dir=tmp / "state", fit=fit_and_dump)
         try:
             parts.bootstrap.run()
             engine = parts.engine
-            live = engine.serving.current
-            assert live is not None
             one = instances(1, 7)
-            sinks: dict[str, list[float]] = {"model": [], "store": [], "monitor": []}
-            wrapped = [
-                ("model", live.model, "predict"),
-                ("model", live.model, "predict_proba"),
-                ("store", engine.store, "add_records"),
-                ("monitor", engine.monitor, "update"),
-            ]
             total: list[float] = []
-            try:
-                for stage, obj, name in wrapped:
-                    setattr(obj, name, bench_http._timed(getattr(obj, name), sinks[stage]))
-                for _ in range(200):
-                    engine.run(engine.predict, one, None, time.time())
-                for sink in sinks.values():
-                    sink.clear()
-                for _ in range(n):
-                    t = time.perf_counter()
-                    engine.predict(one, None, time.time())
+            for i in range(200 + n):
+                t = time.perf_counter()
+                engine.run(engine.predict, one, None, time.time())
+                if i >= 200:
                     total.append(time.perf_counter() - t)
-            finally:
-                for _, obj, name in wrapped:
-                    delattr(obj, name)
             prof = cProfile.Profile()
             prof.runcall(lambda: [engine.predict(one, None, time.time()) for _ in range(n)])
         finally:
             parts.close()
-    # The model's sink holds every call to it: its share of a prediction is its sum over n.
-    med = {k: sum(v) / n * 1e6 for k, v in sinks.items()}
-    med["engine_total"] = statistics.median(total) * 1e6
-    med["engine_other"] = med["engine_total"] - med["model"] - med["store"] - med["monitor"]
-    st = pstats.Stats(prof)
-    rows = sorted(st.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
-    top = [
-        (f"{Path(fn).name}:{line}({func})", cum / n * 1e6)
-        for (fn, line, func), (_, _, _, cum, _) in rows[:25]
-    ]
-    return {"stages_us": med, "cprofile_cumulative_us": top}
+    cum: dict[tuple[str, str], float] = {}
+    rows = pstats.Stats(prof).stats.items()  # type: ignore[attr-defined]
+    for (fn, _, func), (_, _, _, seconds, _) in rows:
+        key = (Path(fn).name, func)
+        cum[key] = max(cum.get(key, 0.0), seconds)
+    whole = cum[("engine.py", "predict")]
+    model = cum.get(("serving.py", "answer")) or (
+        cum.get(("serving.py", "predict"), 0.0) + cum.get(("serving.py", "probabilities"), 0.0)
+    )
+    shares = {
+        "model": model / whole,
+        "store": cum[("sqlite.py", "add_records")] / whole,
+        "monitor": cum[("monitor.py", "update")] / whole,
+    }
+    shares["engine_other"] = 1 - sum(shares.values())
+    median = statistics.median(total) * 1e6
+    top = sorted(cum.items(), key=lambda kv: kv[1], reverse=True)[:25]
+    return {
+        "engine_us": median,
+        "stages_us": {k: v * median for k, v in shares.items()},
+        "cprofile_cumulative_us": [(f"{f}({fn})", s / n * 1e6) for (f, fn), s in top],
+    }
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -423,7 +412,10 @@ def show(res: dict[str, Any]) -> None:
     print(f"  driftd stored {s['stored']:,} records for {s['answered']:,} predictions answered")
     prof = res.get("profile")
     if prof:
-        print("  one prediction inside the daemon (no HTTP), median us:")
+        print(
+            f"  one prediction inside the daemon (no HTTP, through the worker):"
+            f" {prof['engine_us']:.0f} us, by cProfile's shares:"
+        )
         for k, v in prof["stages_us"].items():
             print(f"    {k:<14} {v:8.1f}")
         print("  cProfile, cumulative us per prediction:")
