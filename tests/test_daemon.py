@@ -399,3 +399,58 @@ def test_https_with_the_configured_certificate_and_no_plain_http(tmp_path: Path)
             httpx.get(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5)
     finally:
         daemon.stop()
+
+
+def test_eight_clients_predictions_are_committed_before_their_answers_in_one_order(
+    inproc: Daemon,
+) -> None:
+    """Eight clients predict over HTTP at once; the worker commits the waiting requests
+    together. Every answer is already readable from another connection when it arrives, each
+    request's records have consecutive indices, the stored prediction is the answered one, the
+    requests share transactions, and the monitor has seen every stored record."""
+    assert inproc.parts is not None
+    store = inproc.parts.store
+    rows = make_rows(16, seed=3)
+    failures: list[str] = []
+
+    def client(c_no: int) -> None:
+        url = f"http://127.0.0.1:{inproc.port}"
+        with httpx.Client(base_url=url, timeout=30) as c, store.reader() as db:
+            for k in range(30):
+                n = 1 + (c_no + k) % 2
+                ids = [f"c{c_no}-{k}-{j}" for j in range(n)]
+                batch = [r["features"] for r in rows[k % 8 : k % 8 + n]]
+                r = c.post("/v1/predict", json={"instances": batch, "ids": ids})
+                if r.status_code != 200:
+                    failures.append(r.text)
+                    continue
+                answer = r.json()
+                marks = ",".join("?" * n)
+                found = db.execute(
+                    f"SELECT rid, idx, prediction FROM records WHERE rid IN ({marks})"  # noqa: S608
+                    " ORDER BY idx",
+                    ids,
+                ).fetchall()
+                if [f[0] for f in found] != answer["ids"]:
+                    failures.append(f"{ids}: stored {found} when answered")
+                elif [json.loads(f[2]) for f in found] != answer["predictions"]:
+                    failures.append(f"{ids}: stored {found}, answered {answer}")
+                elif [f[1] for f in found] != list(range(found[0][1], found[0][1] + n)):
+                    failures.append(f"{ids}: indices {found} not consecutive")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    with store.reader() as db:
+        idx = [i for (i,) in db.execute("SELECT idx FROM records WHERE source='predict'")]
+        commits = db.execute(
+            "SELECT count(DISTINCT received) FROM records WHERE source='predict'"
+        ).fetchone()[0]
+    assert len(idx) == 8 * 30 * 3 // 2
+    assert sorted(idx) == list(range(min(idx), min(idx) + len(idx)))
+    assert commits < 8 * 30  # several requests answered from one transaction
+    status = inproc.parts.engine.status()
+    assert status["monitor"]["records"] == max(idx) + 1

@@ -5,6 +5,10 @@ reference, so no request ever sees a half-loaded model: a request holds the
 :class:`LiveModel` it read for its whole life, and the swap is a single assignment. A version's
 calibrator is part of its :class:`LiveModel`, so a batch's probabilities are calibrated by the
 version that gave them.
+
+A prediction that also needs its class probabilities costs one model call, not two, for the
+estimators whose ``predict`` follows exactly from ``predict_proba`` (see
+:data:`ARGMAX_OF_PROBA`): on a model this cheap, scikit-learn's input checks are most of a call.
 """
 
 from __future__ import annotations
@@ -21,9 +25,29 @@ import numpy.typing as npt
 from driftd.ingest.schema import Label
 from driftd.models.calibration import Calibrator
 
-__all__ = ["LiveModel", "Probabilities", "Serving", "WarmupError"]
+__all__ = ["ARGMAX_OF_PROBA", "LiveModel", "Probabilities", "Serving", "WarmupError", "top_class"]
 
 log = logging.getLogger(__name__)
+
+# Classifiers whose ``predict`` is the class of the highest of scores that ``predict_proba`` maps
+# to the probabilities monotonically, row by row (scikit-learn 1.9): LogisticRegression and
+# HistGradientBoostingClassifier take the sign or the argmax of their decision function, whose
+# expit or softmax are the probabilities; the forests take the argmax of ``predict_proba``
+# itself. So the most probable class is the predicted one wherever it is not (nearly) tied;
+# tied rows ask ``predict`` (see :func:`top_class`). Exact types only: a subclass may predict
+# otherwise.
+ARGMAX_OF_PROBA = frozenset(
+    {
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+    }
+)
+PIPELINE = "sklearn.pipeline.Pipeline"
+# Far above the rounding of an expit or a softmax (a few units in the last place of 1.0), far
+# below any difference between two classes' probabilities that decides a prediction.
+TIE = 1e-9
 
 
 class WarmupError(RuntimeError):
@@ -50,7 +74,21 @@ class LiveModel:
 
     def predict(self, X: npt.NDArray[Any]) -> list[Label]:
         out: npt.NDArray[Any] = self.model.predict(X)
-        return [v.item() if isinstance(v, np.generic) else v for v in out]
+        return _labels(out)
+
+    def answer(
+        self, X: npt.NDArray[Any], *, probabilities: bool
+    ) -> tuple[list[Label], Probabilities | None]:
+        """The predictions and, when asked for, the class probabilities (as
+        :meth:`probabilities`), equal to ``predict`` and ``probabilities`` called apart, from
+        one model call when the model is one of :data:`ARGMAX_OF_PROBA`."""
+        if not probabilities:
+            return self.predict(X), None
+        derived = _derived(self.model, X)
+        if derived is not None:
+            preds, raw = derived
+            return preds, self._calibrated(raw)
+        return self.predict(X), self.probabilities(X)
 
     def class_names(self) -> tuple[str, ...] | None:
         """The model's classes as strings, in its order, or ``None`` for a model without any."""
@@ -69,15 +107,18 @@ class LiveModel:
             out = np.asarray(proba(X), dtype=np.float64)
         except (AttributeError, NotImplementedError, ValueError, TypeError):
             return None
-        if out.ndim != 2 or out.shape[1] != len(names) or not np.isfinite(out).all():
+        if not _usable(out, names):
             return None
         return out
 
     def probabilities(self, X: npt.NDArray[Any]) -> Probabilities | None:
         """Each row's probabilities, raw and calibrated (see :class:`Probabilities`)."""
         raw = self.raw_probabilities(X)
+        return None if raw is None else self._calibrated(raw)
+
+    def _calibrated(self, raw: npt.NDArray[np.float64]) -> Probabilities | None:
         names = self.class_names()
-        if raw is None or names is None:
+        if names is None:
             return None
         rows = _rows(names, raw)
         if self.calibrator is None:
@@ -103,6 +144,59 @@ class LiveModel:
                 raise WarmupError(f"v{self.version}: predict returned {len(out)} values for 1 row")
         steady = times[1:] or times
         return statistics.median(steady) if steady else 0.0
+
+
+def top_class(proba: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+    """Each row's most probable column, and whether the runner-up is within :data:`TIE` of it
+    (where the probabilities' rounding could put another class first than ``predict`` does)."""
+    top = proba.argmax(axis=1)
+    if proba.shape[1] < 2:
+        return top, np.zeros(len(proba), dtype=bool)
+    two = np.partition(proba, -2, axis=1)
+    return top, two[:, -1] - two[:, -2] <= TIE
+
+
+def _derived(model: Any, X: npt.NDArray[Any]) -> tuple[list[Label], npt.NDArray[np.float64]] | None:
+    """Predictions and the raw probabilities from one ``predict_proba`` call, or ``None`` when
+    the model is not one whose predictions follow from its probabilities (or gives unusable
+    ones)."""
+    scorer = _scorer(model)
+    if scorer is None:
+        return None
+    proba = np.asarray(scorer.predict_proba(X), dtype=np.float64)
+    classes = np.asarray(scorer.classes_)
+    if not _usable(proba, classes):
+        return None
+    top, tied = top_class(proba)
+    preds = classes[top]
+    if tied.any():
+        preds[tied] = scorer.predict(X[tied])
+    return _labels(preds), proba
+
+
+def _scorer(model: Any) -> Any:
+    """What to call for :func:`_derived`: a pipeline's only step (a one-step pipeline only
+    hands ``X`` on, at the cost of its own checks), a pipeline whose last step is one of
+    :data:`ARGMAX_OF_PROBA` (its other steps transform alike for both calls), such a model
+    itself, else ``None``."""
+    last = model
+    if _name(model) == PIPELINE:
+        last = model.steps[-1][1]
+        if len(model.steps) > 1 and _name(last) in ARGMAX_OF_PROBA:
+            return model
+    return last if _name(last) in ARGMAX_OF_PROBA else None
+
+
+def _name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _usable(proba: npt.NDArray[np.float64], classes: Any) -> bool:
+    return bool(proba.ndim == 2 and proba.shape[1] == len(classes) and np.isfinite(proba).all())
+
+
+def _labels(out: npt.NDArray[Any]) -> list[Label]:
+    return [v.item() if isinstance(v, np.generic) else v for v in out]
 
 
 class Serving:

@@ -11,6 +11,12 @@ owns the monitor and its checkpoint; which model serves is the lifecycle's
 A prediction's class probabilities are stored raw, as the model gave them, and the estimate is
 fed them calibrated by the serving version: the stored rows stay what the model said whatever a
 version's calibration was, so that a later calibrator can be fitted on them and their labels.
+
+Predictions from the HTTP API are committed in groups (:meth:`Engine.submit_predict`): the
+worker takes every prediction request waiting, answers them from one model call, stores them in
+one transaction and runs the monitor over them once, in order, then answers each. A request is
+still answered only once it is committed, and concurrent clients share one commit and one pass
+through sklearn's input checks instead of queueing for one each.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +40,7 @@ from driftd.ingest.schema import Label, LabelRecord, LabelType, Record, Schema, 
 from driftd.ingest.validation import InvalidInput, bad_probabilities, mistyped_labels
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
-from driftd.models.serving import Serving
+from driftd.models.serving import LiveModel, Probabilities, Serving
 from driftd.monitor import (
     CheckpointMismatch,
     DetectorState,
@@ -63,6 +70,17 @@ class PredictResult:
     ids: list[str]
     version: int
     duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """One prediction request: its instances, its ids (or ``None``), when it arrived, and the
+    future its answer goes to."""
+
+    instances: list[dict[str, float | str]]
+    ids: list[str] | None
+    now: float
+    answer: Future[PredictResult] = field(default_factory=Future)
 
 
 class Engine:
@@ -101,6 +119,9 @@ class Engine:
         self._on_joined: Callable[[list[Joined]], None] = lambda _: None
         self._store_records = 0
         self._label_type: LabelType | None = schema.label_type
+        self._asked: list[_Asked] = []  # predictions waiting for the worker, in arrival order
+        self._asked_lock = threading.Lock()
+        self._drain_queued = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def subscribe(
@@ -168,17 +189,99 @@ class Engine:
     def predict(
         self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
     ) -> PredictResult:
-        live = self.serving.current  # read once: this request uses this model to the end
+        """One request's predictions, stored and monitored before they return (on the worker)."""
+        asked = _Asked(instances, ids, now)
+        live = self._live()
+        preds, probas = self._answers(live, [asked])
+        return self._commit(live, [asked], preds, probas)[0]
+
+    def submit_predict(
+        self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
+    ) -> Future[PredictResult]:
+        """Queue a prediction request for the worker (from any thread); its answer comes once it
+        is committed, together with every other request waiting when the worker takes them."""
+        asked = _Asked(instances, ids, now)
+        with self._asked_lock:
+            self._asked.append(asked)
+            queued, self._drain_queued = self._drain_queued, True
+        if not queued:
+            self._worker.submit(self._drain)
+        return asked.answer
+
+    def _drain(self) -> None:
+        """Answer every prediction waiting (on the worker). The ones that arrive meanwhile
+        queue the next drain."""
+        with self._asked_lock:
+            group, self._asked, self._drain_queued = self._asked, [], False
+        self._settle([a for a in group if a.answer.set_running_or_notify_cancel()])
+
+    def _settle(self, group: list[_Asked]) -> None:
+        """Predict, store and monitor ``group`` as one batch and answer each request. A failure
+        before the store write is retried a request at a time, so that it reaches only the
+        request it belongs to; one after it reaches every request of the transaction."""
+        if not group:
+            return
+        try:
+            live = self._live()
+            preds, probas = self._answers(live, group)
+        except Exception as exc:  # noqa: BLE001 - raised again in the request's route
+            if len(group) == 1:
+                group[0].answer.set_exception(exc)
+            else:
+                for asked in group:
+                    self._settle([asked])
+            return
+        try:
+            results = self._commit(live, group, preds, probas)
+        except Exception as exc:  # noqa: BLE001 - raised again in every request's route
+            for asked in group:
+                asked.answer.set_exception(exc)
+            return
+        for asked, result in zip(group, results, strict=True):
+            asked.answer.set_result(result)
+
+    def _live(self) -> LiveModel:
+        live = self.serving.current  # read once: these requests use this model to the end
         if live is None:
             raise NoModel("no model yet")
+        return live
+
+    def _answers(
+        self, live: LiveModel, group: list[_Asked]
+    ) -> tuple[list[Label], Probabilities | None]:
+        """The model's predictions (and probabilities, for a classifier) for every instance of
+        ``group``, in order, from one call."""
+        instances = (
+            group[0].instances if len(group) == 1 else [x for a in group for x in a.instances]
+        )
         X = rows_to_matrix(self.schema, instances)
-        preds = live.predict(X)
+        preds, probas = live.answer(X, probabilities=self.schema.task == "classification")
         if self._label_type is None and preds:  # the first model's classes fix the type
             self._fix_label_type(label_type_of(preds[0]))
-        probas = live.probabilities(X) if self.schema.task == "classification" else None
+        return preds, probas
+
+    def _commit(
+        self,
+        live: LiveModel,
+        group: list[_Asked],
+        preds: list[Label],
+        probas: Probabilities | None,
+    ) -> list[PredictResult]:
+        """Store ``group``'s records in one transaction, each at the time its request arrived,
+        run the monitor over them, and split the result back into one answer per request."""
+        instances: list[dict[str, float | str]] = group[0].instances
+        ts: float | list[float] = group[0].now
+        ids: Sequence[str | None] | None = group[0].ids
+        if len(group) > 1:
+            instances = [x for a in group for x in a.instances]
+            ts = [a.now for a in group for _ in a.instances]
+            ids = None
+            if any(a.ids is not None for a in group):  # the store makes up the others
+                ids = [a.ids[k] if a.ids else None for a in group for k in range(len(a.instances))]
+        now = max(a.now for a in group)
         batch = Batch(
             instances,
-            now,
+            ts,
             ids=ids,
             predictions=preds,
             model_version=live.version,
@@ -189,7 +292,7 @@ class Engine:
         self._after_ingest(
             result, batch, "predict", now, None if probas is None else probas.calibrated
         )
-        return PredictResult(preds, list(result.ids), live.version, result.duplicates)
+        return _split(group, preds, result, live.version)
 
     def add_records(
         self, records: Sequence[Record] | Columns, source: str, now: float
@@ -452,6 +555,24 @@ class Engine:
         if deleted:
             self._store_records = self.store.counts()["records"]
         return deleted
+
+
+def _split(
+    group: list[_Asked], preds: list[Label], result: IngestResult, version: int
+) -> list[PredictResult]:
+    """One answer per request of a group stored as one batch: its predictions, its ids, and
+    the ids of its records that were stored already (re-sent)."""
+    if len(group) == 1:
+        return [PredictResult(preds, list(result.ids), version, result.duplicates)]
+    out, start = [], 0
+    for asked in group:
+        end = start + len(asked.instances)
+        ids = list(result.ids[start:end])
+        kept = result.inserted[start:end] if result.inserted is not None else None
+        again = [] if kept is None else [i for i, k in zip(ids, kept, strict=True) if not k]
+        out.append(PredictResult(preds[start:end], ids, version, again))
+        start = end
+    return out
 
 
 def _batch(records: Sequence[Record], now: float) -> Batch:

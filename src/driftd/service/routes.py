@@ -93,7 +93,8 @@ async def predict(request: Request) -> Response:
         )
     parts = _parts(api)
     try:
-        result = await _on_worker(parts, parts.engine.predict, instances, ids, time.time())
+        # Answered once committed, with the other requests waiting then (group commit).
+        result = await asyncio.wrap_future(parts.engine.submit_predict(instances, ids, time.time()))
     except NoModel:
         raise ApiError(
             503, "no_model", parts.no_model_reason(), headers={"Retry-After": "5"}

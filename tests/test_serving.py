@@ -1,0 +1,95 @@
+"""The live model answers predictions and probabilities from one model call, exactly as apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from driftd.models.serving import ARGMAX_OF_PROBA, LiveModel, top_class
+
+
+def _data(classes: int, seed: int = 0) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(400, 5))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (classes > 2) * (X[:, 2] > 0.5)
+    names = np.array(["no", "yes", "maybe"])
+    return X, names[y]
+
+
+def _boundary(model: LogisticRegression, X: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``X`` projected onto a binary logistic model's decision boundary (and a hair either
+    side of it): rows whose probabilities are tied or nearly so."""
+    w, b = model.coef_[0], model.intercept_[0]
+    on = X - np.outer((X @ w + b) / (w @ w), w)
+    return np.vstack([on, on + 1e-17 * w, on - 1e-17 * w, on + 1e-12 * w])
+
+
+ESTIMATORS = [
+    LogisticRegression(),
+    HistGradientBoostingClassifier(max_iter=20, random_state=0),
+    RandomForestClassifier(n_estimators=10, random_state=0),
+    ExtraTreesClassifier(n_estimators=10, random_state=0),
+]
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("steps", [0, 1, 2], ids=["bare", "one-step", "scaled"])
+def test_answer_equals_predict_and_predict_proba(estimator: Any, classes: int, steps: int) -> None:
+    """For every estimator whose predictions follow from its probabilities, alone or in a
+    pipeline, ``answer`` gives what ``predict`` and ``predict_proba`` give apart."""
+    X, y = _data(classes)
+    if steps == 0:
+        model = estimator
+    elif steps == 1:
+        model = Pipeline([("model", estimator)])
+    else:
+        model = Pipeline([("scale", StandardScaler()), ("model", estimator)])
+    model.fit(X, y)
+    probe = np.vstack([X, np.zeros((3, 5)), np.random.default_rng(1).normal(size=(50, 5)) * 5])
+    live = LiveModel(1, model, {}, 0.0)
+    preds, probas = live.answer(probe, probabilities=True)
+    assert preds == model.predict(probe).tolist()
+    assert probas == live.probabilities(probe)
+
+
+def test_rows_on_the_decision_boundary_are_predicted_as_predict_does() -> None:
+    """Where a logistic model's two probabilities tie after rounding (a score within 1e-16 of
+    zero), the most probable class is not what ``predict`` says; such rows ask ``predict``."""
+    X, y = _data(2)
+    model = LogisticRegression().fit(X, y)
+    edge = _boundary(model, X[:50])
+    proba = model.predict_proba(edge)
+    assert (model.classes_[proba.argmax(axis=1)] != model.predict(edge)).any()
+    _, tied = top_class(proba)
+    assert tied.any()
+    preds, _ = LiveModel(1, model, {}, 0.0).answer(edge, probabilities=True)
+    assert preds == model.predict(edge).tolist()
+
+
+def test_other_classifiers_keep_two_calls_and_the_same_answers() -> None:
+    """A classifier not known to predict the most probable class is asked both ways."""
+    X, y = _data(3)
+    model = KNeighborsClassifier(n_neighbors=4).fit(X, y)
+    assert f"{type(model).__module__}.{type(model).__qualname__}" not in ARGMAX_OF_PROBA
+    live = LiveModel(1, model, {}, 0.0)
+    preds, probas = live.answer(X, probabilities=True)
+    assert preds == model.predict(X).tolist()
+    assert probas == live.probabilities(X)
+
+
+def test_the_known_names_are_the_classes_scikit_learn_has() -> None:
+    """A scikit-learn release that moves one of these classes is noticed, not silently slower."""
+    for est in ESTIMATORS:
+        assert f"{type(est).__module__}.{type(est).__qualname__}" in ARGMAX_OF_PROBA
