@@ -256,3 +256,15 @@ def test_the_positive_class_is_the_last_of_the_models_class_order() -> None:
         scores = monitor.estimated_scores
         assert scores["accuracy"].value == pytest.approx(0.8)
         assert scores["f1"].value == pytest.approx(2 * 80 / (100 + 80))  # 9 is the positive one
+
+
+def test_a_restart_under_another_live_window_applies_it_to_the_estimate() -> None:
+    schema = Schema(features=(Feature("x"),))
+    monitor = Monitor(schema, MonitorConfig(live_window=1000))
+    probas = [{"0": 0.1, "1": 0.9}] * 500 + [{"0": 0.4, "1": 0.6}] * 100
+    monitor.update(0, [{"x": 0.0}] * 600, [1] * 600, now=0.0, probas=probas)
+    assert monitor.estimated_scores["accuracy"].count == 600
+    restored = Monitor.loads(monitor.dumps(), schema, MonitorConfig(live_window=100))
+    estimate = restored.estimated_scores["accuracy"]
+    assert estimate.count == 100
+    assert estimate.value == pytest.approx(0.6)  # the most recent 100 kept

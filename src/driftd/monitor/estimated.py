@@ -83,6 +83,16 @@ class EstimatedScore:
             self._positive.extend(p for p, _ in positives)
             self._predicted.extend(pred for _, pred in positives)
 
+    def configure(self, window: int, min_count: int) -> None:
+        """New settings (a restart under another config): keep the most recent ``window``
+        predictions."""
+        self.min_count = min_count
+        if window != self.window:
+            self.window = window
+            self._confidence = deque(self._confidence, maxlen=window)
+            self._positive = deque(self._positive, maxlen=window)
+            self._predicted = deque(self._predicted, maxlen=window)
+
     @property
     def count(self) -> int:
         return len(self._confidence)

@@ -649,6 +649,8 @@ class Monitor:
         alarm = config.alarm
         monitor._policy.configure(alarm.features, alarm.window, alarm.suppress)
         monitor._live.configure(config.live_window, config.live_min_labels)
+        if monitor._estimated is not None:
+            monitor._estimated.configure(config.live_window, config.live_min_labels)
         return monitor
 
     def __getstate__(self) -> dict[str, Any]:
