@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from driftd.config import load_text
 from driftd.ingest.schema import Feature, Schema
 from driftd.metrics import Metrics
-from driftd.monitor import Monitor, MonitorConfig
+from driftd.monitor import Monitor, MonitorConfig, MonitorEvent
 from driftd.monitor.estimated import BAND_SE, EstimatedScore
 from driftd.retrain.fit import fit_and_dump
 from driftd.service.parts import STORE_FILE, assemble
@@ -76,17 +76,28 @@ def covariate_shift_stream(
     return feats, preds, probas
 
 
+def feed(
+    monitor: Monitor,
+    stream: tuple[list[dict[str, float]], list[int], list[dict[str, float]]],
+    start: int,
+    stop: int,
+    batch: int,
+) -> list[MonitorEvent]:
+    """Records ``start..stop`` of a stream with their predictions and probabilities, no label."""
+    feats, preds, probas = stream
+    events = []
+    for lo in range(start, stop, batch):
+        hi = lo + batch
+        events += monitor.update(lo, feats[lo:hi], preds[lo:hi], now=0.0, probas=probas[lo:hi])
+    return events
+
+
 def test_a_covariate_shift_raises_an_estimated_performance_alarm_without_labels() -> None:
     monitor = Monitor(Schema(features=(Feature("x"),)), MonitorConfig())
-    feats, preds, probas = covariate_shift_stream(seed=3, n=8000, shift_at=4000)
-    events = []
-    for start in range(0, 8000, 500):
-        stop = start + 500
-        events += monitor.update(
-            start, feats[start:stop], preds[start:stop], now=0.0, probas=probas[start:stop]
-        )
-        if start == 3500:
-            before = monitor.estimated_scores["accuracy"]
+    stream = covariate_shift_stream(seed=3, n=8000, shift_at=4000)
+    events = feed(monitor, stream, 0, 4000, 500)
+    before = monitor.estimated_scores["accuracy"]
+    events += feed(monitor, stream, 4000, 8000, 500)
     alarms = [e for e in events if e.alarm == "performance_drop_estimated"]
     assert alarms, [e.as_dict() for e in events]
     assert 4000 <= alarms[0].index < 4600, alarms[0].as_dict()
@@ -100,13 +111,8 @@ def test_a_covariate_shift_raises_an_estimated_performance_alarm_without_labels(
 
 def test_a_stationary_stream_raises_no_estimated_alarm_and_a_rebaseline_starts_over() -> None:
     monitor = Monitor(Schema(features=(Feature("x"),)), MonitorConfig())
-    feats, preds, probas = covariate_shift_stream(seed=4, n=100_000, shift_at=100_000)
-    events = []
-    for start in range(0, 100_000, 1000):
-        stop = start + 1000
-        events += monitor.update(
-            start, feats[start:stop], preds[start:stop], now=0.0, probas=probas[start:stop]
-        )
+    stream = covariate_shift_stream(seed=4, n=100_000, shift_at=100_000)
+    events = feed(monitor, stream, 0, 100_000, 1000)
     assert [e for e in events if e.signal == "estimated"] == []
     monitor.rebaseline(100_000)
     assert monitor.estimated_scores == {}

@@ -454,7 +454,7 @@ class Monitor:
         """The stream position where the change the detector found most likely began: the
         maximum-likelihood split of the stream's values since its current regime began (see
         :mod:`driftd.monitor.changepoint`); the detector's own guess where there are no values
-        (categories and predictions, for now)."""
+        (predictions)."""
         test = hit.stats.get("test")
         if signal == "feature" and test is not None and self._moments is not None:
             return self._estimate_moment(feature, hit)
@@ -493,11 +493,7 @@ class Monitor:
         else:
             _, other = self._recent.window(cols[1], first, stop)
             series = z * (other - mean[cols[1]]) / sd[cols[1]]
-        k = mean_change(series)
-        if k is None:
-            return hit.change
-        self._regime[key] = first + k
-        return first + k
+        return self._split(key, first, series, hit)
 
     def _estimate_category(self, feature: str, hit: Hit) -> int:
         """The change point of a category's share: the mean-shift split of its indicator (or
@@ -513,7 +509,14 @@ class Monitor:
             indicator = ~np.isin(values, top)
         else:
             indicator = values == category
-        k = mean_change(np.asarray(indicator, dtype=np.float64))
+        return self._split(key, first, np.asarray(indicator, dtype=np.float64), hit)
+
+    def _split(
+        self, key: tuple[Signal, str | None], first: int, series: npt.NDArray[np.float64], hit: Hit
+    ) -> int:
+        """The mean-shift split of ``series`` (stream positions from ``first``), remembered as
+        where ``key``'s next change is looked for; the detector's guess when there is none."""
+        k = mean_change(series)
         if k is None:
             return hit.change
         self._regime[key] = first + k
