@@ -125,14 +125,14 @@ def bare_store(bodies: list[bytes]) -> float:
     ``bodies`` (decoded beforehand, untimed)."""
     from driftd.ingest.columns import ColumnDecoder
     from driftd.ingest.schema import Feature, Schema
-    from driftd.store import Store
+    from driftd.store import SQLiteStore
 
     schema = Schema(tuple(Feature(f"f{i}") for i in range(N_FEATURES)))
     decoder = ColumnDecoder(schema)
     batches = [decoded.batch(0.0) for body in bodies if (decoded := decoder.decode(body))]
     assert len(batches) == len(bodies), "a benchmark body was not taken by the column decoder"
     with tempfile.TemporaryDirectory() as d:
-        store = Store(Path(d) / "s.sqlite3", schema, checkpoint_every=0.5).open()
+        store = SQLiteStore(Path(d) / "s.sqlite3", schema, checkpoint_every=0.5).open()
         try:
             for batch in batches[:5]:
                 store.add_records(batch, source="records", received=0.0)

@@ -30,7 +30,7 @@ from driftd.models.registry import Registry
 from driftd.models.retention import Retention
 from driftd.models.serving import Serving
 from driftd.retrain.fit import FitJob, fit_and_dump
-from driftd.store import Store
+from driftd.store import SQLiteStore
 
 
 def disk(root: Path) -> tuple[int, int]:
@@ -59,7 +59,7 @@ def main() -> int:
     warm = X[: cfg.model.warmup_rows]
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        store = Store(state / "driftd.sqlite3", schema).open()
+        store = SQLiteStore(state / "driftd.sqlite3", schema).open()
         registry = Registry(state / "models")
         models = Lifecycle(
             registry, Serving(), store, Metrics(), schema, retention=Retention(args.keep_versions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -248,3 +249,22 @@ def daemon(daemon_config: Path) -> Iterator[DaemonProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL on 127.0.0.1 for the whole session (tests/services.py)."""
+    from tests.services import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture
+def pg_namespace() -> str:
+    """A PostgreSQL schema name no other test uses: each test starts on empty tables."""
+    return f"t{os.getpid()}_{next(_namespaces)}"

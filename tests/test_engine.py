@@ -13,7 +13,7 @@ from driftd.metrics import Metrics
 from driftd.models.serving import Serving
 from driftd.monitor import MonitorConfig
 from driftd.service.engine import Engine
-from driftd.store import Store
+from driftd.store import SQLiteStore
 from driftd.store.sqlite import SCHEMA_VERSION
 
 SCHEMA = Schema(features=(Feature("x0"), Feature("x1")))
@@ -22,7 +22,7 @@ NOW = 1_000_000.0
 
 def engine(base: Path) -> Engine:
     base.mkdir(exist_ok=True)
-    store = Store(base / "store.sqlite3", SCHEMA).open()
+    store = SQLiteStore(base / "store.sqlite3", SCHEMA).open()
     out = Engine(
         SCHEMA,
         store,
@@ -97,7 +97,7 @@ def test_a_checkpoint_at_shutdown_replays_nothing_twice(tmp_path: Path) -> None:
 
 def test_a_store_of_schema_one_is_upgraded_and_numbers_its_joins(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
-    store = Store(path, SCHEMA).open()
+    store = SQLiteStore(path, SCHEMA).open()
     store.close()
     db = sqlite3.connect(path)
     db.executescript(
@@ -106,7 +106,7 @@ def test_a_store_of_schema_one_is_upgraded_and_numbers_its_joins(tmp_path: Path)
         " UPDATE meta SET value='1' WHERE key='schema_version';"
     )
     db.close()
-    store = Store(path, SCHEMA).open()
+    store = SQLiteStore(path, SCHEMA).open()
     try:
         version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'")
         assert version.fetchone()[0] == str(SCHEMA_VERSION)
@@ -129,7 +129,7 @@ def test_join_numbers_are_never_given_twice_across_retention_and_a_restart(
     record, and a restart must not hand the number out again (the monitor's checkpoint already
     holds it, so a join numbered again would never be replayed)."""
     path = tmp_path / "store.sqlite3"
-    store = Store(path, SCHEMA).open()
+    store = SQLiteStore(path, SCHEMA).open()
     feats = [{"x0": 0.0, "x1": 0.0}]
     store.add_records(Batch(feats, NOW, ids=["a"], predictions=[0]), source="p", received=NOW)
     store.add_records(
@@ -138,7 +138,7 @@ def test_join_numbers_are_never_given_twice_across_retention_and_a_restart(
     assert [j.seq for j in store.add_labels([("a", 1, NOW)]).joined] == [2]
     store.trim(max_rows=1, max_age=None, now=NOW)  # deletes "a", which holds number 2
     store.close()
-    store = Store(path, SCHEMA).open()
+    store = SQLiteStore(path, SCHEMA).open()
     try:
         assert store.last_join == 2
         store.add_records(Batch(feats, NOW, ids=["c"], predictions=[1]), source="p", received=NOW)

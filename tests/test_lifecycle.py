@@ -26,7 +26,7 @@ from driftd.models.retention import Retention
 from driftd.models.serving import Serving
 from driftd.retrain.config import ModelConfig
 from driftd.retrain.fit import FitJob, fit_and_dump
-from driftd.store import Store
+from driftd.store import SQLiteStore
 from tests.conftest import config_text, make_rows
 
 MODEL = ModelConfig(estimator="sklearn.linear_model.LogisticRegression")
@@ -39,14 +39,14 @@ def schema(tmp_path: Path) -> Schema:
 
 
 @pytest.fixture
-def store(tmp_path: Path, schema: Schema) -> Iterator[Store]:
-    s = Store(tmp_path / "driftd.sqlite3", schema).open()
+def store(tmp_path: Path, schema: Schema) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "driftd.sqlite3", schema).open()
     yield s
     s.close()
 
 
 @pytest.fixture
-def make(tmp_path: Path, schema: Schema, store: Store) -> Make:
+def make(tmp_path: Path, schema: Schema, store: SQLiteStore) -> Make:
     """A lifecycle on the test's registry and store, opened."""
 
     def build(
@@ -186,7 +186,7 @@ def test_the_swap_and_on_swap_run_together_in_order_with_traffic(make: Make) -> 
 
 
 def test_at_start_the_champion_serves_and_a_crash_before_its_event_is_recorded(
-    make: Make, store: Store
+    make: Make, store: SQLiteStore
 ) -> None:
     """An alias moved without its audit event (a crash between the two) is recorded at the
     next start as a recovered deploy, and the champion serves."""
@@ -207,7 +207,7 @@ def test_at_start_the_champion_serves_and_a_crash_before_its_event_is_recorded(
 
 
 def test_a_champion_that_fails_verification_falls_back_to_the_newest_valid_version(
-    make: Make, tmp_path: Path, store: Store
+    make: Make, tmp_path: Path, store: SQLiteStore
 ) -> None:
     models = make()
     first = deploy(models, 0)
@@ -290,12 +290,12 @@ def republish(models: Lifecycle, n: int) -> list[int]:
     return [models.deploy(artifact, manifest, warm, model=live.model).number for _ in range(n)]
 
 
-def deleted(store: Store) -> list[int]:
+def deleted(store: SQLiteStore) -> list[int]:
     return sorted(e.data["version"] for e in store.events(kind="model_deleted", limit=10_000))
 
 
 def test_retention_keeps_the_champion_the_previous_the_pinned_and_the_newest_n(
-    make: Make, store: Store
+    make: Make, store: SQLiteStore
 ) -> None:
     """Across 40 deploys with rollbacks now and then, the registry holds exactly the newest
     three, the pinned ones, the champion and the previous champion; every other version has
@@ -356,7 +356,7 @@ def test_1000_deploys_with_the_default_retention_leave_at_most_n_plus_2_versions
 
 
 def test_each_step_of_a_deletion_cut_by_a_crash_leaves_a_registry_that_opens(
-    make: Make, store: Store, tmp_path: Path
+    make: Make, store: SQLiteStore, tmp_path: Path
 ) -> None:
     """A crash after the rename (before or after the event, the directory whole or half
     removed): the next start serves the champion, never lists the version, sweeps what is
@@ -390,7 +390,7 @@ def churn(root: str) -> None:
     kills."""
     state = Path(root)
     schema = load_text(config_text(state, bootstrap=None)).schema_obj()
-    store = Store(state / "driftd.sqlite3", schema).open()
+    store = SQLiteStore(state / "driftd.sqlite3", schema).open()
     models = Lifecycle(
         Registry(state / "models"),
         Serving(),
@@ -437,7 +437,7 @@ def test_kill_9_during_deletions_loses_no_version_and_no_event(
             child.wait(10)
         assert child.returncode == -signal.SIGKILL, "the child stopped before it was killed"
         caught += any(n.startswith(".tmp-deleted-") for n in os.listdir(root))
-        store = Store(tmp_path / "driftd.sqlite3", schema).open()
+        store = SQLiteStore(tmp_path / "driftd.sqlite3", schema).open()
         try:
             models = Lifecycle(Registry(root), Serving(), store, Metrics(), schema)
             models.open()

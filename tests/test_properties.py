@@ -32,7 +32,7 @@ from driftd.ingest.batch import Batch
 from driftd.ingest.columns import ColumnDecoder
 from driftd.ingest.schema import Feature, Schema
 from driftd.ingest.validation import InvalidInput, Validators, may_repeat_keys
-from driftd.store import Store
+from driftd.store import SQLiteStore
 from driftd.store.batch_insert import BatchWriter
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -494,7 +494,7 @@ def replay(
     cuts: list[int],
 ) -> tuple[dict[str, int | None], set[str], list[tuple[str, Any, Any]]]:
     """Send the operations in ``order``, consecutive ones of a kind batched at ``cuts``."""
-    store = Store(path, JOIN_SCHEMA).open()
+    store = SQLiteStore(path, JOIN_SCHEMA).open()
     joined = []
     try:
         batches: list[list[tuple[str, str]]] = []
@@ -598,8 +598,8 @@ def test_a_batch_is_stored_as_row_by_row_inserts_would_store_it(data: list[Batch
     """The one-statement insert (JSON arrays taken apart by SQLite) stores exactly what the
     row-at-a-time insert does: every value, its type, re-sent ids skipped, the same results."""
     with tempfile.TemporaryDirectory() as d:
-        fast = Store(Path(d) / "fast.sqlite3", JOIN_SCHEMA).open()
-        slow = Store(Path(d) / "slow.sqlite3", JOIN_SCHEMA).open()
+        fast = SQLiteStore(Path(d) / "fast.sqlite3", JOIN_SCHEMA).open()
+        slow = SQLiteStore(Path(d) / "slow.sqlite3", JOIN_SCHEMA).open()
         slow._writer = _RowAtATime(JOIN_SCHEMA)
         slow._id_prefix = fast._id_prefix
         try:
@@ -620,7 +620,7 @@ def test_a_batch_is_stored_as_row_by_row_inserts_would_store_it(data: list[Batch
             slow.close()
 
 
-def _stored(store: Store) -> list[tuple[Any, ...]]:
+def _stored(store: SQLiteStore) -> list[tuple[Any, ...]]:
     def decoded(text: str | None) -> Any:
         return None if text is None else json.loads(text)
 

@@ -32,6 +32,7 @@ from driftd.retrain.config import (
     TrainingConfig,
 )
 from driftd.retrain.gate import GateConfig
+from driftd.store.postgres import NAMESPACE_PATTERN
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -214,9 +215,28 @@ class SchemaConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """Where records live: SQLite in the state directory (the default), or PostgreSQL at
+    ``url``, in the schema ``namespace`` (one per model), for several daemons of one model."""
+
+    url: str | None = None
+    namespace: str = "driftd"
     retention_rows: int | None = field(default=1_000_000, metadata={"min": 1000})
     retention_seconds: float | None = field(default=None, metadata={"min": 60})
     retention_interval_seconds: float = field(default=30.0, metadata={"min": 0.1})
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            errors.append(
+                f"url: got {_redacted(self.url)!r}, expected a PostgreSQL URL"
+                " (postgresql://user@host:5432/database); omit it for SQLite in state.dir"
+            )
+        if not NAMESPACE_PATTERN.match(self.namespace):
+            errors.append(
+                f"namespace: got {self.namespace!r}, expected a lower-case identifier"
+                " (letters, digits and _, at most 63, not starting with a digit)"
+            )
+        return errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,3 +431,12 @@ def _env_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+
+
+def _redacted(url: str) -> str:
+    """``url`` without the password a connection URL may carry."""
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, user = head.rpartition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"

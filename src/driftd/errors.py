@@ -6,6 +6,7 @@ __all__ = [
     "ConfigError",
     "DriftdError",
     "IntegrityError",
+    "StoreUnavailable",
     "StoreVersionError",
 ]
 
@@ -24,6 +25,10 @@ class ConfigError(DriftdError):
 
 class StoreVersionError(DriftdError):
     """The store on disk was written by a newer (or unknown) version of driftd."""
+
+
+class StoreUnavailable(DriftdError):
+    """The store's database cannot be reached now; nothing of the operation was committed."""
 
 
 class IntegrityError(DriftdError):

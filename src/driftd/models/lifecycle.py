@@ -36,7 +36,7 @@ from driftd.models.inputs import rows_to_matrix
 from driftd.models.registry import Registry, Version
 from driftd.models.retention import Retention
 from driftd.models.serving import LiveModel, Serving, WarmupError
-from driftd.store import Store
+from driftd.store import RecordStore
 
 __all__ = ["Lifecycle", "Loader"]
 
@@ -84,7 +84,7 @@ class Lifecycle:
         self,
         registry: Registry,
         serving: Serving,
-        store: Store,
+        store: RecordStore,
         metrics: Metrics,
         schema: Schema,
         *,

@@ -26,7 +26,7 @@ from driftd.models.serving import Serving
 from driftd.retrain.config import BootstrapConfig
 from driftd.retrain.policy import Job, Outcome
 from driftd.retrain.retrainer import Retrainer
-from driftd.store import Store
+from driftd.store import RecordStore
 
 __all__ = ["Bootstrap", "Synthetic"]
 
@@ -56,7 +56,7 @@ class Bootstrap:
         self,
         config: BootstrapConfig,
         retrainer: Retrainer,
-        store: Store,
+        store: RecordStore,
         serving: Serving,
         metrics: Metrics,
         *,

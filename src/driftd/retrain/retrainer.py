@@ -46,7 +46,7 @@ from driftd.retrain.fit import Evaluation, FitJob, FitResult, library_versions, 
 from driftd.retrain.gate import Gate, Verdict
 from driftd.retrain.guard import Guard
 from driftd.retrain.policy import Decision, Job, Outcome, RetrainPolicy
-from driftd.store import Joined, Store
+from driftd.store import Joined, RecordStore
 
 __all__ = ["POLICY_KEY", "Fit", "Retrainer"]
 
@@ -83,7 +83,7 @@ class Retrainer:
 
     def __init__(
         self,
-        store: Store,
+        store: RecordStore,
         models: Lifecycle,
         metrics: Metrics,
         settings: RetrainSettings,

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from driftd import __version__
 from driftd.config import Scope, ServerConfig
+from driftd.errors import StoreUnavailable
 from driftd.ingest.schema import Schema
 from driftd.ingest.validation import FieldError, Validators
 from driftd.metrics import Metrics
@@ -250,6 +251,11 @@ def _refusals(app: FastAPI, metrics: Metrics) -> None:
         headers = dict(exc.headers or {})
         return refuse(ApiError(exc.status_code, code, str(exc.detail), headers=headers))
 
+    async def store_unavailable(_: Request, exc: Exception) -> Response:
+        # Nothing of the request was committed: the producer re-sends, as after any 503.
+        log.warning("refused a request: %s", exc)
+        return refuse(ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "1"}))
+
     async def internal_error(_: Request, exc: Exception) -> Response:
         log.error("unhandled error in a request", exc_info=exc)
         return error_response(ApiError(500, "internal", "internal error; see the daemon's log"))
@@ -257,6 +263,7 @@ def _refusals(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, query_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_exception_handler(Exception, internal_error)
 
 

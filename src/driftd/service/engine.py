@@ -49,7 +49,7 @@ from driftd.monitor import (
     MonitorEvent,
 )
 from driftd.monitor.estimated import Estimate
-from driftd.store import IngestResult, Joined, Store
+from driftd.store import IngestResult, Joined, RecordStore
 
 __all__ = ["Engine", "NoModel", "PredictResult"]
 
@@ -93,7 +93,7 @@ class Engine:
     def __init__(
         self,
         schema: Schema,
-        store: Store,
+        store: RecordStore,
         serving: Serving,
         metrics: Metrics,
         *,

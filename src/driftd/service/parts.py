@@ -17,7 +17,8 @@ from typing import Any
 
 from driftd._fs import TMP_PREFIX
 from driftd.alerts import Alerter
-from driftd.config import Config
+from driftd.config import Config, StoreConfig
+from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
 from driftd.models.lifecycle import Lifecycle, Loader
 from driftd.models.registry import Registry
@@ -26,9 +27,9 @@ from driftd.models.serving import Serving
 from driftd.retrain.bootstrap import Bootstrap
 from driftd.retrain.retrainer import Fit, Retrainer, on_a_thread
 from driftd.service.engine import CHECKPOINT, Engine
-from driftd.store import Store
+from driftd.store import PostgresStore, RecordStore, SQLiteStore
 
-__all__ = ["STORE_FILE", "Parts", "assemble"]
+__all__ = ["STORE_FILE", "Parts", "assemble", "open_store"]
 
 STORE_FILE = "driftd.sqlite3"
 WAL_CHECKPOINT_SECONDS = 0.5
@@ -38,7 +39,7 @@ WAL_CHECKPOINT_SECONDS = 0.5
 class Parts:
     """One daemon's working parts, open. :meth:`close` when done."""
 
-    store: Store
+    store: RecordStore
     engine: Engine
     models: Lifecycle
     retrainer: Retrainer
@@ -69,6 +70,17 @@ class Parts:
             self.store.close()
 
 
+def open_store(settings: StoreConfig, schema: Schema, state_dir: Path) -> RecordStore:
+    """The store the settings name, open: SQLite in ``state_dir`` unless a PostgreSQL URL."""
+    if settings.url is not None:
+        return PostgresStore(settings.url, schema, namespace=settings.namespace).open()
+    # The WAL is copied back by a thread of its own, not by whichever write crosses SQLite's
+    # 1,000-page mark (10+ ms every few batches; docs/benchmarks.md).
+    return SQLiteStore(
+        state_dir / STORE_FILE, schema, checkpoint_every=WAL_CHECKPOINT_SECONDS
+    ).open()
+
+
 def assemble(
     config: Config,
     metrics: Metrics,
@@ -88,9 +100,7 @@ def assemble(
     for leftover in state_dir.glob(f"{TMP_PREFIX}*"):  # a checkpoint write cut short by a crash
         leftover.unlink(missing_ok=True)
     schema = config.schema_obj()
-    # The WAL is copied back by a thread of its own, not by whichever write crosses SQLite's
-    # 1,000-page mark (10+ ms every few batches; docs/benchmarks.md).
-    store = Store(state_dir / STORE_FILE, schema, checkpoint_every=WAL_CHECKPOINT_SECONDS).open()
+    store = open_store(config.store, schema, state_dir)
     serving = Serving()
     engine = Engine(
         schema,

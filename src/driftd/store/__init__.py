@@ -1,12 +1,25 @@
 """The durable store: records, predictions, delayed labels, events, small state and snapshots.
 
-One interface, whichever backend holds the data: :class:`Store` is SQLite in WAL mode, the
-embedded default. A write returns only after it has committed.
+One interface (:class:`RecordStore`), whichever backend holds the data: :class:`SQLiteStore`
+(WAL mode) is the embedded default; :class:`PostgresStore` lets several daemons of one model
+share one database. A write returns only after it has committed.
 """
 
 from __future__ import annotations
 
+from driftd.store.base import RecordStore
+from driftd.store.postgres import PostgresStore
 from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
-from driftd.store.sqlite import SCHEMA_VERSION, Store
+from driftd.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "Event", "IngestResult", "Joined", "LabelResult", "Snapshot", "Store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Event",
+    "IngestResult",
+    "Joined",
+    "LabelResult",
+    "PostgresStore",
+    "RecordStore",
+    "SQLiteStore",
+    "Snapshot",
+]

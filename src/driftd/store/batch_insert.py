@@ -126,6 +126,10 @@ class BatchWriter:
                 return None
         return self._insert_rows(db, batch, ids, source, received, block=block)
 
+    def categorical_json(self, features: Mapping[str, Any]) -> str:
+        """A record's categorical features as the JSON array the store keeps."""
+        return json.dumps(_as_list(self._categorical_of(features)))
+
     def pack(self, features: Sequence[Mapping[str, Any]]) -> bytes:
         """The numeric features of a batch as one block of native float64 rows."""
         k = len(self._numeric)
@@ -170,7 +174,7 @@ class BatchWriter:
                 received,
                 source,
                 block[i * width : (i + 1) * width],
-                json.dumps(_as_list(self._categorical_of(f))) if self._categorical else None,
+                self.categorical_json(f) if self._categorical else None,
                 None if pred is None else json.dumps(pred),
                 batch.model_version,
                 None if label is None else json.dumps(label),

@@ -31,7 +31,7 @@ from driftd.ingest.schema import Label, LabelType, Schema, label_type_of
 from driftd.store.batch_insert import BatchWriter, Ids, chunks
 from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
 
-__all__ = ["SCHEMA_VERSION", "Store"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class Store:
-    """SQLite store for one daemon. Open with :meth:`open`; close with :meth:`close`."""
+class SQLiteStore:
+    """The SQLite store of one daemon. Open with :meth:`open`; close with :meth:`close`."""
 
     def __init__(
         self,
@@ -117,7 +117,7 @@ class Store:
         self._join_seq = 0  # the last join's sequence number
 
     # -- lifecycle -------------------------------------------------------------------------
-    def open(self) -> Store:
+    def open(self) -> SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")

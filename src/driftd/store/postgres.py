@@ -1,0 +1,674 @@
+"""The store on PostgreSQL (psycopg 3), for several daemons of one model on one database.
+
+The same contract as the SQLite store (:mod:`driftd.store.base`) and the same tables, in a
+PostgreSQL schema of their own (``[store] namespace``, one per model), so that many models
+share one database. What changes is who may write: any daemon of the model may store records
+and labels, so every write that numbers rows (records, labels, retention) first takes one
+transaction-scoped advisory lock of the namespace. Writers therefore commit one after the
+other, and a record's index, given under the lock from the ``counters`` table, is in commit
+order: whoever tails the table by index (a leader's monitor) never misses a row that commits
+late. Events, state and reads take no lock.
+
+A batch of records is written with ``COPY`` after the ids already stored are looked up, under
+the same lock, so that a re-sent id is a duplicate exactly as in SQLite. Labels are applied in
+one statement that numbers the joins in the order the labels came.
+
+The connection a write uses is re-opened after the database went away; a write that finds no
+database raises :class:`~driftd.errors.StoreUnavailable`, which the API answers with a 503, so
+that the producer re-sends (nothing was acknowledged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from driftd.errors import StoreUnavailable, StoreVersionError
+from driftd.ingest.batch import Batch
+from driftd.ingest.schema import Label, LabelType, Schema, label_type_of
+from driftd.store.batch_insert import BatchWriter, Ids
+from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
+
+__all__ = ["NAMESPACE_PATTERN", "SCHEMA_VERSION", "PostgresStore"]
+
+log = logging.getLogger(__name__)
+
+#: The schema of the tables in PostgreSQL (its own sequence, apart from SQLite's).
+SCHEMA_VERSION = 1
+#: What a namespace may be: an unquoted PostgreSQL identifier, lower case.
+NAMESPACE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name text PRIMARY KEY, value bigint NOT NULL)",
+    "INSERT INTO counters VALUES ('idx', 0), ('join_seq', 0) ON CONFLICT DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS records (
+        idx bigint PRIMARY KEY,
+        rid text NOT NULL UNIQUE,
+        ts double precision NOT NULL,
+        received double precision NOT NULL,
+        source text NOT NULL,
+        num bytea NOT NULL,
+        cat text,
+        prediction text,
+        model_version integer,
+        label text,
+        label_ts double precision,
+        join_seq bigint,
+        proba text
+    )""",
+    "CREATE INDEX IF NOT EXISTS records_labelled ON records (idx) WHERE label IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS records_joined ON records (join_seq) WHERE join_seq IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS pending_labels (
+        rid text PRIMARY KEY, label text NOT NULL, ts double precision NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ts double precision NOT NULL,
+        kind text NOT NULL,
+        record_idx bigint,
+        data text NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id)",
+    "CREATE TABLE IF NOT EXISTS state (key text PRIMARY KEY, value text NOT NULL)",
+)
+
+_COLUMNS = (
+    "idx, rid, ts, received, source, num, cat, prediction, model_version, label, label_ts,"
+    " join_seq, proba"
+)
+
+# Labels ``(rid, label, ts)`` set on the records that have none, in one statement; a join (a
+# record with a prediction) gets the next number, in the order the labels came.
+_APPLY_LABELS = """
+WITH given AS (
+    SELECT * FROM unnest(%(rids)s::text[], %(labels)s::text[], %(ts)s::float8[])
+        WITH ORDINALITY AS g(rid, label, ts, ord)
+), hit AS (
+    SELECT r.idx, g.ord, g.label, g.ts, r.prediction IS NOT NULL AS joins
+    FROM given g JOIN records r ON r.rid = g.rid
+    WHERE r.label IS NULL
+), numbered AS (
+    SELECT idx, label, ts,
+           CASE WHEN joins THEN %(seq)s + sum(joins::int) OVER (ORDER BY ord) END AS seq
+    FROM hit
+)
+UPDATE records r SET label = n.label, label_ts = n.ts, join_seq = n.seq
+FROM numbered n WHERE r.idx = n.idx
+RETURNING r.rid, r.idx, r.ts, r.prediction, r.model_version, r.join_seq, n.label, n.ts
+"""
+
+
+class PostgresStore:
+    """The store in PostgreSQL schema ``namespace`` of the database at ``url`` (a libpq
+    connection string). Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: Schema,
+        *,
+        namespace: str = "driftd",
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if not NAMESPACE_PATTERN.match(namespace):
+            raise ValueError(
+                f"namespace: got {namespace!r}, expected a lower-case identifier"
+                " (letters, digits, _; 63 at most)"
+            )
+        self.url = url
+        self.schema = schema
+        self.namespace = namespace
+        self.connect_timeout = connect_timeout
+        self._numeric = schema.numeric
+        self._categorical = schema.categorical
+        self._writer = BatchWriter(schema)
+        self._id_prefix = secrets.token_hex(4)
+        self._id_counter = itertools.count()
+        self._lock = threading.Lock()  # the write connection, one thread at a time
+        self._db: Any = None
+        self._idle: list[Any] = []  # read connections not in use
+        self._idle_lock = threading.Lock()
+        self._join_seq = 0
+        # One advisory lock per namespace serializes the writers that number rows.
+        digest = hashlib.sha256(f"driftd.store.{namespace}".encode()).digest()
+        self._write_key = int.from_bytes(digest[:8], "big", signed=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> PostgresStore:
+        db = self._connect()
+        try:
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
+                from psycopg import sql
+
+                db.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.namespace))
+                )
+                version = self._version(db)
+                if version is None:
+                    for stmt in _DDL:
+                        db.execute(stmt)
+                    db.execute(
+                        "INSERT INTO meta VALUES ('schema_version', %s), ('features', %s)"
+                        " ON CONFLICT (key) DO NOTHING",
+                        (str(SCHEMA_VERSION), self.schema.fingerprint()),
+                    )
+                self._join_seq = _counter(db, "join_seq")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return self
+
+    def _version(self, db: Any) -> int | None:
+        has_meta = db.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_name = 'meta'",
+            (self.namespace,),
+        ).fetchone()
+        if not has_meta:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            return None
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"schema {self.namespace!r} was written by a newer driftd (store schema"
+                f" {version}; this driftd reads up to {SCHEMA_VERSION}); upgrade driftd or"
+                " set store.namespace to another schema"
+            )
+        return version
+
+    def _connect(self) -> Any:
+        import psycopg
+        from psycopg import sql
+
+        try:
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+            )
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL unreachable: {_reason(exc)}") from exc
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.namespace)))
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """The write connection in one transaction, holding the namespace's write lock."""
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
+            yield db
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """The write connection in one transaction (re-opened if the database went away)."""
+        import psycopg
+
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("the store is not open")
+            if self._db.closed or self._db.broken:
+                self._db = self._connect()
+            try:
+                with self._db.transaction():
+                    yield self._db
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"PostgreSQL write failed: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A read connection of its own, for use from any thread; kept for the next read."""
+        import psycopg
+
+        with self._idle_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            with conn.transaction():
+                yield conn
+        except psycopg.OperationalError as exc:
+            conn.close()
+            raise StoreUnavailable(f"PostgreSQL read failed: {_reason(exc)}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        with self._idle_lock:
+            if len(self._idle) < 4:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    # -- writes ----------------------------------------------------------------------------
+    def add_records(self, batch: Batch, *, source: str, received: float) -> IngestResult:
+        """Insert records in one transaction. A record whose id is already stored is a duplicate
+        (an idempotent re-send) and is skipped; a label waiting for an id is joined on arrival."""
+        n = len(batch)
+        start = next(self._id_counter)
+        self._id_counter = itertools.count(start + n)
+        ids = Ids(batch.ids, self._id_prefix, start, n)
+        block = batch.numeric if batch.numeric is not None else self._writer.pack(batch.features)
+        rids = list(ids)
+        with self._writing() as db:
+            keep = self._new_ids(db, rids) if batch.ids is not None else None
+            accepted = n if keep is None else sum(keep)
+            first = _counter(db, "idx") + 1
+            rows, joins = self._rows(
+                batch,
+                rids=rids,
+                keep=keep,
+                first=first,
+                source=source,
+                received=received,
+                block=block,
+            )
+            if rows:
+                with db.cursor().copy(f"COPY records ({_COLUMNS}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                db.execute(
+                    "UPDATE counters SET value = %s WHERE name = 'idx'", (first + accepted - 1,)
+                )
+            result = IngestResult(first_idx=first, accepted=accepted, ids=ids, inserted=keep)
+            numeric = np.frombuffer(block, dtype=np.float64).reshape(n, len(self._numeric))
+            result.numeric = numeric if keep is None else numeric[np.asarray(keep, bool)]
+            result.inserted_idx = list(range(first, first + accepted))
+            if keep is not None:
+                result.duplicates = [rid for rid, k in zip(rids, keep, strict=True) if not k]
+            if joins:
+                result.joined = joins
+                self._set_join_seq(db, joins[-1].seq)
+            new = rids if keep is None else [r for r, k in zip(rids, keep, strict=True) if k]
+            waiting = db.execute(
+                "DELETE FROM pending_labels WHERE rid = ANY(%s) RETURNING rid, label, ts",
+                (new,),
+            ).fetchall()
+            if waiting:  # joined in the order of their records
+                at = {rid: i for i, rid in enumerate(new)}
+                waiting.sort(key=lambda w: at[w[0]])
+                joined, _ = self._apply_labels(db, waiting)
+                result.joined += joined
+        return result
+
+    def _new_ids(self, db: Any, rids: list[str]) -> list[bool] | None:
+        """Whether each id is new (neither stored nor earlier in the batch); ``None``: all."""
+        stored = {r[0] for r in db.execute("SELECT rid FROM records WHERE rid = ANY(%s)", (rids,))}
+        if not stored and len(set(rids)) == len(rids):
+            return None
+        keep = []
+        for rid in rids:
+            keep.append(rid not in stored)
+            stored.add(rid)
+        return keep
+
+    def _rows(
+        self,
+        batch: Batch,
+        *,
+        rids: list[str],
+        keep: list[bool] | None,
+        first: int,
+        source: str,
+        received: float,
+        block: bytes,
+    ) -> tuple[list[tuple[Any, ...]], list[Joined]]:
+        """The rows to copy (index order) and the joins among them (records sent with both a
+        prediction and a label), numbered after the last join."""
+        n = len(batch)
+        ts = [batch.ts] * n if isinstance(batch.ts, int | float) else batch.ts
+        preds = batch.predictions or [None] * n
+        labels = batch.labels or [None] * n
+        probas = batch.probas or [None] * n
+        width = 8 * len(self._numeric)
+        cat = self._writer.categorical_json
+        idx, seq = first, self._join_seq
+        rows: list[tuple[Any, ...]] = []
+        joins: list[Joined] = []
+        for i, (rid, t, f, pred, label, proba) in enumerate(
+            zip(rids, ts, batch.features, preds, labels, probas, strict=True)
+        ):
+            if keep is not None and not keep[i]:
+                continue
+            joined = pred is not None and label is not None
+            if joined:
+                seq += 1
+                joins.append(Joined(idx, pred, label, 0.0, batch.model_version, seq))
+            rows.append(
+                (
+                    idx,
+                    rid,
+                    float(t),
+                    received,
+                    source,
+                    block[i * width : (i + 1) * width],
+                    cat(f) if self._categorical else None,
+                    None if pred is None else json.dumps(pred),
+                    batch.model_version,
+                    None if label is None else json.dumps(label),
+                    None if label is None else received,
+                    seq if joined else None,
+                    None if proba is None else json.dumps(proba),
+                )
+            )
+            idx += 1
+        return rows, joins
+
+    def _set_join_seq(self, db: Any, seq: int) -> None:
+        db.execute("UPDATE counters SET value = %s WHERE name = 'join_seq'", (seq,))
+        self._join_seq = seq
+
+    def _apply_labels(
+        self, db: Any, labels: Sequence[tuple[str, str, float]]
+    ) -> tuple[list[Joined], set[str]]:
+        """Set labels ``(rid, label JSON, ts)`` on the records that have none (the first label
+        of an id in ``labels`` wins). Returns the joins, in order, and the ids labelled."""
+        base = _counter(db, "join_seq")
+        rows = db.execute(
+            _APPLY_LABELS,
+            {
+                "rids": [r for r, _, _ in labels],
+                "labels": [lb for _, lb, _ in labels],
+                "ts": [t for _, _, t in labels],
+                "seq": base,
+            },
+        ).fetchall()
+        joined = sorted(
+            (
+                Joined(idx, json.loads(pred), json.loads(label), max(0.0, lts - ts), version, seq)
+                for _, idx, ts, pred, version, seq, label, lts in rows
+                if seq is not None
+            ),
+            key=lambda j: j.seq,
+        )
+        if joined:
+            self._set_join_seq(db, joined[-1].seq)
+        else:
+            self._join_seq = base
+        return joined, {r[0] for r in rows}
+
+    def add_labels(self, labels: Sequence[tuple[str, Label, float]]) -> LabelResult:
+        """Attach delayed labels ``(id, label, time)`` to their records in one transaction.
+
+        A label for an id not stored yet is kept until its record arrives; a second label for an
+        id that already has one is a duplicate and changes nothing.
+        """
+        result = LabelResult()
+        first: dict[str, tuple[str, str, float]] = {}
+        repeated: list[str] = []
+        for rid, label, ts in labels:
+            if rid in first:
+                repeated.append(rid)
+            else:
+                first[rid] = (rid, json.dumps(label), float(ts))
+        with self._writing() as db:
+            joined, labelled = self._apply_labels(db, list(first.values()))
+            result.joined = joined
+            rest = [v for rid, v in first.items() if rid not in labelled]
+            if rest:
+                stored = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT rid FROM records WHERE rid = ANY(%s)", ([v[0] for v in rest],)
+                    )
+                }
+                waiting = [v for v in rest if v[0] not in stored]
+                kept = {
+                    r[0]
+                    for r in db.execute(
+                        "INSERT INTO pending_labels SELECT * FROM"
+                        " unnest(%s::text[], %s::text[], %s::float8[])"
+                        " ON CONFLICT (rid) DO NOTHING RETURNING rid",
+                        tuple(list(col) for col in zip(*waiting, strict=True)) or ([], [], []),
+                    )
+                }
+                result.pending = len(kept)
+                result.duplicates = [v[0] for v in rest if v[0] not in kept]
+        result.duplicates += repeated
+        return result
+
+    def add_event(
+        self, kind: str, data: Mapping[str, Any], *, ts: float, record_idx: int | None = None
+    ) -> int:
+        return self.add_events([(kind, data, ts, record_idx)])[0]
+
+    def add_events(
+        self, events: Sequence[tuple[str, Mapping[str, Any], float, int | None]]
+    ) -> list[int]:
+        with self._tx() as db:
+            return [
+                int(
+                    db.execute(
+                        "INSERT INTO events (ts, kind, record_idx, data) VALUES (%s,%s,%s,%s)"
+                        " RETURNING id",
+                        (ts, kind, idx, json.dumps(data, allow_nan=False, default=_jsonable)),
+                    ).fetchone()[0]
+                )
+                for kind, data, ts, idx in events
+            ]
+
+    def put_state(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO state VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = %s", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def trim(
+        self, *, max_rows: int | None, max_age: float | None, now: float, chunk: int = 5000
+    ) -> int:
+        """Delete the oldest records beyond retention, ``chunk`` rows per transaction so that
+        ingest never waits long. Returns the number of rows deleted."""
+        deleted = 0
+        while True:
+            with self._writing() as db:
+                cutoff = None
+                if max_rows is not None:
+                    row = db.execute(
+                        "SELECT idx FROM records ORDER BY idx DESC LIMIT 1 OFFSET %s", (max_rows,)
+                    ).fetchone()
+                    cutoff = row[0] if row else None
+                if max_age is not None:
+                    row = db.execute(
+                        "SELECT max(idx) FROM records WHERE ts < %s", (now - max_age,)
+                    ).fetchone()
+                    if row and row[0] is not None:
+                        cutoff = max(cutoff or 0, row[0])
+                n = 0
+                if cutoff is not None:
+                    n = db.execute(
+                        "DELETE FROM records WHERE idx IN (SELECT idx FROM records"
+                        " WHERE idx <= %s ORDER BY idx LIMIT %s)",
+                        (cutoff, chunk),
+                    ).rowcount
+            deleted += n
+            if cutoff is None or n < chunk:
+                return deleted + self._trim_pending(max_rows, max_age, now)
+
+    def _trim_pending(self, max_rows: int | None, max_age: float | None, now: float) -> int:
+        """Labels still waiting for their record fall under the same limits as records."""
+        n = 0
+        with self._writing() as db:
+            if max_rows is not None:
+                n += db.execute(
+                    "DELETE FROM pending_labels WHERE rid IN (SELECT rid FROM pending_labels"
+                    " ORDER BY ts DESC OFFSET %s)",
+                    (max_rows,),
+                ).rowcount
+            if max_age is not None:
+                n += db.execute(
+                    "DELETE FROM pending_labels WHERE ts < %s", (now - max_age,)
+                ).rowcount
+        return n
+
+    # -- reads -----------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self._reading() as conn:
+            total, labelled, first, last = conn.execute(
+                "SELECT count(*), count(label), min(idx), max(idx) FROM records"
+            ).fetchone()
+            pending = conn.execute("SELECT count(*) FROM pending_labels").fetchone()[0]
+        return {
+            "records": total,
+            "labelled": labelled,
+            "pending_labels": pending,
+            "first_index": first or 0,
+            "last_index": last or 0,
+        }
+
+    def first_label_type(self) -> LabelType | None:
+        """The class type of the first stored label; ``None`` if no record has one yet."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT label FROM records WHERE label IS NOT NULL ORDER BY idx LIMIT 1"
+            ).fetchone()
+        return None if row is None else label_type_of(json.loads(row[0]))
+
+    def labelled_count(self, *, since_idx: int = 0) -> int:
+        with self._reading() as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM records WHERE label IS NOT NULL AND idx > %s",
+                    (since_idx,),
+                ).fetchone()[0]
+            )
+
+    def last_index(self) -> int:
+        """The index of the last record stored (0 before the first)."""
+        with self._reading() as conn:
+            return _counter(conn, "idx")
+
+    def snapshot(
+        self, *, limit: int, since_idx: int = 0, since_ts: float | None = None
+    ) -> Snapshot:
+        """The most recent ``limit`` labelled rows after ``since_idx`` (and ``since_ts``), in
+        time order, read in one statement."""
+        sql = "SELECT idx, ts, num, cat, label FROM records WHERE label IS NOT NULL AND idx > %s"
+        args: list[Any] = [since_idx]
+        if since_ts is not None:
+            sql += " AND ts >= %s"
+            args.append(since_ts)
+        sql = f"SELECT * FROM ({sql} ORDER BY idx DESC LIMIT %s) AS recent ORDER BY ts, idx"  # noqa: S608
+        with self._reading() as conn:
+            rows = conn.execute(sql, [*args, limit]).fetchall()
+        return self._to_snapshot(rows)
+
+    def labelled_at(self, indices: Sequence[int]) -> Snapshot:
+        """The labelled rows among ``indices`` that are still stored, in time order."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT idx, ts, num, cat, label FROM records"
+                " WHERE label IS NOT NULL AND idx = ANY(%s) ORDER BY ts, idx",
+                (list(indices),),
+            ).fetchall()
+        return self._to_snapshot(rows)
+
+    def _to_snapshot(self, rows: list[tuple[Any, ...]]) -> Snapshot:
+        k = len(self._numeric)
+        idx = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ts = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+        numeric = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float64).reshape(
+            len(rows), k
+        )
+        categorical = [json.loads(r[3]) for r in rows] if self._categorical else [[] for _ in rows]
+        labels = [json.loads(r[4]) for r in rows]
+        return Snapshot.of(idx, ts, numeric, categorical, labels)
+
+    def joined_after(self, seq: int, *, limit: int = 10_000) -> list[Joined]:
+        """Outcomes joined after join number ``seq``, in the order they joined."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT idx, prediction, label, greatest(0.0, label_ts - ts), model_version,"
+                " join_seq FROM records WHERE join_seq > %s ORDER BY join_seq LIMIT %s",
+                (seq, limit),
+            ).fetchall()
+        return [
+            Joined(i, json.loads(pred), json.loads(label), delay, version, s)
+            for i, pred, label, delay, version, s in rows
+        ]
+
+    @property
+    def last_join(self) -> int:
+        """The last join's number this store wrote or read at open (0 before the first)."""
+        return self._join_seq
+
+    def records_after(
+        self, idx: int, *, limit: int = 10_000
+    ) -> list[tuple[int, dict[str, float | str], Label | None]]:
+        """Records after ``idx`` in index order, as ``(idx, features, prediction)``."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT idx, num, cat, prediction FROM records WHERE idx > %s"
+                " ORDER BY idx LIMIT %s",
+                (idx, limit),
+            ).fetchall()
+        out = []
+        for i, num, cat, pred in rows:
+            feats: dict[str, float | str] = dict(
+                zip(self._numeric, np.frombuffer(num, dtype=np.float64).tolist(), strict=True)
+            )
+            if cat is not None:
+                feats.update(zip(self._categorical, json.loads(cat), strict=True))
+            out.append((i, feats, None if pred is None else json.loads(pred)))
+        return out
+
+    def events(
+        self, *, kind: str | None = None, before: int | None = None, limit: int = 100
+    ) -> list[Event]:
+        """Events newest first; page with ``before`` (an event id)."""
+        sql = "SELECT id, ts, kind, record_idx, data FROM events WHERE true"
+        args: list[Any] = []
+        if kind is not None:
+            sql += " AND kind = %s"
+            args.append(kind)
+        if before is not None:
+            sql += " AND id < %s"
+            args.append(before)
+        sql += " ORDER BY id DESC LIMIT %s"
+        args.append(limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+def _counter(db: Any, name: str) -> int:
+    return int(db.execute("SELECT value FROM counters WHERE name = %s", (name,)).fetchone()[0])
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
