@@ -367,15 +367,20 @@ def test_each_step_of_a_deletion_cut_by_a_crash_leaves_a_registry_that_opens(
     root = tmp_path / "models"
     assert models.registry.numbers() == [4, 5] and deleted(store) == [1, 2, 3]
 
-    models.registry.retire(4)  # renamed; the crash came before the event
+    # Renamed; the crash came before the event (the record that never ran).
+    models.registry.retire(4, event=("model_deleted", {"version": 4}), record=lambda *_: None)
     first = make(retention=Retention(keep_versions=1))
     assert first.registry.numbers() == [5]
     assert deleted(store) == [1, 2, 3, 4]
     assert store.events(kind="model_deleted", limit=1)[0].data["recovered"] is True
 
     republish(first, 2)  # 6 and 7 published, 5 deleted
-    retired = first.registry.retire(6)  # renamed, recorded, then half removed
-    store.add_event("model_deleted", {"version": 6, "reason": "retention"}, ts=time.time())
+
+    def record(kind: str, data: dict[str, Any]) -> None:
+        store.add_event(kind, data, ts=time.time())
+
+    # Renamed, recorded, then half removed.
+    retired = first.registry.retire(6, event=("model_deleted", {"version": 6}), record=record)
     (retired / "model.skops").unlink()
     again = make(retention=Retention(keep_versions=1))
     assert again.current is not None and again.current.version == 7

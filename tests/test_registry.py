@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,11 @@ import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
 from driftd.errors import IntegrityError
+from driftd.ingest.schema import Feature, Schema
 from driftd.models.calibration import Calibrator, IsotonicMap
-from driftd.models.registry import Registry, load_artifact
+from driftd.models.registry import ModelRegistry, Registry, load_artifact
+from driftd.models.registry_pg import PostgresRegistry
+from driftd.store import PostgresStore, SQLiteStore
 
 
 @pytest.fixture
@@ -105,13 +109,19 @@ def test_a_retired_version_is_neither_listed_nor_loadable_and_is_swept(
     reg = Registry(tmp_path)
     for _ in range(3):
         reg.publish(artifact, {})
-    retired = reg.retire(2)
+    events: list[tuple[str, dict[str, object]]] = []
+
+    def record(kind: str, data: dict[str, object]) -> None:
+        events.append((kind, data))
+
+    retired = reg.retire(2, event=("model_deleted", {"version": 2}), record=record)
+    assert events == [("model_deleted", {"version": 2})]
     assert reg.numbers() == [1, 3] and [v.number for v in reg.versions()] == [1, 3]
     assert reg.retired() == [2]
     with pytest.raises(IntegrityError, match="v000002: manifest unreadable"):
         reg.load(2)
     assert reg.sweep() == [retired.name] and reg.retired() == []
-    reg.purge(reg.retire(1))
+    reg.purge(reg.retire(1, event=("model_deleted", {"version": 1}), record=record))
     assert reg.numbers() == [3] and [p.name for p in tmp_path.iterdir()] == ["v000003"]
 
 
@@ -166,3 +176,83 @@ def test_a_calibrator_that_matches_its_sha256_but_is_not_one_is_refused(
     v = reg.publish(artifact, {}, calibration=bad)
     with pytest.raises(IntegrityError, match="v000001: calibration refused \\(not JSON"):
         reg.calibrator(v)
+
+
+# -- the same registry over both backends ------------------------------------------------------
+@pytest.fixture(params=["files", "postgres"])
+def any_registry(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[ModelRegistry, SQLiteStore | PostgresStore]]:
+    """A registry and the store its audit events go to: on files beside SQLite, or both in
+    one PostgreSQL schema."""
+    schema = Schema(features=(Feature("x"),))
+    store: SQLiteStore | PostgresStore
+    registry: ModelRegistry
+    if request.param == "files":
+        store = SQLiteStore(tmp_path / "s.sqlite3", schema).open()
+        registry = Registry(tmp_path / "models")
+    else:
+        server = request.getfixturevalue("postgres")
+        namespace = request.getfixturevalue("pg_namespace")
+        store = PostgresStore(server.url(), schema, namespace=namespace).open()
+        registry = PostgresRegistry(store, clock=lambda: 5.0)
+    yield registry, store
+    store.close()
+
+
+def tamper(registry: ModelRegistry, number: int, part: str, data: bytes) -> None:
+    """Change a published version's bytes behind the registry's back."""
+    if isinstance(registry, Registry):
+        name = "model.skops" if part == "artifact" else "calibration.json"
+        (registry.root / f"v{number:06d}" / name).write_bytes(data)
+        return
+    import psycopg
+
+    assert isinstance(registry, PostgresRegistry)
+    store = registry.store
+    with psycopg.connect(store.url, autocommit=True) as db:
+        db.execute(
+            f"UPDATE {store.namespace}.versions SET {part} = %s WHERE number = %s",  # noqa: S608
+            (data, number),
+        )
+
+
+def test_both_registries_verify_what_they_load(
+    any_registry: tuple[ModelRegistry, SQLiteStore | PostgresStore], artifact: bytes
+) -> None:
+    registry, _ = any_registry
+    v1 = registry.publish(artifact, {"reason": "test"}, calibration=squash().dumps())
+    v2 = registry.publish(artifact, {"reason": "again"})
+    assert (v1.number, v2.number) == (1, 2) and registry.numbers() == [1, 2]
+    assert registry.get(1).manifest["sha256"] == hashlib.sha256(artifact).hexdigest()
+    version, data = registry.read(1)
+    assert registry.loads(version, data).predict(np.array([[3.0]]))[0] == 1
+    assert registry.calibrator(version) == squash()
+    assert registry.calibrator(registry.get(2)) is None
+    tamper(registry, 1, "artifact", artifact + b"x")
+    with pytest.raises(IntegrityError, match="v000001: artifact sha256 mismatch"):
+        registry.read(1)
+    tamper(registry, 1, "calibration", b"{}")
+    with pytest.raises(IntegrityError, match="v000001: calibration sha256 mismatch"):
+        registry.calibrator(registry.get(1))
+
+
+def test_both_registries_move_the_alias_with_its_event(
+    any_registry: tuple[ModelRegistry, SQLiteStore | PostgresStore], artifact: bytes
+) -> None:
+    registry, store = any_registry
+
+    def record(kind: str, data: dict[str, object]) -> None:
+        store.add_event(kind, data, ts=5.0)
+
+    for _ in range(3):
+        registry.publish(artifact, {})
+    registry.set_champion(1, event=("deploy", {"reason": "a"}), record=record)
+    moved = registry.set_champion(3, event=("deploy", {"reason": "b"}), record=record)
+    assert moved.as_dict() == registry.aliases().as_dict() == {"champion": 3, "previous": 1}
+    assert registry.changed_at() is not None
+    (last,) = store.events(kind="deploy", limit=1)
+    assert last.data == {"reason": "b", "version": 3, "previous": 1}
+    registry.retire(2, event=("model_deleted", {"version": 2}), record=record)
+    assert registry.numbers() == [1, 3]
+    assert [e.data for e in store.events(kind="model_deleted")] == [{"version": 2}]

@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from driftd.errors import IntegrityError
+from driftd.errors import IntegrityError, StoreUnavailable
 from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
 from driftd.models.calibration import Calibrator
 from driftd.models.inputs import rows_to_matrix
-from driftd.models.registry import Registry, Version
+from driftd.models.registry import ModelRegistry, Version
 from driftd.models.retention import Retention
 from driftd.models.serving import LiveModel, Serving, WarmupError
 from driftd.store import RecordStore
@@ -82,7 +82,7 @@ class Lifecycle:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: ModelRegistry,
         serving: Serving,
         store: RecordStore,
         metrics: Metrics,
@@ -193,12 +193,13 @@ class Lifecycle:
                 )
                 self._fallback = why
                 log.warning("%s", why)
-                self._event("model_fallback", {"version": number, "reason": why})
-                self.registry.set_champion(number)
+                self.registry.set_champion(
+                    number, event=("model_fallback", {"reason": why}), record=self._event
+                )
             self._serve(live)
             return
         if numbers:
-            log.error("no model version in %s could be loaded", self.registry.root)
+            log.error("no model version in %s could be loaded", self.registry.where)
 
     def _reconcile_history(self) -> None:
         champion = self.registry.aliases().champion
@@ -301,13 +302,13 @@ class Lifecycle:
             self.registry.numbers(), protected=(aliases.champion, aliases.previous, serving)
         )
         for number in doomed:
+            details = {"reason": "retention", "keep_versions": self.retention.keep_versions}
+            event = ("model_deleted", {"version": number, **details})
             try:
-                retired = self.registry.retire(number)
-            except OSError as exc:
+                retired = self.registry.retire(number, event=event, record=self._event)
+            except (OSError, StoreUnavailable) as exc:
                 log.error("could not delete model v%06d: %s", number, exc)
                 continue
-            details = {"reason": "retention", "keep_versions": self.retention.keep_versions}
-            self._event("model_deleted", {"version": number, **details})
             log.info("deleted model v%06d (retention)", number)
             try:
                 self.registry.purge(retired)
@@ -315,14 +316,14 @@ class Lifecycle:
                 log.warning("could not remove %s yet: %s", retired.name, exc)
 
     def _switch(self, live: LiveModel, event: str, details: dict[str, Any]) -> None:
-        """Move the alias (here: its fsyncs must not hold up traffic waiting in order), then, in
-        order with traffic, swap the reference, record the event and call ``on_swap``."""
-        aliases = self.registry.set_champion(live.version)
+        """Move the alias with its audit event (here: its fsyncs or its transaction must not
+        hold up traffic waiting in order), then, in order with traffic, swap the reference and
+        call ``on_swap``."""
+        self.registry.set_champion(live.version, event=(event, details), record=self._event)
 
         def swap() -> None:
             self._fallback = None
             self._serve(live)
-            self._event(event, {**details, "version": live.version, "previous": aliases.previous})
             self.on_swap()
 
         self.in_order(swap)

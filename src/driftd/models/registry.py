@@ -23,10 +23,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from driftd._fs import TMP_PREFIX, atomic_write, fsync_dir
 from driftd.errors import IntegrityError
@@ -35,9 +35,14 @@ from driftd.models.calibration import Calibrator
 __all__ = [
     "TRUSTED_TYPES",
     "Aliases",
+    "Audit",
+    "ModelRegistry",
     "Registry",
     "Version",
+    "checked",
     "load_artifact",
+    "manifest_of",
+    "verified_calibrator",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,8 +77,11 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Version:
+    """A published version: its number, its manifest, and its directory (``None`` for a
+    version held in a database)."""
+
     number: int
-    path: Path
+    path: Path | None
     manifest: dict[str, Any]
 
     @property
@@ -88,6 +96,56 @@ class Aliases:
 
     def as_dict(self) -> dict[str, int | None]:
         return {"champion": self.champion, "previous": self.previous}
+
+
+#: An audit event for the registry to record with a change: ``(kind, data)``.
+Audit = tuple[str, dict[str, Any]]
+#: Records an audit event in the store (the lifecycle's, bound to its clock).
+Record = Callable[[str, dict[str, Any]], object]
+
+
+class ModelRegistry(Protocol):
+    """Versions and aliases, on files (:class:`Registry`) or in the shared database
+    (:class:`~driftd.models.registry_pg.PostgresRegistry`). A change's audit event is recorded
+    with it: in the same transaction where the registry shares the store's database, right
+    after it otherwise (the lifecycle completes the log after a crash between the two)."""
+
+    extra_trusted: tuple[str, ...]
+
+    @property
+    def where(self) -> str: ...
+
+    def sweep(self) -> list[str]: ...
+
+    def retired(self) -> list[int]: ...
+
+    def numbers(self) -> list[int]: ...
+
+    def get(self, number: int) -> Version: ...
+
+    def versions(self) -> list[Version]: ...
+
+    def publish(
+        self, artifact: bytes, manifest: dict[str, Any], *, calibration: bytes | None = None
+    ) -> Version: ...
+
+    def retire(self, number: int, *, event: Audit, record: Record) -> Any: ...
+
+    def purge(self, retired: Any) -> None: ...
+
+    def read(self, number: int) -> tuple[Version, bytes]: ...
+
+    def loads(self, version: Version, data: bytes) -> Any: ...
+
+    def calibrator(self, version: Version) -> Calibrator | None: ...
+
+    def aliases(self) -> Aliases: ...
+
+    def changed_at(self) -> float | None: ...
+
+    def set_champion(
+        self, number: int, *, event: Audit | None = None, record: Record | None = None
+    ) -> Aliases: ...
 
 
 def load_artifact(data: bytes, *, extra_trusted: Iterable[str] = ()) -> Any:
@@ -124,6 +182,10 @@ class Registry:
         self.root = root
         self.extra_trusted = tuple(extra_trusted)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def where(self) -> str:
+        return str(self.root)
 
     def sweep(self) -> list[str]:
         """Remove temporary leftovers of interrupted writes and deletions; returns their names."""
@@ -182,15 +244,7 @@ class Registry:
         final = self.root / f"v{number:06d}"
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=self.root))
         try:
-            full = {
-                **manifest,
-                "version": number,
-                "sha256": hashlib.sha256(artifact).hexdigest(),
-                "size": len(artifact),
-                "calibration_sha256": None
-                if calibration is None
-                else hashlib.sha256(calibration).hexdigest(),
-            }
+            full = manifest_of(number, manifest, artifact, calibration)
             _write_synced(tmp / ARTIFACT, artifact)
             if calibration is not None:
                 _write_synced(tmp / CALIBRATION, calibration)
@@ -203,14 +257,16 @@ class Registry:
         fsync_dir(self.root)
         return Version(number, final, full)
 
-    def retire(self, number: int) -> Path:
+    def retire(self, number: int, *, event: Audit, record: Record) -> Path:
         """Take a version out of the registry in one rename (to a temporary name, fsynced):
-        before it the version is listed and whole, after it absent. Returns the renamed
-        directory for :meth:`purge`; a crash before that leaves it to :meth:`sweep`."""
+        before it the version is listed and whole, after it absent; then record ``event``.
+        Returns the renamed directory for :meth:`purge`; a crash before that leaves it to
+        :meth:`sweep`, and the lifecycle records the event a crash may have lost."""
         name = f"v{number:06d}"
         retired = self.root / f"{TMP_PREFIX}{_RETIRED}{name}"
         os.rename(self.root / name, retired)
         fsync_dir(self.root)
+        record(*event)
         return retired
 
     def purge(self, retired: Path) -> None:
@@ -241,11 +297,7 @@ class Registry:
         digest = version.manifest.get("calibration_sha256")
         if digest is None:
             return None
-        data = _verified(version, CALIBRATION, digest)
-        try:
-            return Calibrator.loads(data)
-        except ValueError as exc:
-            raise IntegrityError(f"{version.name}: calibration refused ({exc})") from exc
+        return verified_calibrator(version, _verified(version, CALIBRATION, digest))
 
     # -- aliases ---------------------------------------------------------------------------
     def aliases(self) -> Aliases:
@@ -267,25 +319,63 @@ class Registry:
         except FileNotFoundError:
             return None
 
-    def set_champion(self, number: int) -> Aliases:
-        """Make ``number`` the champion and the current champion the previous one, atomically."""
+    def set_champion(
+        self, number: int, *, event: Audit | None = None, record: Record | None = None
+    ) -> Aliases:
+        """Make ``number`` the champion and the current champion the previous one, atomically;
+        then record ``event``, its data with the new champion's ``version`` and ``previous``."""
         current = self.aliases()
         previous = current.champion if current.champion != number else current.previous
         new = Aliases(champion=number, previous=previous)
         atomic_write(self.root / ALIASES, json.dumps(new.as_dict()).encode())
+        if event is not None and record is not None:
+            kind, data = event
+            record(kind, {**data, "version": number, "previous": previous})
         return new
+
+
+def manifest_of(
+    number: int, manifest: dict[str, Any], artifact: bytes, calibration: bytes | None
+) -> dict[str, Any]:
+    """A version's full manifest: the given one with the number, and the sha256 and size of
+    its bytes (``calibration_sha256`` ``None`` for a version without a calibrator)."""
+    return {
+        **manifest,
+        "version": number,
+        "sha256": hashlib.sha256(artifact).hexdigest(),
+        "size": len(artifact),
+        "calibration_sha256": None
+        if calibration is None
+        else hashlib.sha256(calibration).hexdigest(),
+    }
+
+
+def checked(version: Version, what: str, data: bytes | None, digest: object) -> bytes:
+    """``data``, refused unless it exists and its sha256 is ``digest``."""
+    if data is None:
+        raise IntegrityError(f"{version.name}: {what} missing")
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise IntegrityError(f"{version.name}: {what} sha256 mismatch (changed after publish)")
+    return data
+
+
+def verified_calibrator(version: Version, data: bytes) -> Calibrator:
+    """A version's calibrator from its verified bytes, checked field by field."""
+    try:
+        return Calibrator.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"{version.name}: calibration refused ({exc})") from exc
 
 
 def _verified(version: Version, name: str, digest: object) -> bytes:
     """The bytes of ``name`` in ``version``, refused unless their sha256 is ``digest``."""
     what = "artifact" if name == ARTIFACT else "calibration"
+    assert version.path is not None
     try:
         data = (version.path / name).read_bytes()
     except OSError as exc:
         raise IntegrityError(f"{version.name}: {what} unreadable ({exc.strerror})") from exc
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise IntegrityError(f"{version.name}: {what} sha256 mismatch (changed after publish)")
-    return data
+    return checked(version, what, data, digest)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

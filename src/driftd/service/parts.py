@@ -21,7 +21,8 @@ from driftd.config import Config, StoreConfig
 from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
 from driftd.models.lifecycle import Lifecycle, Loader
-from driftd.models.registry import Registry
+from driftd.models.registry import ModelRegistry, Registry
+from driftd.models.registry_pg import PostgresRegistry
 from driftd.models.retention import Retention
 from driftd.models.serving import Serving
 from driftd.retrain.bootstrap import Bootstrap
@@ -112,8 +113,13 @@ def assemble(
         checkpoint=state_dir / CHECKPOINT,
         clock=clock,
     )
+    registry: ModelRegistry = (
+        PostgresRegistry(store, extra_trusted=config.model.trusted_types, clock=clock)
+        if isinstance(store, PostgresStore)
+        else Registry(state_dir / "models", extra_trusted=config.model.trusted_types)
+    )
     models = Lifecycle(
-        Registry(state_dir / "models", extra_trusted=config.model.trusted_types),
+        registry,
         serving,
         store,
         metrics,

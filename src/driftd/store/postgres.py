@@ -81,6 +81,20 @@ _DDL = (
     )""",
     "CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id)",
     "CREATE TABLE IF NOT EXISTS state (key text PRIMARY KEY, value text NOT NULL)",
+    # The model registry of every daemon of the model (driftd.models.registry_pg).
+    """CREATE TABLE IF NOT EXISTS versions (
+        number integer PRIMARY KEY,
+        manifest text NOT NULL,
+        artifact bytea NOT NULL,
+        calibration bytea
+    )""",
+    """CREATE TABLE IF NOT EXISTS aliases (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        champion integer,
+        previous integer,
+        changed double precision
+    )""",
+    "INSERT INTO aliases (one) VALUES (true) ON CONFLICT DO NOTHING",
 )
 
 _COLUMNS = (
@@ -457,16 +471,18 @@ class PostgresStore:
         self, events: Sequence[tuple[str, Mapping[str, Any], float, int | None]]
     ) -> list[int]:
         with self._tx() as db:
-            return [
-                int(
-                    db.execute(
-                        "INSERT INTO events (ts, kind, record_idx, data) VALUES (%s,%s,%s,%s)"
-                        " RETURNING id",
-                        (ts, kind, idx, json.dumps(data, allow_nan=False, default=_jsonable)),
-                    ).fetchone()[0]
-                )
-                for kind, data, ts, idx in events
-            ]
+            return [self._insert_event(db, kind, data, ts, idx) for kind, data, ts, idx in events]
+
+    @staticmethod
+    def _insert_event(
+        db: Any, kind: str, data: Mapping[str, Any], ts: float, idx: int | None
+    ) -> int:
+        return int(
+            db.execute(
+                "INSERT INTO events (ts, kind, record_idx, data) VALUES (%s,%s,%s,%s) RETURNING id",
+                (ts, kind, idx, json.dumps(data, allow_nan=False, default=_jsonable)),
+            ).fetchone()[0]
+        )
 
     def put_state(self, key: str, value: Any) -> None:
         with self._tx() as db:
@@ -527,6 +543,85 @@ class PostgresStore:
                     "DELETE FROM pending_labels WHERE ts < %s", (now - max_age,)
                 ).rowcount
         return n
+
+    # -- the model registry's rows --------------------------------------------------------
+    def add_version(
+        self, manifest: Mapping[str, Any], artifact: bytes, calibration: bytes | None
+    ) -> int:
+        """Store a version under the next number (in ``manifest`` as ``version``); returns it.
+        The row is written whole in one transaction: a version is either complete or absent."""
+        with self._tx() as db:
+            db.execute("LOCK TABLE versions IN SHARE ROW EXCLUSIVE MODE")
+            number = int(
+                db.execute("SELECT coalesce(max(number), 0) + 1 FROM versions").fetchone()[0]
+            )
+            text = json.dumps({**manifest, "version": number}, sort_keys=True)
+            db.execute(
+                "INSERT INTO versions VALUES (%s, %s, %s, %s)",
+                (number, text, artifact, calibration),
+            )
+        return number
+
+    def version_numbers(self) -> list[int]:
+        with self._reading() as conn:
+            return [r[0] for r in conn.execute("SELECT number FROM versions ORDER BY number")]
+
+    def version_manifest(self, number: int) -> dict[str, Any] | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT manifest FROM versions WHERE number = %s", (number,)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def version_bytes(self, number: int, part: str) -> bytes | None:
+        """A version's ``artifact`` or ``calibration`` bytes (``None``: no such version or
+        part)."""
+        column = {"artifact": "artifact", "calibration": "calibration"}[part]
+        with self._reading() as conn:
+            row = conn.execute(
+                f"SELECT {column} FROM versions WHERE number = %s",  # noqa: S608 - fixed names
+                (number,),
+            ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def aliases_row(self) -> tuple[int | None, int | None, float | None]:
+        """``(champion, previous, changed)``: the aliases and when they last moved."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT champion, previous, changed FROM aliases").fetchone()
+        return (row[0], row[1], row[2]) if row else (None, None, None)
+
+    def move_champion(
+        self, number: int, *, ts: float, event: tuple[str, Mapping[str, Any]] | None = None
+    ) -> tuple[int | None, int | None]:
+        """Make ``number`` the champion, the champion before it the previous one, and record
+        ``event`` (with the new ``version`` and ``previous``) in the same transaction.
+        Returns ``(champion, previous)``."""
+        with self._tx() as db:
+            champion, previous = db.execute(
+                "SELECT champion, previous FROM aliases FOR UPDATE"
+            ).fetchone()
+            if champion != number:
+                previous = champion
+            db.execute(
+                "UPDATE aliases SET champion = %s, previous = %s, changed = %s",
+                (number, previous, ts),
+            )
+            if event is not None:
+                kind, data = event
+                self._insert_event(
+                    db, kind, {**data, "version": number, "previous": previous}, ts, None
+                )
+        return number, previous
+
+    def delete_version(
+        self, number: int, *, ts: float, event: tuple[str, Mapping[str, Any]] | None = None
+    ) -> bool:
+        """Delete a version and record ``event`` in the same transaction; False if absent."""
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM versions WHERE number = %s", (number,)).rowcount
+            if gone and event is not None:
+                self._insert_event(db, event[0], event[1], ts, None)
+        return bool(gone)
 
     # -- reads -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
