@@ -6,6 +6,7 @@ import random
 import sqlite3
 from pathlib import Path
 
+from driftd._fs import FileBlob
 from driftd.config import StoreConfig
 from driftd.ingest.batch import Batch
 from driftd.ingest.schema import Feature, LabelRecord, Record, Schema
@@ -30,7 +31,7 @@ def engine(base: Path) -> Engine:
         Metrics(process=False),
         monitor=MonitorConfig(),
         retention=StoreConfig(),
-        checkpoint=base / "monitor.ckpt",
+        checkpoint=FileBlob(base / "monitor.ckpt"),
         clock=lambda: NOW,
     )
     out.open()

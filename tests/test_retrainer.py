@@ -292,6 +292,18 @@ def test_a_failed_fit_is_recorded_and_starts_the_cooldown(
     assert parts.retrainer.request("schedule").outcome == "queued"
 
 
+def test_an_operator_retrain_with_no_labelled_rows_is_skipped_not_failed(
+    build: Callable[..., Parts],
+) -> None:
+    """An empty snapshot of a schema with a categorical feature once failed in numpy."""
+    parts = build()
+    parts.bootstrap.run()
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "skipped"
+    assert "error" not in finished(parts)
+
+
 def drift_jobs(parts: Parts) -> list[dict[str, Any]]:
     """The finished drift retrains, oldest first."""
     done = [e.data for e in parts.store.events(kind="retrain_finished", limit=100)]

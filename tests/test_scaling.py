@@ -3,10 +3,15 @@ private PostgreSQL (tests/services.py), with nothing of its data in its state di
 
 from __future__ import annotations
 
+import random
 import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -97,3 +102,140 @@ def test_a_database_that_goes_away_is_a_503_and_the_daemon_recovers(
         assert 'driftd_records_rejected_total{reason="store_unavailable"} 1.0' in metrics
     finally:
         daemon.stop()
+
+
+# -- several daemons of one model: a leader and standbys --------------------------------------
+def cluster_config(tmp_path: Path, url: str, namespace: str, name: str) -> Path:
+    """A daemon of the shared model that checkpoints its monitor every second."""
+    state = tmp_path / f"state-{name}"
+    csv = write_csv(tmp_path / "bootstrap.csv", make_rows(1000, seed=1))
+    text = config_text(
+        state,
+        bootstrap=str(csv),
+        sections={
+            "store": f'url = "{url}"\nnamespace = "{namespace}"',
+            "monitor": "checkpoint_interval_seconds = 1.0",
+        },
+    )
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def role(daemon: DaemonProcess) -> str | None:
+    try:
+        with daemon.client() as c:
+            return str(c.get("/v1/status").json()["cluster"]["role"])
+    except httpx.HTTPError:
+        return None
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``predicate`` holds; fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+class Producer:
+    """Sends labelled records, each with its id, to whichever daemon answers, and remembers
+    what was acknowledged (a 200): the ids that must be stored, exactly once."""
+
+    def __init__(self, daemons: list[DaemonProcess], seed: int) -> None:
+        self.daemons = daemons
+        self.rng = random.Random(seed)
+        self.acked: list[str] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Producer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.is_set():
+            rows = make_rows(20, seed=self.rng.randrange(10**6), flip=True)
+            batch = [{"id": f"b{k}-{i}", **r} for i, r in enumerate(rows)]
+            k += 1
+            for daemon in self.rng.sample(self.daemons, len(self.daemons)):
+                if daemon.port is None:
+                    continue
+                try:
+                    with httpx.Client(base_url=daemon.url, timeout=5) as c:
+                        answer = c.post("/v1/records", json=batch)
+                except httpx.HTTPError:
+                    continue
+                if answer.status_code == 200:
+                    self.acked += [r["id"] for r in batch]
+                    break
+            time.sleep(0.01)
+
+
+def check_nothing_lost_or_doubled(url: str, namespace: str, acked: list[str]) -> None:
+    rids = [r for (r,) in stored(url, namespace, "SELECT rid FROM records WHERE rid LIKE 'b%'")]
+    assert len(rids) == len(set(rids))  # never doubled
+    missing = set(acked) - set(rids)
+    assert not missing, f"{len(missing)} acknowledged records lost"
+
+
+def kill_the_leader_and_time_the_takeover(leader: DaemonProcess, standby: DaemonProcess) -> float:
+    leader.signal(signal.SIGKILL)
+    leader.wait()
+    leader.port = None
+    return wait_for(lambda: role(standby) == "leader", 10.0, "a standby takes over")
+
+
+def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
+    tmp_path: Path, postgres: Any, pg_namespace: str
+) -> None:
+    url = postgres.url()
+    a = DaemonProcess(cluster_config(tmp_path, url, pg_namespace, "a")).start()
+    b = DaemonProcess(cluster_config(tmp_path, url, pg_namespace, "b")).start()
+    producer = Producer([a, b], seed=4)
+    try:
+        assert (role(a), role(b)) == ("leader", "standby")
+        with b.client() as c:
+            assert c.post("/v1/retrain").json()["error"] == "not_leader"
+            first = make_rows(1)[0]["features"]
+            assert c.post("/v1/predict", json={"instances": [first]}).json()["model_version"] == 1
+        # The concept flips: the leader retrains on what both daemons stored, and its new
+        # champion serves on the standby within a second.
+        producer.start()
+        wait_for(lambda: len(producer.acked) >= 1200, 30, "records acknowledged")
+        with a.client() as c:
+            assert c.post("/v1/retrain").status_code == 202
+        wait_for(lambda: status(a)["model"]["version"] >= 2, 60, "the leader deploys")
+        champion = status(a)["model"]["version"]
+        wait_for(lambda: status(b)["model"]["version"] == champion, 1.5, "the standby serves it")
+        time.sleep(1.2)  # a checkpoint of the leader's monitor
+        took = kill_the_leader_and_time_the_takeover(a, b)
+        before = len(producer.acked)
+        wait_for(lambda: len(producer.acked) >= before + 400, 30, "records acknowledged after")
+        producer.stop()
+        # The new leader restored the shared checkpoint and follows every stored record.
+        last = status(b)["store"]["last_index"]
+        wait_for(lambda: status(b)["monitor"]["records"] >= last, 10, "the monitor catches up")
+        assert any("restored from its checkpoint" in str(e.get("message")) for e in b.lines)
+        with b.client() as c:
+            assert c.post("/v1/retrain").status_code == 202
+    finally:
+        producer.stop()
+        a.stop()
+        b.stop()
+    check_nothing_lost_or_doubled(url, pg_namespace, producer.acked)
+    assert took < 10.0
+
+
+def status(daemon: DaemonProcess) -> dict[str, Any]:
+    with daemon.client() as c:
+        return dict(c.get("/v1/status").json())

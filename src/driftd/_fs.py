@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "atomic_write", "fsync_dir"]
+__all__ = ["TMP_PREFIX", "FileBlob", "atomic_write", "fsync_dir"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -38,3 +38,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FileBlob:
+    """A named value of bytes in a file, replaced whole (the monitor's checkpoint)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        atomic_write(self.path, data)

@@ -25,7 +25,9 @@ def matrix(
         return numeric
     X = np.empty((numeric.shape[0], numeric.shape[1] + len(schema.categorical)), dtype=object)
     X[:, : numeric.shape[1]] = numeric
-    X[:, numeric.shape[1] :] = np.asarray(categorical, dtype=object).reshape(numeric.shape[0], -1)
+    X[:, numeric.shape[1] :] = np.asarray(categorical, dtype=object).reshape(
+        numeric.shape[0], len(schema.categorical)
+    )
     return X
 
 

@@ -109,6 +109,7 @@ class Lifecycle:
         self.cancel = cancel if cancel is not None else threading.Event()
         self.clock = clock
         self._load_failures: list[str] = []
+        self._refused: set[int] = set()  # champions a refresh refused (a standby reports once)
         self._fallback: str | None = None
         self._previous: LiveModel | None = None  # the champion before the last swap, loaded
         self._moves = threading.RLock()  # one deploy, rollback or deletion at a time
@@ -158,17 +159,49 @@ class Lifecycle:
         }
 
     # -- start -----------------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, *, standby: bool = False) -> None:
         """Sweep leftovers of a crash, serve the champion (or the newest valid version), and
         complete the audit log if a crash fell between an alias move, or a deletion, and its
-        event."""
-        self._record_deletions(self.registry.retired())
-        self.registry.sweep()
-        self._load_champion()
-        self._reconcile_history()
+        event. A ``standby`` of a shared registry only serves the champion: the registry and
+        its log are the leader's (:meth:`take_over`)."""
+        if standby:
+            self.refresh()
+        else:
+            self._record_deletions(self.registry.retired())
+            self.registry.sweep()
+            self._load_champion()
+            self._reconcile_history()
         changed = self.registry.changed_at()
         if self.serving.current is not None and changed is not None:
             self.metrics.deployed_at.set(changed)
+
+    def take_over(self) -> None:
+        """A standby became the leader: serve the champion, and complete the audit log."""
+        with self._moves:
+            self.refresh()
+            self._reconcile_history()
+
+    def refresh(self) -> bool:
+        """Serve the registry's champion if another daemon moved it (a standby's poll): the
+        version is verified, loaded and warmed up like any, then swapped in order with
+        traffic. True if the serving model changed. A champion that fails is reported once
+        and the current model keeps serving."""
+        champion = self.registry.aliases().champion
+        live = self.serving.current
+        if champion is None or (live is not None and live.version == champion):
+            return False
+        if champion in self._refused:
+            return False
+        try:
+            new = self._load(champion)
+        except (IntegrityError, WarmupError) as exc:
+            self._refused.add(champion)
+            self.metrics.model_load_failures.inc()
+            log.error("refusing model v%06d: %s", champion, exc)
+            return False
+        self.in_order(lambda: self._serve(new))
+        log.info("serving v%06d, the champion another daemon deployed", champion)
+        return True
 
     def _load_champion(self) -> None:
         aliases = self.registry.aliases()

@@ -94,6 +94,7 @@ class Retrainer:
         alerter: Alerter | None = None,
         clock: Callable[[], float] = time.time,
         defer: Callable[[Callable[[], None]], None] = on_a_thread,
+        standby: bool = False,
     ) -> None:
         self.store = store
         self.models = models
@@ -107,23 +108,34 @@ class Retrainer:
         self.defer = defer
         self.gate, self.challenger_gate = _gates(settings)
         self.lock = threading.RLock()
-        saved = store.get_state(POLICY_KEY)
-        policy_cfg = settings.retrain.policy()
-        self.policy = (
-            RetrainPolicy.from_dict(policy_cfg, saved) if saved else RetrainPolicy(policy_cfg)
-        )
-        if saved and saved.get("interrupted"):
-            job = saved["interrupted"]
-            log.warning("retrain %s was interrupted by a restart; it is not resumed", job["id"])
-            store.add_event("retrain_interrupted", {"job": job}, ts=clock())
+        self.policy = RetrainPolicy(settings.retrain.policy())
         self.guard: Guard | None = None
         self.last_job: dict[str, Any] | None = None
-        for leftover in rejected_dir.glob(f"*/{TMP_PREFIX}*"):  # a write cut short by a crash
-            leftover.unlink(missing_ok=True)
         self._export_threshold()
-        for failure in models.load_failures:
-            self._alert("model_load_failed", f"refused at start: {failure}", severity="critical")
-        self._persist()
+        if not standby:
+            self.take_over()
+
+    def take_over(self) -> None:
+        """Restore the policy from the store and record what a restart cut short: at start,
+        or when a standby becomes its model's leader (until then it leaves the shared state
+        to the leader)."""
+        with self.lock:
+            saved = self.store.get_state(POLICY_KEY)
+            policy_cfg = self.settings.retrain.policy()
+            self.policy = (
+                RetrainPolicy.from_dict(policy_cfg, saved) if saved else RetrainPolicy(policy_cfg)
+            )
+            if saved and saved.get("interrupted"):
+                job = saved["interrupted"]
+                log.warning("retrain %s was interrupted by a restart; it is not resumed", job["id"])
+                self.store.add_event("retrain_interrupted", {"job": job}, ts=self.clock())
+            for leftover in self.rejected_dir.glob(f"*/{TMP_PREFIX}*"):  # a write cut short
+                leftover.unlink(missing_ok=True)
+            for failure in self.models.load_failures:
+                self._alert(
+                    "model_load_failed", f"refused at start: {failure}", severity="critical"
+                )
+            self._persist()
 
     def reconfigure(self, settings: RetrainSettings, *, alerter: Alerter | None) -> None:
         """Apply reloaded gate, guard, alert and retrain-policy settings (SIGHUP)."""

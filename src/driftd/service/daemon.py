@@ -28,7 +28,7 @@ from fastapi import FastAPI
 
 from driftd.alerts import Alerter
 from driftd.config import Config, load
-from driftd.errors import ConfigError
+from driftd.errors import ConfigError, StoreUnavailable
 from driftd.metrics import Metrics
 from driftd.retrain.policy import Job
 from driftd.retrain.schedule import make_trigger
@@ -36,6 +36,7 @@ from driftd.retrain.worker import TrainingWorker
 from driftd.service import logs
 from driftd.service.app import create_app
 from driftd.service.auth import Authorizer
+from driftd.service.cluster import Cluster
 from driftd.service.header_timeout import HeaderTimeout
 from driftd.service.parts import Parts, assemble
 from driftd.service.sdnotify import Notifier, Watchdog
@@ -139,6 +140,9 @@ class Daemon:
         self._chore: Future[Any] | None = None
         self.server: _Server | None = None
         self.sources: list[Source] = []
+        self.cluster: Cluster | None = None
+        self._follow: Future[Any] | None = None
+        self._exit_code = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -173,7 +177,7 @@ class Daemon:
         return scheduler
 
     async def _scheduled_retrain(self) -> None:
-        if self.parts is not None:
+        if self.parts is not None and self.parts.role.leading:
             await asyncio.to_thread(self.parts.retrainer.request, "schedule")
 
     def startup(self) -> None:
@@ -192,6 +196,17 @@ class Daemon:
             alerter=self.alerter,
             cancel=self.cancel,
         )
+        if self.parts.leadership is not None:
+            self.cluster = Cluster(
+                self.parts.leadership,
+                self.parts.role,
+                take_over=self.parts.take_over,
+                refresh=self.parts.models.refresh,
+                on_lost=self._lost_leadership,
+                clock=time.time,
+            )
+            self.cluster.start()
+            log.info("on a shared store: %s", self.parts.role.status()["role"])
         now = time.monotonic()
         self._next_checkpoint = now + cfg.monitor.checkpoint_interval_seconds
         self._next_trim = now
@@ -211,9 +226,25 @@ class Daemon:
         self.sources.append(source)
         source.start()
 
+    @staticmethod
+    def _follow_store(parts: Parts) -> None:
+        """Monitor what the model's daemons stored (the leader, on the engine's worker)."""
+        try:
+            parts.engine.follow()
+        except StoreUnavailable as exc:  # the next tick tries again
+            log.warning("could not follow the store: %s", exc)
+
+    def _lost_leadership(self) -> None:
+        """Another daemon may lead already: stop now, non-zero, for the supervisor to start
+        this one again as a standby."""
+        self._exit_code = 3
+        self.request_exit()
+
     def shutdown(self) -> None:
         for source in self.sources:
             source.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.cancel.set()
         self.training.shutdown(wait=True, cancel_futures=True)
         self.trainer.close()
@@ -259,7 +290,7 @@ class Daemon:
             return 1
         if not self.server.started:
             return 1
-        return 0
+        return self._exit_code
 
     @property
     def port(self) -> int | None:
@@ -286,8 +317,10 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        if self.parts is None:
-            return
+        if self.parts is None or not self.parts.role.leading:
+            return  # a standby leaves training and the chores to its model's leader
+        if self.parts.role.shared and (self._follow is None or self._follow.done()):
+            self._follow = self.parts.engine.executor.submit(self._follow_store, self.parts)
         self._start_training(self.parts)
         if self._chore is None or self._chore.done():
             if now >= self._next_checkpoint:

@@ -17,6 +17,13 @@ worker takes every prediction request waiting, answers them from one model call,
 one transaction and runs the monitor over them once, in order, then answers each. A request is
 still answered only once it is committed, and concurrent clients share one commit and one pass
 through sklearn's input checks instead of queueing for one each.
+
+On a store that several daemons of the model share (``shared``), a record's pass through the
+monitor is not part of its write: whichever daemon stored it, the leader's engine reads it back
+in index order (:meth:`Engine.follow`), the same path that catches a restored monitor up with
+its checkpoint. The indices are in commit order there, so that reading after the last index
+seen misses nothing. How far the monitor got goes with its events, in one transaction, so that
+a leader taking over knows which alarms were raised already.
 """
 
 from __future__ import annotations
@@ -29,10 +36,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-from driftd._fs import atomic_write
 from driftd.config import StoreConfig
 from driftd.ingest.batch import Batch
 from driftd.ingest.columns import Columns
@@ -49,7 +54,7 @@ from driftd.monitor import (
     MonitorEvent,
 )
 from driftd.monitor.estimated import Estimate
-from driftd.store import IngestResult, Joined, RecordStore
+from driftd.store import Blob, IngestResult, Joined, RecordStore
 
 __all__ = ["Engine", "NoModel", "PredictResult"]
 
@@ -58,6 +63,7 @@ T = TypeVar("T")
 
 CHECKPOINT = "monitor.ckpt"
 LABEL_TYPE = "label_type"  # the store's state key for the class type the first label fixed
+FOLLOWED = "monitor_followed"  # the store's state key for how far the leader's monitor got
 
 
 class NoModel(RuntimeError):
@@ -99,7 +105,8 @@ class Engine:
         *,
         monitor: MonitorConfig,
         retention: StoreConfig,
-        checkpoint: Path,
+        checkpoint: Blob,
+        shared: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.schema = schema
@@ -108,7 +115,8 @@ class Engine:
         self.metrics = metrics
         self.monitor_config = monitor
         self.retention = retention
-        self.checkpoint_path = checkpoint
+        self.checkpoint_blob = checkpoint
+        self.shared = shared
         self.clock = clock
         self.monitor = Monitor(schema, monitor)
         self.monitor_index = 0
@@ -133,14 +141,16 @@ class Engine:
         """Where alarms and joined labels go (the retrainer); called on the worker."""
         self._on_alarm, self._on_joined = on_alarm, on_joined
 
-    def open(self) -> None:
+    def open(self, *, monitor: bool = True) -> None:
         """Restore the monitor from its checkpoint, catch up on records stored after it, and
-        export the live gauges. The store is open already."""
+        export the live gauges. The store is open already. A standby on a shared store (not
+        ``monitor``) leaves the monitor to the leader until :meth:`take_over`."""
         self.metrics.declare_features(
             ((s.signal, s.feature or "") for s in self.monitor.detector_states()),
             self.schema.categorical,
         )
-        self._restore_monitor()
+        if monitor:
+            self._restore_monitor()
         self.metrics.read_live(
             detectors=lambda: (
                 (s.signal, s.feature or "", s.state, s.estimate)
@@ -158,10 +168,11 @@ class Engine:
             or self.store.first_label_type()
         )
 
-    def close(self) -> None:
-        """Write the checkpoint and stop the worker after the work it holds."""
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Write the checkpoint (unless a standby's) and stop the worker after its work."""
         try:
-            self.checkpoint()
+            if checkpoint:
+                self.checkpoint()
         except Exception:
             log.exception("could not write the monitor checkpoint at shutdown")
         self._closed = True
@@ -323,6 +334,8 @@ class Engine:
         self._store_records += result.accepted
         if result.duplicates:
             self.metrics.duplicates.inc(len(result.duplicates))
+        if self.shared:  # the leader's monitor reads them back (follow)
+            return
         if result.accepted:
             features, predictions = batch.features, batch.predictions
             if result.inserted is not None:  # leave out the re-sent records
@@ -417,7 +430,7 @@ class Engine:
         log.info("class labels are of type %s from now on", fixed)
 
     def _joined(self, joined: list[Joined], now: float) -> None:
-        if not joined:
+        if not joined or self.shared:
             return
         for j in joined:
             self.metrics.label_delay.observe(j.delay)
@@ -433,9 +446,14 @@ class Engine:
         return events
 
     def _record_events(self, events: list[MonitorEvent], now: float) -> None:
-        if not events:
-            return
-        rows = []
+        if events:
+            self.store.add_events(self._event_rows(events, now))
+
+    def _event_rows(
+        self, events: list[MonitorEvent], now: float
+    ) -> list[tuple[str, dict[str, Any], float, int | None]]:
+        """The events' rows for the store, counted, and each alarm passed on."""
+        rows: list[tuple[str, dict[str, Any], float, int | None]] = []
         for e in events:
             if e.kind == "detection":
                 self.metrics.drift_detected.labels(e.signal, e.feature or "").inc()
@@ -452,7 +470,7 @@ class Engine:
                 )
             kind = "drift_alarm" if e.kind == "alarm" else f"drift_{e.kind}"
             rows.append((kind, e.as_dict(), now, e.index))
-        self.store.add_events(rows)
+        return rows
 
     # -- monitor checkpoint ----------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -468,14 +486,54 @@ class Engine:
             "last_join": join,
             "schema": self.schema.fingerprint(),
         }
-        atomic_write(self.checkpoint_path, json.dumps(header).encode() + b"\n" + data)
+        self.checkpoint_blob.write(json.dumps(header).encode() + b"\n" + data)
+
+    def take_over(self) -> None:
+        """A standby became the leader: restore the monitor from the shared checkpoint and
+        catch up, quietly up to where the last leader's monitor got (its events and alarms are
+        recorded), then follow (on the worker)."""
+        self.run(self._restore_monitor)
+
+    def follow(self) -> int:
+        """Pass what every daemon stored since the monitor last looked through it, in store
+        order, recording events and passing on alarms and joined labels (the leader, on a
+        shared store; on the worker). Returns the records and outcomes read."""
+        n = 0
+        while True:
+            now = self.clock()
+            rows: list[tuple[str, dict[str, Any], float, int | None]] = []
+            batch = self.store.records_after(self.monitor_index, limit=5000)
+            if batch:
+                rows += self._event_rows(self._monitor_records(batch, now), now)
+            joined = self.store.joined_after(self.monitor_join, limit=5000)
+            if joined:
+                for j in joined:
+                    self.metrics.label_delay.observe(j.delay)
+                rows += self._event_rows(self._outcomes(joined, now), now)
+            if not batch and not joined:
+                return n
+            followed = {"index": self.monitor_index, "join": self.monitor_join}
+            self.store.add_events(rows, state=(FOLLOWED, followed))
+            if joined:
+                self._on_joined(joined)
+            n += len(batch) + len(joined)
+
+    def _monitor_records(
+        self, batch: list[tuple[int, dict[str, float | str], Label | None]], now: float
+    ) -> list[MonitorEvent]:
+        preds = [b[2] for b in batch]
+        events = self.monitor.update(
+            batch[0][0],
+            [b[1] for b in batch],
+            preds if any(p is not None for p in preds) else None,
+            now,
+        )
+        self.monitor_index = batch[-1][0]
+        return events
 
     def _restore_monitor(self) -> None:
         last, last_join = 0, 0
-        try:
-            raw = self.checkpoint_path.read_bytes()
-        except FileNotFoundError:
-            raw = b""
+        raw = self.checkpoint_blob.read() or b""
         if raw:
             try:
                 head, _, body = raw.partition(b"\n")
@@ -490,28 +548,38 @@ class Engine:
             except (ValueError, KeyError, TypeError, EOFError) as exc:
                 self._monitor_reset(f"checkpoint unreadable ({type(exc).__name__}: {exc})")
         self.monitor_index = last
-        # Catch up with records stored after the checkpoint (a crash between checkpoints).
+        # Catch up with records stored after the checkpoint (a crash between checkpoints),
+        # quietly: their events were recorded before the crash. On a shared store that is as
+        # far as the last leader's monitor got; a standby follows the rest.
+        if self.shared:
+            got = self.store.get_state(FOLLOWED) or {}
+            upto, upto_join = int(got.get("index", 0)), int(got.get("join", 0))
+        else:
+            upto = upto_join = 2**62
         replayed = 0
-        while True:
-            batch = self.store.records_after(self.monitor_index)
+        while self.monitor_index < upto:
+            limit = min(10_000, upto - self.monitor_index)
+            batch = [
+                b for b in self.store.records_after(self.monitor_index, limit=limit) if b[0] <= upto
+            ]
             if not batch:
                 break
-            preds = [b[2] for b in batch]
-            self.monitor.update(
-                batch[0][0],
-                [b[1] for b in batch],
-                preds if any(p is not None for p in preds) else None,
-                self.clock(),
-            )
-            self.monitor_index = batch[-1][0]
+            self._monitor_records(batch, self.clock())
             replayed += len(batch)
         if replayed:
             log.info("monitor caught up on %d record(s) stored after its checkpoint", replayed)
         # And the outcomes joined after it, in the order they joined, into the error detector.
-        # Their events, like the records', were recorded before the crash.
         self.monitor_join = last_join
         outcomes = 0
-        while joined := self.store.joined_after(self.monitor_join):
+        while self.monitor_join < upto_join:
+            limit = min(10_000, upto_join - self.monitor_join)
+            joined = [
+                j
+                for j in self.store.joined_after(self.monitor_join, limit=limit)
+                if j.seq <= upto_join
+            ]
+            if not joined:
+                break
             self._outcomes(joined, self.clock())
             outcomes += len(joined)
         if outcomes:

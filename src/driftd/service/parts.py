@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftd._fs import TMP_PREFIX
+from driftd._fs import TMP_PREFIX, FileBlob
 from driftd.alerts import Alerter
 from driftd.config import Config, StoreConfig
 from driftd.ingest.schema import Schema
@@ -27,8 +27,10 @@ from driftd.models.retention import Retention
 from driftd.models.serving import Serving
 from driftd.retrain.bootstrap import Bootstrap
 from driftd.retrain.retrainer import Fit, Retrainer, on_a_thread
+from driftd.service.cluster import Role
 from driftd.service.engine import CHECKPOINT, Engine
-from driftd.store import PostgresStore, RecordStore, SQLiteStore
+from driftd.store import Blob, PostgresStore, RecordStore, SQLiteStore
+from driftd.store.postgres import Leadership
 
 __all__ = ["STORE_FILE", "Parts", "assemble", "open_store"]
 
@@ -47,12 +49,15 @@ class Parts:
     bootstrap: Bootstrap
     started: float
     clock: Callable[[], float]
+    role: Role
+    leadership: Leadership | None = None  # the lock, on a shared store
 
     def status(self) -> dict[str, Any]:
         """What ``GET /v1/status`` answers."""
         return {
             "ready": self.models.current is not None,
             "uptime_seconds": round(self.clock() - self.started, 3),
+            "cluster": self.role.status(),
             "model": self.models.status(),
             "bootstrap": self.bootstrap.status(),
             **self.engine.status(),
@@ -63,11 +68,20 @@ class Parts:
     def no_model_reason(self) -> str:
         return self.bootstrap.no_model_reason()
 
+    def take_over(self) -> None:
+        """A standby became its model's leader: the monitor from the shared checkpoint, the
+        champion and the audit log, the retrain policy (on the cluster's thread)."""
+        self.engine.take_over()
+        self.models.take_over()
+        self.retrainer.take_over()
+
     def close(self) -> None:
-        """Checkpoint the monitor, drain the engine's worker, close the store."""
+        """Checkpoint the monitor (a leader's), drain the engine's worker, close the store."""
         try:
-            self.engine.close()
+            self.engine.close(checkpoint=self.role.leading)
         finally:
+            if self.leadership is not None:
+                self.leadership.release()
             self.store.close()
 
 
@@ -102,6 +116,19 @@ def assemble(
         leftover.unlink(missing_ok=True)
     schema = config.schema_obj()
     store = open_store(config.store, schema, state_dir)
+    # On a shared store, the first daemon to take the lock leads; the others stand by.
+    leadership = store.leadership() if isinstance(store, PostgresStore) else None
+    role = Role(
+        leading=leadership is None or leadership.try_acquire(), shared=leadership is not None
+    )
+    if role.leading:
+        role.lead(clock())
+    standby = not role.leading
+    checkpoint: Blob = (
+        store.blob(CHECKPOINT)
+        if isinstance(store, PostgresStore)
+        else FileBlob(state_dir / CHECKPOINT)
+    )
     serving = Serving()
     engine = Engine(
         schema,
@@ -110,7 +137,8 @@ def assemble(
         metrics,
         monitor=config.monitor,
         retention=config.store,
-        checkpoint=state_dir / CHECKPOINT,
+        checkpoint=checkpoint,
+        shared=role.shared,
         clock=clock,
     )
     registry: ModelRegistry = (
@@ -132,8 +160,8 @@ def assemble(
         cancel=cancel,
         clock=clock,
     )
-    engine.open()
-    models.open()
+    engine.open(monitor=not standby)
+    models.open(standby=standby)
     settings = config.retrain_settings()
     retrainer = Retrainer(
         store,
@@ -146,6 +174,7 @@ def assemble(
         alerter=alerter,
         clock=clock,
         defer=defer,
+        standby=standby,
     )
     engine.subscribe(on_alarm=retrainer.on_alarm, on_joined=retrainer.on_joined)
     data = config.bootstrap.data
@@ -162,4 +191,4 @@ def assemble(
         backoff_max=settings.retrain.backoff_max_seconds,
         clock=clock,
     )
-    return Parts(store, engine, models, retrainer, bootstrap, clock(), clock)
+    return Parts(store, engine, models, retrainer, bootstrap, clock(), clock, role, leadership)

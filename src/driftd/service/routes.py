@@ -142,9 +142,18 @@ async def _store(
 
 
 # -- operators ---------------------------------------------------------------------------------
+def _leader(parts: Parts) -> None:
+    """Refuse an operator's change on a standby: the policy and the registry are the leader's."""
+    if not parts.role.leading:
+        raise ApiError(
+            409, "not_leader", "this daemon is a standby; send this to its model's leader"
+        )
+
+
 async def retrain(request: Request) -> Response:
     api = _api(request)
     parts = _parts(api)
+    _leader(parts)
     decision = await asyncio.to_thread(parts.retrainer.request, "operator", operator=True)
     return json_response({"job": decision.job_id, "outcome": decision.outcome}, 202)
 
@@ -152,6 +161,7 @@ async def retrain(request: Request) -> Response:
 async def rollback(request: Request) -> Response:
     api = _api(request)
     parts = _parts(api)
+    _leader(parts)
     body = await api.bodies.read(request)
     version = None
     if body.strip():

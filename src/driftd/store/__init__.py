@@ -7,13 +7,14 @@ share one database. A write returns only after it has committed.
 
 from __future__ import annotations
 
-from driftd.store.base import RecordStore
+from driftd.store.base import Blob, RecordStore
 from driftd.store.postgres import PostgresStore
 from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
 from driftd.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Blob",
     "Event",
     "IngestResult",
     "Joined",

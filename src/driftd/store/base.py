@@ -21,7 +21,15 @@ from driftd.ingest.batch import Batch
 from driftd.ingest.schema import Label, LabelType
 from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
 
-__all__ = ["RecordStore"]
+__all__ = ["Blob", "RecordStore"]
+
+
+class Blob(Protocol):
+    """A named value of bytes, replaced whole: a reader sees the old or the new value."""
+
+    def read(self) -> bytes | None: ...
+
+    def write(self, data: bytes) -> None: ...
 
 
 class RecordStore(Protocol):
@@ -45,8 +53,13 @@ class RecordStore(Protocol):
     ) -> int: ...
 
     def add_events(
-        self, events: Sequence[tuple[str, Mapping[str, Any], float, int | None]]
-    ) -> list[int]: ...
+        self,
+        events: Sequence[tuple[str, Mapping[str, Any], float, int | None]],
+        *,
+        state: tuple[str, Any] | None = None,
+    ) -> list[int]:
+        """Append events, and set one ``state`` key with them, in one transaction."""
+        ...
 
     def put_state(self, key: str, value: Any) -> None: ...
 

@@ -39,7 +39,7 @@ from driftd.ingest.schema import Label, LabelType, Schema, label_type_of
 from driftd.store.batch_insert import BatchWriter, Ids
 from driftd.store.records import Event, IngestResult, Joined, LabelResult, Snapshot
 
-__all__ = ["NAMESPACE_PATTERN", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["NAMESPACE_PATTERN", "SCHEMA_VERSION", "Leadership", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ _DDL = (
         changed double precision
     )""",
     "INSERT INTO aliases (one) VALUES (true) ON CONFLICT DO NOTHING",
+    # Values of bytes replaced whole: the monitor's checkpoint, shared by the model's daemons.
+    "CREATE TABLE IF NOT EXISTS blobs (name text PRIMARY KEY, data bytea NOT NULL)",
 )
 
 _COLUMNS = (
@@ -211,7 +213,15 @@ class PostgresStore:
 
         try:
             conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                # A peer that vanished without closing (a host down, a partition) is noticed in
+                # about 10 s, on both ends: the leader's lock is then freed for a standby.
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
             )
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL unreachable: {_reason(exc)}") from exc
@@ -468,9 +478,15 @@ class PostgresStore:
         return self.add_events([(kind, data, ts, record_idx)])[0]
 
     def add_events(
-        self, events: Sequence[tuple[str, Mapping[str, Any], float, int | None]]
+        self,
+        events: Sequence[tuple[str, Mapping[str, Any], float, int | None]],
+        *,
+        state: tuple[str, Any] | None = None,
     ) -> list[int]:
+        """Append events, and set one ``state`` key with them, in one transaction."""
         with self._tx() as db:
+            if state is not None:
+                self._put_state(db, *state)
             return [self._insert_event(db, kind, data, ts, idx) for kind, data, ts, idx in events]
 
     @staticmethod
@@ -486,11 +502,15 @@ class PostgresStore:
 
     def put_state(self, key: str, value: Any) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO state VALUES (%s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
-            )
+            self._put_state(db, key, value)
+
+    @staticmethod
+    def _put_state(db: Any, key: str, value: Any) -> None:
+        db.execute(
+            "INSERT INTO state VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
 
     def get_state(self, key: str, default: Any = None) -> Any:
         with self._reading() as conn:
@@ -543,6 +563,28 @@ class PostgresStore:
                     "DELETE FROM pending_labels WHERE ts < %s", (now - max_age,)
                 ).rowcount
         return n
+
+    # -- shared values and leadership ------------------------------------------------------
+    def blob(self, name: str) -> _Blob:
+        """The value ``name`` of the ``blobs`` table, read and replaced whole."""
+        return _Blob(self, name)
+
+    def read_blob(self, name: str) -> bytes | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT data FROM blobs WHERE name = %s", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def write_blob(self, name: str, data: bytes) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO blobs VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                (name, data),
+            )
+
+    def leadership(self) -> Leadership:
+        """The lock that makes one daemon of the namespace its leader (see :class:`Leadership`)."""
+        return Leadership(self._connect, self.namespace)
 
     # -- the model registry's rows --------------------------------------------------------
     def add_version(
@@ -751,6 +793,70 @@ class PostgresStore:
         with self._reading() as conn:
             rows = conn.execute(sql, args).fetchall()
         return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+class _Blob:
+    def __init__(self, store: PostgresStore, name: str) -> None:
+        self._store, self.name = store, name
+
+    def read(self) -> bytes | None:
+        return self._store.read_blob(self.name)
+
+    def write(self, data: bytes) -> None:
+        self._store.write_blob(self.name, data)
+
+
+class Leadership:
+    """A session-level advisory lock of the namespace, on a connection of its own: whoever
+    holds it leads. PostgreSQL releases it the instant that connection ends, so a leader killed
+    with SIGKILL frees it as soon as the kernel closes its socket; a leader cut off from the
+    database loses it when the server notices (TCP keepalives, set short here), and finds out
+    itself at its next :meth:`check`. Not thread-safe: one thread asks."""
+
+    def __init__(self, connect: Any, namespace: str) -> None:
+        self._connect = connect
+        digest = hashlib.sha256(f"driftd.leader.{namespace}".encode()).digest()
+        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        self._conn: Any = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; True if this process holds it now."""
+        import psycopg
+
+        if self.held:
+            return self.check()
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = self._connect()
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+        except (psycopg.Error, StoreUnavailable):
+            self._drop()
+            return False
+        self.held = bool(row[0])
+        return self.held
+
+    def check(self) -> bool:
+        """Whether the lock is still held: its connection answers and still holds it."""
+        import psycopg
+
+        if not self.held:
+            return False
+        try:
+            # A session's advisory lock lasts as long as the session: if it answers, it holds.
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._drop()
+        return self.held
+
+    def release(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        self.held = False
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _counter(db: Any, name: str) -> int:

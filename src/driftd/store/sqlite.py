@@ -350,10 +350,18 @@ class SQLiteStore:
         return self.add_events([(kind, data, ts, record_idx)])[0]
 
     def add_events(
-        self, events: Sequence[tuple[str, Mapping[str, Any], float, int | None]]
+        self,
+        events: Sequence[tuple[str, Mapping[str, Any], float, int | None]],
+        *,
+        state: tuple[str, Any] | None = None,
     ) -> list[int]:
+        """Append events, and set one ``state`` key with them, in one transaction."""
         ids = []
         with self._lock, _tx(self.db) as db:
+            if state is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO state VALUES (?, ?)", (state[0], json.dumps(state[1]))
+                )
             for kind, data, ts, idx in events:
                 cur = db.execute(
                     "INSERT INTO events (ts, kind, record_idx, data) VALUES (?,?,?,?)",
