@@ -3,6 +3,7 @@ private PostgreSQL (tests/services.py), with nothing of its data in its state di
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -141,14 +142,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 class Producer:
-    """Sends labelled records, each with its id, to whichever daemon answers, and remembers
-    what was acknowledged (a 200): the ids that must be stored, exactly once."""
+    """Sends records (each with its id and the prediction the producer's own model made) and,
+    a batch later, their labels, to whichever daemon answers; remembers what was
+    acknowledged (a 200): the records and labels that must be stored, exactly once."""
 
     def __init__(self, daemons: list[DaemonProcess], seed: int) -> None:
         self.daemons = daemons
         self.rng = random.Random(seed)
         self.acked: list[str] = []
-        self.sent = 0
+        self.labelled: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -161,31 +163,70 @@ class Producer:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _send(self, path: str, body: list[dict[str, Any]]) -> bool:
+        for daemon in self.rng.sample(self.daemons, len(self.daemons)):
+            if daemon.port is None:
+                continue
+            try:
+                with httpx.Client(base_url=daemon.url, timeout=5) as c:
+                    if c.post(path, json=body).status_code == 200:
+                        return True
+            except httpx.HTTPError:
+                continue
+        return False
+
     def _run(self) -> None:
-        k = 0
+        k, waiting = 0, []
         while not self._stop.is_set():
             rows = make_rows(20, seed=self.rng.randrange(10**6), flip=True)
-            batch = [{"id": f"b{k}-{i}", **r} for i, r in enumerate(rows)]
+            # The producer's model is right 90% or 50% of the time, in turns of 40 batches:
+            # drifts of the error stream, with alarms, retrains and their events.
+            right = 0.9 if (k // 40) % 2 == 0 else 0.5
+            batch = [
+                {
+                    "id": f"b{k}-{i}",
+                    "features": r["features"],
+                    "prediction": r["label"] if self.rng.random() < right else 1 - r["label"],
+                }
+                for i, r in enumerate(rows)
+            ]
+            labels = [{"id": f"b{k}-{i}", "label": r["label"]} for i, r in enumerate(rows)]
             k += 1
-            for daemon in self.rng.sample(self.daemons, len(self.daemons)):
-                if daemon.port is None:
-                    continue
-                try:
-                    with httpx.Client(base_url=daemon.url, timeout=5) as c:
-                        answer = c.post("/v1/records", json=batch)
-                except httpx.HTTPError:
-                    continue
-                if answer.status_code == 200:
-                    self.acked += [r["id"] for r in batch]
-                    break
+            if self._send("/v1/records", batch):
+                self.acked += [r["id"] for r in batch]
+                waiting.append(labels)
+            if len(waiting) > 1 and self._send("/v1/labels", waiting[0]):
+                self.labelled += [lb["id"] for lb in waiting.pop(0)]
             time.sleep(0.01)
 
 
-def check_nothing_lost_or_doubled(url: str, namespace: str, acked: list[str]) -> None:
-    rids = [r for (r,) in stored(url, namespace, "SELECT rid FROM records WHERE rid LIKE 'b%'")]
+def check_nothing_lost_or_doubled(url: str, namespace: str, producer: Producer) -> int:
+    """Every acknowledged record is stored once with every acknowledged label, and the
+    leader's monitor saw each record and outcome, its events once, across every takeover.
+    Returns the number of drift events."""
+    rows = stored(url, namespace, "SELECT rid, label IS NOT NULL FROM records WHERE rid LIKE 'b%'")
+    rids = [r for r, _ in rows]
     assert len(rids) == len(set(rids))  # never doubled
-    missing = set(acked) - set(rids)
+    missing = set(producer.acked) - set(rids)
     assert not missing, f"{len(missing)} acknowledged records lost"
+    labelled = {r for r, has in rows if has}
+    lost = set(producer.labelled) - labelled
+    assert not lost, f"{len(lost)} acknowledged labels lost"
+    # The leader's monitor followed every record and outcome, and recorded each event once: a
+    # takeover replays quietly up to where the last leader got, loudly after.
+    ((last_idx, last_join),) = stored(url, namespace, "SELECT max(idx), max(join_seq) FROM records")
+
+    def followed() -> Any:
+        rows = stored(url, namespace, "SELECT value FROM state WHERE key = 'monitor_followed'")
+        return json.loads(rows[0][0]) if rows else None
+
+    want = {"index": last_idx, "join": last_join}
+    wait_for(lambda: followed() == want, 10, "the leader follows every record and outcome")
+    events = stored(
+        url, namespace, "SELECT kind, record_idx, data FROM events WHERE kind LIKE 'drift_%'"
+    )
+    assert len(events) == len(set(events)), "an event was recorded twice"
+    return len(events)
 
 
 def kill_the_leader_and_time_the_takeover(leader: DaemonProcess, standby: DaemonProcess) -> float:
@@ -211,7 +252,7 @@ def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
         # The concept flips: the leader retrains on what both daemons stored, and its new
         # champion serves on the standby within a second.
         producer.start()
-        wait_for(lambda: len(producer.acked) >= 1200, 30, "records acknowledged")
+        wait_for(lambda: len(producer.labelled) >= 1200, 30, "labels acknowledged")
         with a.client() as c:
             assert c.post("/v1/retrain").status_code == 202
         wait_for(lambda: status(a)["model"]["version"] >= 2, 60, "the leader deploys")
@@ -228,12 +269,47 @@ def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
         assert any("restored from its checkpoint" in str(e.get("message")) for e in b.lines)
         with b.client() as c:
             assert c.post("/v1/retrain").status_code == 202
+        check_nothing_lost_or_doubled(url, pg_namespace, producer)
     finally:
         producer.stop()
         a.stop()
         b.stop()
-    check_nothing_lost_or_doubled(url, pg_namespace, producer.acked)
     assert took < 10.0
+
+
+@pytest.mark.slow
+def test_twenty_seeded_kills_of_the_leader_lose_and_double_nothing(
+    tmp_path: Path, postgres: Any, pg_namespace: str
+) -> None:
+    """The crash matrix of failover: 20 times, SIGKILL whichever daemon leads at a seeded
+    moment while a producer writes to both; a standby takes over within 10 s, and at the end
+    every acknowledged record and label is stored once and every outcome monitored once."""
+    url = postgres.url()
+    daemons = [
+        DaemonProcess(cluster_config(tmp_path, url, pg_namespace, name)).start()
+        for name in ("a", "b")
+    ]
+    producer = Producer(daemons, seed=20).start()
+    rng = random.Random(2026)
+    takeovers = []
+    try:
+        for _ in range(20):
+            time.sleep(rng.uniform(0.2, 2.5))
+            leader, standby = sorted(daemons, key=lambda d: role(d) != "leader")
+            assert role(leader) == "leader" and role(standby) == "standby"
+            takeovers.append(kill_the_leader_and_time_the_takeover(leader, standby))
+            leader.start()  # back, as a standby
+        wait_for(lambda: len(producer.labelled) > 0, 10, "labels acknowledged")
+        producer.stop()
+        leader = next(d for d in daemons if role(d) == "leader")
+        last = status(leader)["store"]["last_index"]
+        wait_for(lambda: status(leader)["monitor"]["records"] >= last, 10, "caught up")
+        assert check_nothing_lost_or_doubled(url, pg_namespace, producer) > 0
+    finally:
+        producer.stop()
+        for d in daemons:
+            d.stop()
+    assert max(takeovers) < 10.0, takeovers
 
 
 def status(daemon: DaemonProcess) -> dict[str, Any]:
