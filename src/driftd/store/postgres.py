@@ -99,10 +99,30 @@ _DDL = (
     "CREATE TABLE IF NOT EXISTS blobs (name text PRIMARY KEY, data bytea NOT NULL)",
 )
 
-_COLUMNS = (
-    "idx, rid, ts, received, source, num, cat, prediction, model_version, label, label_ts,"
-    " join_seq, proba"
+# What an insert needs to know, read under the write lock: the counters, which of the given ids
+# are stored, and whether a label waits for one of them.
+_BEFORE_INSERT = """
+SELECT (SELECT value FROM counters WHERE name = 'idx'),
+       (SELECT value FROM counters WHERE name = 'join_seq'),
+       (SELECT coalesce(array_agg(rid), '{}') FROM records WHERE rid = ANY(%(ids)s::text[])),
+       EXISTS (SELECT 1 FROM pending_labels WHERE rid = ANY(%(ids)s::text[]))
+"""
+
+# A batch of records in one statement, the counters moved with it: the columns that vary per
+# record as arrays (the feature blocks as bytea, in binary), the rest as one value each.
+_INSERT = """
+WITH moved AS (
+    UPDATE counters SET value = CASE name WHEN 'idx' THEN %(last)s::bigint ELSE %(join)s::bigint END
 )
+INSERT INTO records (idx, rid, ts, received, source, num, cat, prediction, model_version,
+                     label, label_ts, join_seq, proba)
+SELECT %(first)s::bigint + u.ord - 1, u.rid, u.ts, %(received)s::float8, %(source)s::text,
+       u.num, u.cat, u.prediction, %(version)s::integer, u.label,
+       CASE WHEN u.label IS NULL THEN NULL ELSE %(received)s::float8 END, u.seq, u.proba
+FROM unnest(%(rid)s::text[], %(ts)s::float8[], %(num)b::bytea[], %(cat)s::text[],
+            %(prediction)s::text[], %(label)s::text[], %(seq)s::bigint[], %(proba)s::text[])
+     WITH ORDINALITY AS u(rid, ts, num, cat, prediction, label, seq, proba, ord)
+"""
 
 # Labels ``(rid, label, ts)`` set on the records that have none, in one statement; a join (a
 # record with a prediction) gets the next number, in the order the labels came.
@@ -288,78 +308,71 @@ class PostgresStore:
     # -- writes ----------------------------------------------------------------------------
     def add_records(self, batch: Batch, *, source: str, received: float) -> IngestResult:
         """Insert records in one transaction. A record whose id is already stored is a duplicate
-        (an idempotent re-send) and is skipped; a label waiting for an id is joined on arrival."""
+        (an idempotent re-send) and is skipped; a label waiting for an id is joined on arrival.
+
+        Three statements in the common case: the lock, what the insert needs to know (the
+        counters, which given ids are stored, whether a label waits for one), and the insert
+        with the counters' update."""
         n = len(batch)
         start = next(self._id_counter)
         self._id_counter = itertools.count(start + n)
         ids = Ids(batch.ids, self._id_prefix, start, n)
         block = batch.numeric if batch.numeric is not None else self._writer.pack(batch.features)
         rids = list(ids)
+        given = rids if batch.ids is not None else []  # made-up ids are new, and unlabelled
         with self._writing() as db:
-            keep = self._new_ids(db, rids) if batch.ids is not None else None
+            last, seq, stored, waits = db.execute(_BEFORE_INSERT, {"ids": given}).fetchone()
+            keep = _new(rids, set(stored)) if stored or len(set(given)) < len(given) else None
             accepted = n if keep is None else sum(keep)
-            first = _counter(db, "idx") + 1
-            rows, joins = self._rows(
-                batch,
-                rids=rids,
-                keep=keep,
-                first=first,
-                source=source,
-                received=received,
-                block=block,
+            first = last + 1
+            columns, joins = self._columns(
+                batch, rids=rids, keep=keep, first=first, seq=seq, block=block
             )
-            if rows:
-                with db.cursor().copy(f"COPY records ({_COLUMNS}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+            if accepted:
                 db.execute(
-                    "UPDATE counters SET value = %s WHERE name = 'idx'", (first + accepted - 1,)
+                    _INSERT,
+                    {
+                        **columns,
+                        "first": first,
+                        "last": last + accepted,
+                        "join": joins[-1].seq if joins else seq,
+                        "received": received,
+                        "source": source,
+                        "version": batch.model_version,
+                    },
                 )
+            self._join_seq = joins[-1].seq if joins else seq
             result = IngestResult(first_idx=first, accepted=accepted, ids=ids, inserted=keep)
             numeric = np.frombuffer(block, dtype=np.float64).reshape(n, len(self._numeric))
             result.numeric = numeric if keep is None else numeric[np.asarray(keep, bool)]
             result.inserted_idx = list(range(first, first + accepted))
             if keep is not None:
                 result.duplicates = [rid for rid, k in zip(rids, keep, strict=True) if not k]
-            if joins:
-                result.joined = joins
-                self._set_join_seq(db, joins[-1].seq)
-            new = rids if keep is None else [r for r, k in zip(rids, keep, strict=True) if k]
-            waiting = db.execute(
-                "DELETE FROM pending_labels WHERE rid = ANY(%s) RETURNING rid, label, ts",
-                (new,),
-            ).fetchall()
-            if waiting:  # joined in the order of their records
-                at = {rid: i for i, rid in enumerate(new)}
+            result.joined = joins
+            if waits:
+                new = columns["rid"]
+                waiting = db.execute(
+                    "DELETE FROM pending_labels WHERE rid = ANY(%s) RETURNING rid, label, ts",
+                    (new,),
+                ).fetchall()
+                at = {rid: i for i, rid in enumerate(new)}  # joined in the order of the records
                 waiting.sort(key=lambda w: at[w[0]])
                 joined, _ = self._apply_labels(db, waiting)
                 result.joined += joined
         return result
 
-    def _new_ids(self, db: Any, rids: list[str]) -> list[bool] | None:
-        """Whether each id is new (neither stored nor earlier in the batch); ``None``: all."""
-        stored = {r[0] for r in db.execute("SELECT rid FROM records WHERE rid = ANY(%s)", (rids,))}
-        if not stored and len(set(rids)) == len(rids):
-            return None
-        keep = []
-        for rid in rids:
-            keep.append(rid not in stored)
-            stored.add(rid)
-        return keep
-
-    def _rows(
+    def _columns(
         self,
         batch: Batch,
         *,
         rids: list[str],
         keep: list[bool] | None,
         first: int,
-        source: str,
-        received: float,
+        seq: int,
         block: bytes,
-    ) -> tuple[list[tuple[Any, ...]], list[Joined]]:
-        """The rows to copy (index order) and the joins among them (records sent with both a
-        prediction and a label), numbered after the last join."""
+    ) -> tuple[dict[str, list[Any]], list[Joined]]:
+        """The columns of the rows to insert (index order) and the joins among them (records
+        sent with both a prediction and a label), numbered after join ``seq``."""
         n = len(batch)
         ts = [batch.ts] * n if isinstance(batch.ts, int | float) else batch.ts
         preds = batch.predictions or [None] * n
@@ -367,9 +380,11 @@ class PostgresStore:
         probas = batch.probas or [None] * n
         width = 8 * len(self._numeric)
         cat = self._writer.categorical_json
-        idx, seq = first, self._join_seq
-        rows: list[tuple[Any, ...]] = []
+        columns: dict[str, list[Any]] = {
+            k: [] for k in ("rid", "ts", "num", "cat", "prediction", "label", "seq", "proba")
+        }
         joins: list[Joined] = []
+        idx = first
         for i, (rid, t, f, pred, label, proba) in enumerate(
             zip(rids, ts, batch.features, preds, labels, probas, strict=True)
         ):
@@ -379,25 +394,16 @@ class PostgresStore:
             if joined:
                 seq += 1
                 joins.append(Joined(idx, pred, label, 0.0, batch.model_version, seq))
-            rows.append(
-                (
-                    idx,
-                    rid,
-                    float(t),
-                    received,
-                    source,
-                    block[i * width : (i + 1) * width],
-                    cat(f) if self._categorical else None,
-                    None if pred is None else json.dumps(pred),
-                    batch.model_version,
-                    None if label is None else json.dumps(label),
-                    None if label is None else received,
-                    seq if joined else None,
-                    None if proba is None else json.dumps(proba),
-                )
-            )
+            columns["rid"].append(rid)
+            columns["ts"].append(float(t))
+            columns["num"].append(block[i * width : (i + 1) * width])
+            columns["cat"].append(cat(f) if self._categorical else None)
+            columns["prediction"].append(None if pred is None else json.dumps(pred))
+            columns["label"].append(None if label is None else json.dumps(label))
+            columns["seq"].append(seq if joined else None)
+            columns["proba"].append(None if proba is None else json.dumps(proba))
             idx += 1
-        return rows, joins
+        return columns, joins
 
     def _set_join_seq(self, db: Any, seq: int) -> None:
         db.execute("UPDATE counters SET value = %s WHERE name = 'join_seq'", (seq,))
@@ -857,6 +863,15 @@ class Leadership:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _new(rids: list[str], stored: set[str]) -> list[bool]:
+    """Whether each id is new: neither stored nor earlier in the batch."""
+    keep = []
+    for rid in rids:
+        keep.append(rid not in stored)
+        stored.add(rid)
+    return keep
 
 
 def _counter(db: Any, name: str) -> int:
