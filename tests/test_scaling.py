@@ -16,6 +16,8 @@ import httpx
 import psycopg
 import pytest
 
+from driftd.ingest.schema import Feature, Schema
+from driftd.store import PostgresStore
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
 
 pytestmark = pytest.mark.external
@@ -315,3 +317,24 @@ def test_twenty_seeded_kills_of_the_leader_lose_and_double_nothing(
 def status(daemon: DaemonProcess) -> dict[str, Any]:
     with daemon.client() as c:
         return dict(c.get("/v1/status").json())
+
+
+def test_a_leader_cut_off_from_its_lock_stops_and_a_standby_leads(
+    tmp_path: Path, postgres: Any, pg_namespace: str
+) -> None:
+    """The database ends the leader's lock connection (as after a partition): the leader
+    cannot know whether another leads, so it exits 3 for its supervisor, and the standby leads."""
+    url = postgres.url()
+    a = DaemonProcess(cluster_config(tmp_path, url, pg_namespace, "a")).start()
+    b = DaemonProcess(cluster_config(tmp_path, url, pg_namespace, "b")).start()
+    try:
+        assert (role(a), role(b)) == ("leader", "standby")
+        lock = PostgresStore(url, Schema((Feature("x"),)), namespace=pg_namespace).leadership()
+        ((holder, _, _),) = stored(url, pg_namespace, lock.holder_query())
+        stored(url, pg_namespace, f"SELECT pg_terminate_backend({int(holder)})")
+        assert a.wait(timeout=10) == 3
+        assert any("lost the leader lock" in str(e.get("message")) for e in a.lines)
+        wait_for(lambda: role(b) == "leader", 10, "the standby leads")
+    finally:
+        a.stop()
+        b.stop()

@@ -822,7 +822,9 @@ class Leadership:
     def __init__(self, connect: Any, namespace: str) -> None:
         self._connect = connect
         digest = hashlib.sha256(f"driftd.leader.{namespace}".encode()).digest()
-        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        #: The lock's key: ``pg_locks`` shows its holder with ``classid`` the high and
+        #: ``objid`` the low 32 bits (see :meth:`holder_query`).
+        self.key = int.from_bytes(digest[:8], "big", signed=True)
         self._conn: Any = None
         self.held = False
 
@@ -835,7 +837,7 @@ class Leadership:
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = self._connect()
-            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         except (psycopg.Error, StoreUnavailable):
             self._drop()
             return False
@@ -854,6 +856,15 @@ class Leadership:
         except psycopg.Error:
             self._drop()
         return self.held
+
+    def holder_query(self) -> str:
+        """SQL that names the backend holding the lock (for an operator: which daemon leads)."""
+        unsigned = self.key & (2**64 - 1)
+        return (
+            "SELECT pid, client_addr, backend_start FROM pg_locks JOIN pg_stat_activity"
+            f" USING (pid) WHERE locktype = 'advisory' AND classid = {unsigned >> 32}"
+            f" AND objid = {unsigned & 0xFFFFFFFF} AND granted"
+        )
 
     def release(self) -> None:
         self._drop()
