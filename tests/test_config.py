@@ -124,7 +124,7 @@ def test_example_toml_documents_every_key() -> None:
     def walk(cls: type, section: str) -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name == "source":
+            if f.name == "file":
                 continue
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):

@@ -381,7 +381,7 @@ class Daemon:
         """SIGHUP: re-read the config; apply what can change live, report what needs a restart."""
         self.notifier.reloading("reloading configuration")
         try:
-            new = load(self.config.source)
+            new = load(self.config.file)
         except ConfigError as exc:
             log.error(
                 "reload refused, keeping the running configuration:\n%s", "\n".join(exc.errors)
@@ -391,7 +391,7 @@ class Daemon:
         changed = [
             f.name
             for f in dataclasses.fields(new)
-            if f.name != "source" and getattr(new, f.name) != getattr(self.config, f.name)
+            if f.name != "file" and getattr(new, f.name) != getattr(self.config, f.name)
         ]
         applied = [name for name in changed if name in LIVE_SECTIONS]
         restart = [name for name in changed if name not in LIVE_SECTIONS]
