@@ -299,9 +299,7 @@ class SourceConfig:
             if value is not None and not _NAME.match(value)
         ]
         if not all(u.startswith(("nats://", "tls://")) for u in self.servers):
-            errors.append(
-                "url: expected a nats:// or tls:// URL, or several separated by commas"
-            )
+            errors.append("url: expected a nats:// or tls:// URL, or several separated by commas")
         if self.backoff_min_seconds > self.backoff_max_seconds:
             errors.append(
                 f"backoff_min_seconds: got {self.backoff_min_seconds:g}, expected at most"

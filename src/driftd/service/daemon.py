@@ -36,6 +36,7 @@ from driftd.retrain.worker import TrainingWorker
 from driftd.service import logs
 from driftd.service.app import create_app
 from driftd.service.auth import Authorizer
+from driftd.service.body import Bodies
 from driftd.service.header_timeout import HeaderTimeout
 from driftd.service.parts import Parts, assemble
 from driftd.service.sdnotify import Notifier, Watchdog
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    """Traffic fed into the engine from inside the process (the demo stream; later, brokers)."""
+    """Traffic fed into the engine from inside the process (the demo stream, a broker)."""
 
     def start(self) -> None: ...
 
@@ -192,6 +193,8 @@ class Daemon:
             alerter=self.alerter,
             cancel=self.cancel,
         )
+        if cfg.source.kind == "nats":
+            self._attach_jetstream(self.parts)
         now = time.monotonic()
         self._next_checkpoint = now + cfg.monitor.checkpoint_interval_seconds
         self._next_trim = now
@@ -202,12 +205,29 @@ class Daemon:
             f"serving model v{live.version:06d}" if live else "no model yet",
         )
 
+    def _attach_jetstream(self, parts: Parts) -> None:
+        """Consume ``[source]``'s JetStream subjects beside HTTP ingest; its state shows in
+        status and readiness. Connecting happens on the source's thread, with retries."""
+        from driftd.service.jetstream import NAME, JetStreamSource
+
+        cfg = self.config
+        source = JetStreamSource(
+            cfg.source,
+            parts.engine,
+            Bodies(cfg.schema_obj(), cfg.server),
+            self.metrics,
+            close_timeout=max(cfg.server.shutdown_timeout_seconds, 1.0),
+        )
+        parts.report_source(NAME, source.status)
+        self.attach(source)
+
     def request_exit(self) -> None:
         """Ask for a graceful shutdown, as SIGTERM does (thread-safe)."""
         self.should_exit = True
 
     def attach(self, source: Source) -> None:
-        """Start a traffic source (the demo stream) that feeds the engine until shutdown."""
+        """Start a traffic source (the demo stream, a broker) that feeds the engine until
+        shutdown, when it is closed before the engine."""
         self.sources.append(source)
         source.start()
 
