@@ -24,17 +24,16 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from driftd.config import SourceConfig
 from driftd.errors import ConfigError
-from driftd.ingest.columns import Columns
-from driftd.ingest.validation import MAX_ERRORS, FieldError, InvalidInput
 from driftd.metrics import SOURCE_OUTCOMES, Metrics
-from driftd.service.body import JSON_TYPES, NDJSON_TYPES, Bodies
+from driftd.service.body import Bodies
 from driftd.service.engine import Engine
 from driftd.service.http import ApiError
+from driftd.service.intake import KINDS, Intake
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["NAME", "JetStreamSource", "covers"]
 
 NAME = "nats"  # the source's name in metrics, status and the store's records
-KINDS = ("records", "labels")
 FETCH_SECONDS = 1.0  # a fetch waits this long for messages: also how soon a close is seen
 CONNECT_SECONDS = 2.0
 DRAIN_SECONDS = 2.0
@@ -76,8 +74,7 @@ class JetStreamSource:
                 ["source.kind: 'nats' needs nats-py (pip install 'driftd[nats]')"]
             ) from None
         self.config = config
-        self.engine = engine
-        self.bodies = bodies
+        self.intake = Intake(engine, bodies, source=NAME)
         self.metrics = metrics
         self.clock = clock
         self.close_timeout = close_timeout
@@ -272,9 +269,7 @@ class JetStreamSource:
             with self._lock:
                 self._redeliveries += 1
         try:
-            media = self._media(msg, kind)
-            work = self.engine.executor.submit(self._ingest, kind, msg.data, media, self.clock())
-            await asyncio.wrap_future(work)
+            await self.intake.store(kind, msg.data, msg.headers, self.clock())
         except ApiError as exc:
             await msg.term()
             self._count(kind, "termed")
@@ -301,48 +296,6 @@ class JetStreamSource:
         else:
             await msg.ack()
             self._count(kind, "acked")
-
-    def _media(self, msg: Msg, kind: str) -> str:
-        """The body's type from the ``Content-Type`` header (JSON without one); what HTTP
-        would refuse before reading the body is refused here the same way."""
-        if kind not in KINDS:
-            raise ApiError(
-                404, "not_found", f"subject {msg.subject!r} is neither records nor labels"
-            )
-        given = (msg.headers or {}).get("Content-Type", JSON_TYPES[0])
-        media = given.split(";")[0].strip().lower()
-        if media not in JSON_TYPES + NDJSON_TYPES:
-            raise ApiError(
-                415, "unsupported_media_type", f"content type {media!r} is not supported"
-            )
-        cap = self.bodies.server.max_body_bytes
-        if len(msg.data) > cap:
-            raise ApiError(
-                413, "body_too_large", f"body of {len(msg.data)} bytes is over the {cap}-byte cap"
-            )
-        return media
-
-    def _ingest(self, kind: str, body: bytes, media: str, now: float) -> Any:
-        """Parse, validate and store one message (on the engine's worker), as the routes do."""
-        v = self.bodies.validators
-        if kind == "records":
-            return self.bodies.parsed(v.records, body, media, self._add_records, now=now)
-        return self.bodies.parsed(v.labels, body, media, self.engine.add_labels, now=now)
-
-    def _add_records(self, batch: Sequence[Any] | Columns, now: float) -> Any:
-        missing = _without_ids(batch)
-        if missing:
-            errors = [
-                FieldError(
-                    i,
-                    "id",
-                    "required on records from a stream, so that a redelivery is a duplicate",
-                    "missing",
-                )
-                for i in missing[:MAX_ERRORS]
-            ]
-            raise InvalidInput(errors, total=len(missing))
-        return self.engine.add_records(batch, NAME, now)
 
     # -- state ---------------------------------------------------------------------------------
     def _count(self, kind: str, outcome: str) -> None:
@@ -399,13 +352,6 @@ def covers(pattern: str, subject: str) -> bool:
         if i >= len(have) or part not in ("*", have[i]):
             return False
     return len(want) == len(have)
-
-
-def _without_ids(batch: Sequence[Any] | Columns) -> list[int]:
-    if isinstance(batch, Columns):
-        ids = batch.ids
-        return list(range(len(batch))) if ids is None else [i for i, x in enumerate(ids) if not x]
-    return [i for i, record in enumerate(batch) if not record.get("id")]
 
 
 def _without_credentials(url: str) -> str:
