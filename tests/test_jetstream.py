@@ -108,12 +108,20 @@ class NatsServer:
 
 def publish(url: str, subject: str, body: bytes, headers: dict[str, str] | None = None) -> int:
     """Publish one message to JetStream (the stream must exist); its stream sequence."""
+    return publish_all(url, subject, [body], headers)[0]
 
-    async def go() -> int:
+
+def publish_all(
+    url: str, subject: str, bodies: list[bytes], headers: dict[str, str] | None = None
+) -> list[int]:
+    """Publish messages in order over one connection; their stream sequences."""
+
+    async def go() -> list[int]:
         nc = await nats_module().connect(url, connect_timeout=2, allow_reconnect=False)
         try:
-            ack = await nc.jetstream().publish(subject, body, headers=headers, timeout=5)
-            return int(ack.seq)
+            js = nc.jetstream()
+            acks = [await js.publish(subject, b, headers=headers, timeout=5) for b in bodies]
+            return [int(ack.seq) for ack in acks]
         finally:
             await nc.close()
 
@@ -365,9 +373,8 @@ def test_a_daemon_killed_between_commit_and_ack_stores_each_record_once(
         with daemon.client() as c:
             eventually(lambda: source_state(c)["connected"], 20, "the source to connect")
         daemon.signal(signal.SIGSTOP)  # the backlog builds while the daemon cannot fetch
-        for m in range(messages):
-            body = json.dumps(records(f"k{m}", per, seed=m)).encode()
-            publish(server.url, "driftd.m3.records", body)
+        bodies = [json.dumps(records(f"k{m}", per, seed=m)).encode() for m in range(messages)]
+        publish_all(server.url, "driftd.m3.records", bodies)
         daemon.signal(signal.SIGCONT)
         eventually(lambda: stored(state) >= 3 * per, 20, "consumption to start")
         server.send(signal.SIGSTOP)  # acks from now on reach no one
@@ -434,5 +441,38 @@ def test_messages_in_the_hands_of_a_killed_daemon_are_delivered_again_and_counte
             again = metric(c, "driftd_source_redeliveries_total", source="nats", kind="records")
             assert again >= 1
             assert source_state(c)["redeliveries"] >= 1
+    finally:
+        daemon.stop()
+
+
+def test_a_graceful_stop_acknowledges_every_message_it_stored(
+    module_tmp: Path, server: NatsServer, bootstrap: Path
+) -> None:
+    """SIGTERM mid-backlog: the source fetches nothing more, finishes the messages in hand and
+    their acks reach the broker before the daemon exits: nothing stored is left unacknowledged,
+    nothing acknowledged is left unstored."""
+    daemon = daemon_for(module_tmp, server, "m5", bootstrap=bootstrap, batch=20)
+    state = module_tmp / "state-m5"
+    per = 200
+    try:
+        daemon.start()
+        with daemon.client() as c:
+            eventually(lambda: source_state(c)["connected"], 20, "the source to connect")
+        daemon.signal(signal.SIGSTOP)
+        bodies = [json.dumps(records(f"g{m}", per)).encode() for m in range(150)]
+        seqs = publish_all(server.url, "driftd.m5.records", bodies)
+        time.sleep(0.1)
+        in_hand = consumer_info(server.url, "DRIFTD", "driftd-m5").num_ack_pending
+        # SIGTERM waits while the daemon is stopped, and is seen as soon as it runs again.
+        daemon.signal(signal.SIGTERM)
+        daemon.signal(signal.SIGCONT)
+        assert daemon.wait(30) == 0
+        info = consumer_info(server.url, "DRIFTD", "driftd-m5")
+        assert info.num_ack_pending == 0  # nothing delivered is left unacknowledged
+        # Stored in order, acknowledged in order: the ack floor is the last message stored.
+        acked = max(0, info.ack_floor.stream_seq - seqs[0] + 1)
+        assert stored(state) == acked * per
+        assert acked >= in_hand  # the messages in hand were finished, not abandoned
+        assert acked < len(seqs), "the source went on fetching after SIGTERM"
     finally:
         daemon.stop()

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,9 +51,15 @@ log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    """Traffic fed into the engine from inside the process (the demo stream, a broker)."""
+    """Traffic fed into the engine from inside the process (the demo stream, a broker).
+
+    ``drain`` is called as the shutdown begins (with uvicorn's, before requests are drained):
+    take nothing new. ``close`` comes after, before the engine closes: finish what is in hand
+    and stop."""
 
     def start(self) -> None: ...
+
+    def drain(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -88,6 +95,11 @@ class _Server(uvicorn.Server):
         else:
             log.info("received %s: shutting down gracefully", signal.Signals(sig).name)
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for source in self.daemon.sources:
+            source.drain()  # no new broker messages while requests drain
+        await super().shutdown(sockets=sockets)
 
     async def on_tick(self, counter: int) -> bool:
         should_exit = await super().on_tick(counter)

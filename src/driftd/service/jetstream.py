@@ -105,14 +105,18 @@ class JetStreamSource:
         self._thread.start()
         running.wait(5.0)  # the loop exists: close() can reach it from now on
 
-    def close(self) -> None:
-        """Stop fetching, finish the messages in hand (each stored and acknowledged, or
-        refused), hand the acknowledgements to the broker and disconnect; within
-        ``close_timeout`` (the daemon's shutdown timeout)."""
+    def drain(self) -> None:
+        """Fetch nothing more; the messages in hand are still finished (thread-safe)."""
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None:
             with contextlib.suppress(RuntimeError):  # the loop ended already
                 loop.call_soon_threadsafe(stop.set)
+
+    def close(self) -> None:
+        """Stop fetching, finish the messages in hand (each stored and acknowledged, or
+        refused), hand the acknowledgements to the broker and disconnect; within
+        ``close_timeout`` (the daemon's shutdown timeout)."""
+        self.drain()
         if self._thread is not None:
             self._thread.join(self.close_timeout)
             if self._thread.is_alive():
