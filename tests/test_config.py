@@ -340,3 +340,18 @@ def test_source_names_that_nats_would_refuse_are_listed_without_echoing_the_url(
         "source.backoff_min_seconds",
     ]
     assert not any("secret" in e for e in err.value.errors)
+
+
+def test_a_nats_source_without_nats_py_installed_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nats", None)  # what an interpreter without it finds
+    assert load_text(MINIMAL).source.kind == "none"  # the embedded default never needs it
+    with pytest.raises(ConfigError) as err:
+        load_text(MINIMAL + '[source]\nkind = "nats"\n')
+    assert err.value.errors == [
+        "source.kind: 'nats' needs the nats-py package, which is not installed"
+        " (pip install 'driftd[nats]')"
+    ]
