@@ -171,6 +171,11 @@ def stored(state: Path, source: str = "nats") -> int:
         return int(row[0])
 
 
+def shared_state(proc: DaemonProcess) -> Path:
+    """The state directory of the module's shared daemon."""
+    return proc.config.parent / "state-m1"
+
+
 def daemon_for(
     tmp: Path, server: NatsServer, model: str, *, bootstrap: Path, **source: Any
 ) -> DaemonProcess:
@@ -306,10 +311,6 @@ def test_an_invalid_message_is_terminated_counted_and_does_not_hold_back_the_nex
     time.sleep(2.5)  # past ack_wait: a terminated message is never delivered again
     info = consumer_info(server.url, "DRIFTD", "driftd-m1")
     assert info.num_ack_pending == 0 and info.num_redelivered == 0
-
-
-def shared_state(proc: DaemonProcess) -> Path:
-    return proc.config.parent / "state-m1"
 
 
 def test_a_broker_outage_is_reported_never_fatal_and_consumption_resumes(
