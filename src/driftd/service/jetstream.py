@@ -203,14 +203,21 @@ class JetStreamSource:
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         """Create the stream when missing; add this model's subjects to one lacking them."""
-        from nats.js.api import StorageType
+        from nats.js.api import RetentionPolicy, StorageType
         from nats.js.errors import NotFoundError
 
         cfg, wanted = self.config, list(self.config.subjects)
         try:
             info = await js.stream_info(cfg.stream)
         except NotFoundError:
-            await js.add_stream(name=cfg.stream, subjects=wanted, storage=StorageType.FILE)
+            # Interest retention: a message is kept until every consumer on its subject has
+            # acknowledged it (the store holds it from then on), so the stream stays bounded.
+            await js.add_stream(
+                name=cfg.stream,
+                subjects=wanted,
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.INTEREST,
+            )
             log.info("NATS source: created stream %s for %s", cfg.stream, ", ".join(wanted))
             return
         held = list(info.config.subjects or [])
