@@ -8,6 +8,7 @@ directory; without ``nats-server`` (or nats-py) the tests skip, and under CI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -169,6 +170,29 @@ def stored(state: Path, source: str = "nats") -> int:
     with sqlite3.connect(state / "driftd.sqlite3") as db:
         row = db.execute("SELECT count(*) FROM records WHERE source = ?", (source,)).fetchone()
         return int(row[0])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (Linux ``/proc``), children first-found order."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                for child in map(int, (task / "children").read_text().split()):
+                    found += [child, *descendants(child)]
+    return found
+
+
+def kill_9(proc: DaemonProcess) -> None:
+    """SIGKILL the daemon and what it started (the training worker), as systemd does to a
+    service's control group once its main process died; then reap it."""
+    assert proc.proc is not None
+    under = descendants(proc.proc.pid)
+    proc.signal(signal.SIGKILL)
+    for pid in under:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def shared_state(proc: DaemonProcess) -> Path:
@@ -381,8 +405,7 @@ def test_a_daemon_killed_between_commit_and_ack_stores_each_record_once(tmp_path
         eventually(lambda: stored(state) >= 3 * per, 20, "consumption to start")
         server.send(signal.SIGSTOP)  # acks from now on reach no one
         time.sleep(1.0)  # the batch in hand is committed meanwhile
-        daemon.signal(signal.SIGKILL)
-        daemon.wait()
+        kill_9(daemon)
         server.stop(signal.SIGKILL)
         at_kill = stored(state)
         assert at_kill < messages * per, "the whole backlog went through before the freeze"
@@ -435,8 +458,7 @@ def test_messages_in_the_hands_of_a_killed_daemon_are_delivered_again_and_counte
             eventually(lambda n=sent: stored(state) == n, 10, "the message stored")
         else:
             pytest.fail("no message was ever in the daemon's hands unacknowledged")
-        daemon.signal(signal.SIGKILL)
-        daemon.wait()
+        kill_9(daemon)
         daemon.start(wait_ready=False)
         with daemon.client() as c:
             eventually(lambda: stored(state) == sent, 15, "the message delivered again")
