@@ -124,7 +124,7 @@ def test_example_toml_documents_every_key() -> None:
     def walk(cls: type, section: str) -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name == "source":
+            if f.name == "file":
                 continue
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
@@ -311,3 +311,47 @@ def test_registry_retention_keeps_ten_by_default_and_names_a_bad_pin_or_count() 
     with pytest.raises(ConfigError) as err:
         load_text(MINIMAL + "[model]\npinned = [2, 0]\n")
     assert err.value.errors == ["model.pinned: got 0, expected version numbers >= 1"]
+
+
+def test_the_source_section_defaults_to_none_and_derives_subjects_and_consumer() -> None:
+    cfg = load_text(MINIMAL)
+    assert cfg.source.kind == "none"
+    cfg = load_text(MINIMAL + '[source]\nkind = "nats"\nmodel = "fraud"\n')
+    assert cfg.source.subjects == ("driftd.fraud.records", "driftd.fraud.labels")
+    assert cfg.source.consumer == "driftd-fraud"
+    assert cfg.file == "<memory>"  # the file's path is not the [source] section
+    env = {"DRIFTD_SOURCE_URL": "nats://a:4222, nats://b:4222"}
+    assert load_text(MINIMAL, env=env).source.servers == ["nats://a:4222", "nats://b:4222"]
+
+
+def test_source_names_that_nats_would_refuse_are_listed_without_echoing_the_url() -> None:
+    text = MINIMAL + (
+        '[source]\nkind = "nats"\nurl = "http://user:secret@host"\nstream = "a.b"\n'
+        'subject_prefix = "driftd.>"\nmodel = "x y"\nbackoff_min_seconds = 60.0\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_text(text)
+    keys = [e.split(":")[0] for e in err.value.errors]
+    assert keys == [
+        "source.subject_prefix",
+        "source.stream",
+        "source.model",
+        "source.url",
+        "source.backoff_min_seconds",
+    ]
+    assert not any("secret" in e for e in err.value.errors)
+
+
+def test_a_nats_source_without_nats_py_installed_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nats", None)  # what an interpreter without it finds
+    assert load_text(MINIMAL).source.kind == "none"  # the embedded default never needs it
+    with pytest.raises(ConfigError) as err:
+        load_text(MINIMAL + '[source]\nkind = "nats"\n')
+    assert err.value.errors == [
+        "source.kind: 'nats' needs the nats-py package, which is not installed"
+        " (pip install 'driftd[nats]')"
+    ]

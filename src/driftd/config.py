@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ __all__ = [
     "Scope",
     "ScopeTokens",
     "ServerConfig",
+    "SourceConfig",
     "StateConfig",
     "StoreConfig",
     "load",
@@ -262,6 +265,74 @@ class DemoConfig:
         return []
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a JetStream stream / consumer name, a subject token
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """Traffic consumed from a broker beside HTTP ingest (``service/jetstream.py``).
+
+    With ``kind = "nats"`` records and labels are pulled from the durable JetStream consumer
+    ``durable`` (default ``driftd-<model>``) on stream ``stream`` (created when missing),
+    subjects ``<subject_prefix>.<model>.records`` and ``<subject_prefix>.<model>.labels``.
+    """
+
+    kind: Literal["none", "nats"] = "none"
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "DRIFTD"
+    subject_prefix: str = "driftd"
+    model: str = "default"
+    durable: str | None = None
+    batch: int = field(default=100, metadata={"min": 1, "max": 10_000})
+    ack_wait_seconds: float = field(default=30.0, metadata={"min": 1})
+    nak_delay_seconds: float = field(default=5.0, metadata={"min": 0})
+    lag_interval_seconds: float = field(default=5.0, metadata={"min": 0.1})
+    backoff_min_seconds: float = field(default=0.5, metadata={"min": 0.01})
+    backoff_max_seconds: float = field(default=30.0, metadata={"min": 0.01})
+
+    @property
+    def subjects(self) -> tuple[str, str]:
+        """The records and the labels subject."""
+        base = f"{self.subject_prefix}.{self.model}"
+        return f"{base}.records", f"{base}.labels"
+
+    @property
+    def servers(self) -> list[str]:
+        """The URLs in ``url`` (one, or several separated by commas: a cluster)."""
+        return [u.strip() for u in self.url.split(",")]
+
+    @property
+    def consumer(self) -> str:
+        return self.durable or f"driftd-{self.model}"
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not all(_NAME.match(t) for t in self.subject_prefix.split(".")):
+            errors.append(
+                f"subject_prefix: got {self.subject_prefix!r}, expected dot-separated tokens"
+                " of letters, digits, '_' and '-' (no wildcard)"
+            )
+        named = {"stream": self.stream, "model": self.model, "durable": self.durable}
+        errors += [
+            f"{key}: got {value!r}, expected 1 to 64 letters, digits, '_' or '-'"
+            for key, value in named.items()
+            if value is not None and not _NAME.match(value)
+        ]
+        if not all(u.startswith(("nats://", "tls://")) for u in self.servers):
+            errors.append("url: expected a nats:// or tls:// URL, or several separated by commas")
+        if self.backoff_min_seconds > self.backoff_max_seconds:
+            errors.append(
+                f"backoff_min_seconds: got {self.backoff_min_seconds:g}, expected at most"
+                f" backoff_max_seconds ({self.backoff_max_seconds:g})"
+            )
+        if self.kind == "nats" and importlib.util.find_spec("nats") is None:
+            errors.append(
+                "kind: 'nats' needs the nats-py package, which is not installed"
+                " (pip install 'driftd[nats]')"
+            )
+        return errors
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -287,7 +358,10 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    source: str = field(default="<memory>", compare=False)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    #: The file the settings were read from (``<memory>`` for a string): the anchor of
+    #: relative paths and what a reload reads again. Not a section.
+    file: str = field(default="<memory>", compare=False)
 
     def validate(self) -> list[str]:
         errors = []
@@ -330,13 +404,13 @@ class Config:
         if env:
             return Path(env.split(":")[0])
         path = Path(self.state.dir)
-        if not path.is_absolute() and self.source not in ("<memory>", ""):
-            path = Path(self.source).parent / path
+        if not path.is_absolute() and self.file not in ("<memory>", ""):
+            path = Path(self.file).parent / path
         return path
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's directory."""
-        return _resolve(self.source, value)
+        return _resolve(self.file, value)
 
     def schema_obj(self) -> Schema:
         return self.schema.build()
@@ -379,7 +453,7 @@ def load_text(
     errors += _file_errors(data, source)
     if errors or config is None:
         raise ConfigError(errors)
-    return dataclasses.replace(config, source=source)
+    return dataclasses.replace(config, file=source)
 
 
 def _file_errors(data: dict[str, Any], source: str) -> list[str]:
@@ -406,7 +480,7 @@ def _resolve(source: str, value: str) -> Path:
     return Path(source).parent / path
 
 
-_SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+_SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "file"]
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str], errors: list[str]) -> None:

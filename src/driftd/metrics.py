@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 
 from driftd import __version__
 
-__all__ = ["ALERT_KINDS", "REJECT_REASONS", "SOURCES", "Metrics"]
+__all__ = ["ALERT_KINDS", "REJECT_REASONS", "SOURCES", "SOURCE_OUTCOMES", "Metrics"]
 
-SOURCES = ("predict", "records", "demo", "replay")
+SOURCES = ("predict", "records", "demo", "replay")  # a broker source adds its own (nats)
 REJECT_REASONS = (
     "invalid_record",
     "malformed_json",
@@ -46,6 +46,8 @@ TRIGGER_REASONS = ("drift", "drift_growth", "challenger", "schedule", "operator"
 SKIP_REASONS = ("cooldown", "backoff", "too_few_new_labels", "too_few_rows", "single_class")
 DEFER_REASONS = ("cooldown", "backoff", "too_few_new_labels")
 OUTCOMES = ("deployed", "rejected", "failed", "timeout")
+#: What a broker source did with a message: stored it, refused it for good, or asked again.
+SOURCE_OUTCOMES = ("acked", "termed", "naked")
 ALERT_KINDS = (
     "candidate_rejected",
     "training_failed",
@@ -274,6 +276,41 @@ class Metrics:
         )
         for kind in ALERT_KINDS:
             self.alerts_sent.labels(kind)
+        # broker sources (service/jetstream.py); series made by declare_source
+        self.source_messages = Counter(
+            "driftd_source_messages",
+            "Broker messages handled, by outcome: acked (stored, or duplicates of stored ids),"
+            " termed (refused input, never delivered again), naked (not stored this time: the"
+            " broker delivers it again later).",
+            ["source", "kind", "outcome"],
+            registry=r,
+        )
+        self.source_redeliveries = Counter(
+            "driftd_source_redeliveries",
+            "Broker messages delivered more than once (their ids are then duplicates).",
+            ["source", "kind"],
+            registry=r,
+        )
+        self.source_pending = Gauge(
+            "driftd_source_pending_messages",
+            "Consumer lag: messages not delivered yet (undelivered), delivered and not yet"
+            " acknowledged (unacked).",
+            ["source", "state"],
+            registry=r,
+        )
+        self.source_connected = Gauge(
+            "driftd_source_connected",
+            "1 while the source is connected to its broker and consuming, 0 otherwise.",
+            ["source"],
+            registry=r,
+        )
+        self.source_connect_failures = Counter(
+            "driftd_source_connect_failures",
+            "Attempts to connect to (and set up the consumer on) the broker that failed, and"
+            " connections lost; each is retried with backoff.",
+            ["source"],
+            registry=r,
+        )
         self.live = _LiveCollector()
         r.register(self.live)
         for source in SOURCES:
@@ -282,6 +319,18 @@ class Metrics:
             self.rejected.labels(reason)
         for kind in ("data_drift", "concept_drift", "performance_drop_estimated"):
             self.drift_alarms.labels(kind)
+
+    def declare_source(self, source: str, kinds: Iterable[str]) -> None:
+        """Create a broker source's series so that they export zeros from the start."""
+        self.records.labels(source)
+        self.source_connected.labels(source).set(0)
+        self.source_connect_failures.labels(source)
+        for state in ("undelivered", "unacked"):
+            self.source_pending.labels(source, state)
+        for kind in kinds:
+            self.source_redeliveries.labels(source, kind)
+            for outcome in SOURCE_OUTCOMES:
+                self.source_messages.labels(source, kind, outcome)
 
     def declare_features(
         self, signals: Iterable[tuple[str, str]], categorical: Iterable[str]

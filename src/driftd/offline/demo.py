@@ -79,6 +79,10 @@ class DemoSource:
         self._thread = threading.Thread(target=self._run, name="driftd-demo", daemon=True)
         self._thread.start()
 
+    def drain(self) -> None:
+        """Send nothing more (the daemon is shutting down)."""
+        self.stop.set()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop sending and wait for the thread (called by the daemon before the engine closes)."""
         self.stop.set()

@@ -519,7 +519,7 @@ class _Session:
                 "end_time": items[-1].time,
             },
             "config": {
-                "source": Path(cfg.source).name,
+                "source": Path(cfg.file).name,
                 "task": schema.task,
                 "metric": cfg.model.metric,
                 "estimator": cfg.model.factory or cfg.model.estimator,

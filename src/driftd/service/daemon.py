@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +37,7 @@ from driftd.retrain.worker import TrainingWorker
 from driftd.service import logs
 from driftd.service.app import create_app
 from driftd.service.auth import Authorizer
+from driftd.service.body import Bodies
 from driftd.service.cluster import Cluster
 from driftd.service.header_timeout import HeaderTimeout
 from driftd.service.parts import Parts, assemble
@@ -50,9 +52,15 @@ log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    """Traffic fed into the engine from inside the process (the demo stream; later, brokers)."""
+    """Traffic fed into the engine from inside the process (the demo stream, a broker).
+
+    ``drain`` is called as the shutdown begins (with uvicorn's, before requests are drained):
+    take nothing new. ``close`` comes after, before the engine closes: finish what is in hand
+    and stop."""
 
     def start(self) -> None: ...
+
+    def drain(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -88,6 +96,11 @@ class _Server(uvicorn.Server):
         else:
             log.info("received %s: shutting down gracefully", signal.Signals(sig).name)
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for source in self.daemon.sources:
+            source.drain()  # no new broker messages while requests drain
+        await super().shutdown(sockets=sockets)
 
     async def on_tick(self, counter: int) -> bool:
         should_exit = await super().on_tick(counter)
@@ -207,6 +220,8 @@ class Daemon:
             )
             self.cluster.start()
             log.info("on a shared store: %s", self.parts.role.status()["role"])
+        if cfg.source.kind == "nats":
+            self._attach_jetstream(self.parts)
         now = time.monotonic()
         self._next_checkpoint = now + cfg.monitor.checkpoint_interval_seconds
         self._next_trim = now
@@ -217,12 +232,29 @@ class Daemon:
             f"serving model v{live.version:06d}" if live else "no model yet",
         )
 
+    def _attach_jetstream(self, parts: Parts) -> None:
+        """Consume ``[source]``'s JetStream subjects beside HTTP ingest; its state shows in
+        status and readiness. Connecting happens on the source's thread, with retries."""
+        from driftd.service.jetstream import NAME, JetStreamSource
+
+        cfg = self.config
+        source = JetStreamSource(
+            cfg.source,
+            parts.engine,
+            Bodies(cfg.schema_obj(), cfg.server),
+            self.metrics,
+            close_timeout=max(cfg.server.shutdown_timeout_seconds, 1.0),
+        )
+        parts.report_source(NAME, source.status)
+        self.attach(source)
+
     def request_exit(self) -> None:
         """Ask for a graceful shutdown, as SIGTERM does (thread-safe)."""
         self.should_exit = True
 
     def attach(self, source: Source) -> None:
-        """Start a traffic source (the demo stream) that feeds the engine until shutdown."""
+        """Start a traffic source (the demo stream, a broker) that feeds the engine until
+        shutdown, when it is closed before the engine."""
         self.sources.append(source)
         source.start()
 
@@ -414,7 +446,7 @@ class Daemon:
         """SIGHUP: re-read the config; apply what can change live, report what needs a restart."""
         self.notifier.reloading("reloading configuration")
         try:
-            new = load(self.config.source)
+            new = load(self.config.file)
         except ConfigError as exc:
             log.error(
                 "reload refused, keeping the running configuration:\n%s", "\n".join(exc.errors)
@@ -424,7 +456,7 @@ class Daemon:
         changed = [
             f.name
             for f in dataclasses.fields(new)
-            if f.name != "source" and getattr(new, f.name) != getattr(self.config, f.name)
+            if f.name != "file" and getattr(new, f.name) != getattr(self.config, f.name)
         ]
         applied = [name for name in changed if name in LIVE_SECTIONS]
         restart = [name for name in changed if name not in LIVE_SECTIONS]

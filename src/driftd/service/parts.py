@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +51,21 @@ class Parts:
     clock: Callable[[], float]
     role: Role
     leadership: Leadership | None = None  # the lock, on a shared store
+    #: Traffic sources beside HTTP (a broker consumer): name -> its state, read on each status.
+    sources: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+
+    def report_source(self, name: str, state: Callable[[], dict[str, Any]]) -> None:
+        """Show a source's state (``connected`` and why not) in status and readiness."""
+        self.sources[name] = state
+
+    def source_states(self) -> dict[str, dict[str, Any]]:
+        return {name: state() for name, state in self.sources.items()}
 
     def status(self) -> dict[str, Any]:
         """What ``GET /v1/status`` answers."""
         return {
             "ready": self.models.current is not None,
+            "sources": self.source_states(),
             "uptime_seconds": round(self.clock() - self.started, 3),
             "cluster": self.role.status(),
             "model": self.models.status(),

@@ -224,11 +224,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready while a model serves. A broker source that is not connected makes the answer
+    ``degraded`` with the source's state, still 200: the daemon serves predictions and HTTP
+    ingest, the broker keeps the messages until it is back, and every replica of a model
+    shares the broker, so failing readiness on its outage would take all of them out of the
+    load balancer at once and turn a broker outage into a prediction outage."""
     parts = _parts(_api(request))
     live = parts.models.current
     if live is None:  # not a refusal of anything sent: not counted as one
         return error_response(ApiError(503, "no_model", parts.no_model_reason()))
-    return json_response({"status": "ready", "model_version": live.version})
+    body: dict[str, Any] = {"status": "ready", "model_version": live.version}
+    if parts.sources:
+        states = parts.source_states()
+        body["sources"] = states
+        if not all(s.get("connected") for s in states.values()):
+            body["status"] = "degraded"
+    return json_response(body)
 
 
 async def prometheus(request: Request) -> Response:

@@ -860,10 +860,11 @@ class Leadership:
     def holder_query(self) -> str:
         """SQL that names the backend holding the lock (for an operator: which daemon leads)."""
         unsigned = self.key & (2**64 - 1)
+        high, low = unsigned >> 32, unsigned & 0xFFFFFFFF  # two integers of the lock's own key
         return (
-            "SELECT pid, client_addr, backend_start FROM pg_locks JOIN pg_stat_activity"
-            f" USING (pid) WHERE locktype = 'advisory' AND classid = {unsigned >> 32}"
-            f" AND objid = {unsigned & 0xFFFFFFFF} AND granted"
+            "SELECT pid, client_addr, backend_start FROM pg_locks JOIN pg_stat_activity"  # noqa: S608
+            f" USING (pid) WHERE locktype = 'advisory' AND classid = {high} AND objid = {low}"
+            " AND granted"
         )
 
     def release(self) -> None:
