@@ -11,6 +11,9 @@ code and the protocol, not the disk) and measures both backends in the same run.
   daemon     records/s through HTTP ``POST /v1/records`` of one daemon, 1,000-record batches,
              one client: on SQLite, and as the leader of a model on PostgreSQL (it reads
              every batch back to monitor it);
+  jetstream  records/s a daemon takes from a JetStream backlog (1,000-record messages, each
+             acknowledged after its commit), on SQLite and on PostgreSQL, beside the same
+             bodies through HTTP in the same run;
   models     N models on one host, each a leader and a standby (two ``driftd@<model>``
              units, as two hosts would run them), N = 1, 2, 5, 10: aggregate records/s of one
              client per model posting 100-record batches to its two daemons in turn, and the
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import Daemon, fmt, machine, rss_mb
 from bench_http import BATCH, N_FEATURES, ingest, rows, write_boot
 from bench_http import config as http_config
-from tests.services import PostgresServer
+from tests.services import NatsServer, PostgresServer
 
 
 def schema() -> Any:
@@ -127,6 +130,65 @@ def bench_daemon(pg: PostgresServer, run: int, quick: bool) -> dict[str, float]:
     return out
 
 
+def publish(url: str, subject: str, bodies: list[bytes]) -> None:
+    import asyncio
+
+    import nats
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="DRIFTD", subjects=["driftd.>"])
+            for body in bodies:
+                await js.publish(subject, body)
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def stored(daemon: Daemon) -> int:
+    import httpx
+
+    return int(httpx.get(f"{daemon.url}/v1/status", timeout=10).json()["store"]["records"])
+
+
+def bench_jetstream(pg: PostgresServer, run: int, quick: bool) -> dict[str, float]:
+    """Records/s from a backlog published before the daemon starts: from ready to all stored."""
+    n = 20 if quick else 60
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        broker = NatsServer(tmp).start()
+        try:
+            for name, store in (
+                ("sqlite", ""),
+                ("postgres", f'url = "{pg.url()}"\nnamespace = "bench_j{run}"'),
+            ):
+                model = f"{name}{run}"
+                bodies = [
+                    json.dumps(
+                        [{"id": f"{model}-{k}-{i}", **r} for i, r in enumerate(rows(BATCH, k))]
+                    ).encode()
+                    for k in range(n)
+                ]
+                publish(broker.url, f"driftd.{model}.records", bodies)
+                source = f'\n[source]\nkind = "nats"\nurl = "{broker.url}"\nmodel = "{model}"\n'
+                cfg = daemon_config(tmp, f"j{name}", store)
+                cfg.write_text(cfg.read_text() + source)
+                with Daemon(cfg) as daemon:
+                    start = time.perf_counter()
+                    while stored(daemon) < n * BATCH:  # bootstrap rows are not in the store
+                        time.sleep(0.02)
+                    out[f"jetstream_{name}"] = n * BATCH / (time.perf_counter() - start)
+            with Daemon(daemon_config(tmp, "jhttp", "")) as daemon:
+                out["http_sqlite"] = ingest(daemon.url, bodies)
+        finally:
+            broker.stop()
+    return out
+
+
 def _post_in_turn(
     pair: list[Daemon], bodies: list[bytes], sent: list[int], m: int, stop: threading.Event
 ) -> None:
@@ -192,11 +254,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer rows and models")
-    parser.add_argument("--only", choices=["store", "daemon", "models"], default=None)
+    parser.add_argument("--only", choices=["store", "daemon", "jetstream", "models"], default=None)
     args = parser.parse_args()
     print(json.dumps(machine()))
     counts = [1, 2] if args.quick else [1, 2, 5, 10]
-    results: dict[str, list[Any]] = {"store": [], "daemon": [], "models": []}
+    results: dict[str, list[Any]] = {"store": [], "daemon": [], "jetstream": [], "models": []}
     for run in range(args.runs):
         pg = PostgresServer().start()
         try:
@@ -204,6 +266,8 @@ def main() -> None:
                 results["store"].append(bench_store(pg, run, args.quick))
             if args.only in (None, "daemon"):
                 results["daemon"].append(bench_daemon(pg, run, args.quick))
+            if args.only in (None, "jetstream"):
+                results["jetstream"].append(bench_jetstream(pg, run, args.quick))
             if args.only in (None, "models"):
                 results["models"].append(bench_models(pg, counts, 5.0 if args.quick else 15.0, run))
         finally:
@@ -225,6 +289,12 @@ def main() -> None:
             print(f"  {key:<10} {fmt([r[key] for r in results['daemon']])}")
         ratio = [r["postgres"] / r["sqlite"] for r in results["daemon"]]
         print(f"  postgres / sqlite {fmt(ratio, 2)}")
+    if results["jetstream"]:
+        print("\nrecords/s from a JetStream backlog (1,000-record messages), beside HTTP")
+        for key in ("jetstream_sqlite", "jetstream_postgres", "http_sqlite"):
+            print(f"  {key:<20} {fmt([r[key] for r in results['jetstream']])}")
+        ratio = [r["jetstream_sqlite"] / r["http_sqlite"] for r in results["jetstream"]]
+        print(f"  jetstream / http, SQLite {fmt(ratio, 2)}")
     if results["models"]:
         print("\nN models on one host, a leader and a standby each (100-record batches)")
         base = [r["1"]["records_per_s"] for r in results["models"]]

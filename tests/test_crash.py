@@ -7,8 +7,8 @@ checkpoint written every 0.1 s. After every kill it checks, with the process dea
 after a restart, that nothing acknowledged was lost or doubled, that the SQLite file is intact,
 that the champion loads and is served without fallback, that no temporary file survives the
 restart, that the monitor resumed from its checkpoint, and that the restart sets off no burst
-of retrains. ``DRIFTD_CRASH_KILLS`` sets the number of kills (12 by default; the full run in
-``benchmarks/crash_matrix.py`` does 100).
+of retrains. ``DRIFTD_CRASH_KILLS`` sets the number of kills of the default run (6: each kind of
+instant once; the slow run kills four times each, and ``benchmarks/crash_matrix.py`` 100 times).
 
 The short soak plays the Agrawal stream through the daemon with retention set and holds memory,
 file descriptors and the store's size to their bounds (the long soak is ``benchmarks/soak.py``).
@@ -37,13 +37,14 @@ import pytest
 from driftd.models.registry import Registry
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
 
-KILLS = int(os.environ.get("DRIFTD_CRASH_KILLS", "12"))
 SEED = int(os.environ.get("DRIFTD_CRASH_SEED", "20240611"))
 
 #: How each kill picks its instant. ``uniform``: a random delay into the traffic; the others
 #: wait for a phase to begin (seen from outside, as an operator would) and kill a random few
 #: milliseconds into it, so that the short windows are hit in every run, not by luck.
 MODES = ("uniform", "training", "publish", "alias", "checkpoint", "rollback")
+#: Kills in the default run: each kind of instant once; the slow matrix runs four of each.
+KILLS = int(os.environ.get("DRIFTD_CRASH_KILLS", str(len(MODES))))
 
 #: A restart may start at most the one job that was waiting; this long after it is ready.
 QUIET_SECONDS = 1.0
@@ -602,13 +603,20 @@ def _quietly(fn: Callable[[httpx.Client], None], c: httpx.Client) -> None:
         fn(c)
 
 
-@pytest.mark.timeout(max(300, 20 * KILLS))
+@pytest.mark.parametrize(
+    "kills",
+    [
+        pytest.param(KILLS, marks=pytest.mark.timeout(max(300, 20 * KILLS))),
+        pytest.param(4 * len(MODES), marks=[pytest.mark.slow, pytest.mark.timeout(1200)]),
+    ],
+    ids=["each-kind-once", "each-kind-four-times"],
+)
 def test_kill_9_at_random_instants_of_every_kind_loses_nothing_and_restarts_clean(
-    tmp_path: Path,
+    tmp_path: Path, kills: int
 ) -> None:
     """Kills during ingest, label joins, checkpoint writes, training, publish, alias
     replacement and rollback: every restart is clean and nothing acknowledged is lost."""
-    report = CrashMatrix(tmp_path, log=print).run(KILLS)
+    report = CrashMatrix(tmp_path, log=print).run(kills)
     print(report.text())
     assert report.survived == len(report.kills), report.text()
     assert not report.failed_requests, report.text()

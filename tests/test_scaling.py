@@ -100,7 +100,8 @@ def test_a_database_that_goes_away_is_a_503_and_the_daemon_recovers(
             finally:
                 postgres.restart()
             again = c.post("/v1/records", json=rows)
-            assert again.status_code == 200 and again.json()["accepted"] == 10
+            assert again.status_code == 200, again.text
+            assert again.json()["accepted"] == 10
             metrics = c.get("/metrics").text
         assert 'driftd_records_rejected_total{reason="store_unavailable"} 1.0' in metrics
     finally:
@@ -148,8 +149,9 @@ class Producer:
     a batch later, their labels, to whichever daemon answers; remembers what was
     acknowledged (a 200): the records and labels that must be stored, exactly once."""
 
-    def __init__(self, daemons: list[DaemonProcess], seed: int) -> None:
+    def __init__(self, daemons: list[DaemonProcess], seed: int, prefix: str = "b") -> None:
         self.daemons = daemons
+        self.prefix = prefix
         self.rng = random.Random(seed)
         self.acked: list[str] = []
         self.labelled: list[str] = []
@@ -186,13 +188,15 @@ class Producer:
             right = 0.9 if (k // 40) % 2 == 0 else 0.5
             batch = [
                 {
-                    "id": f"b{k}-{i}",
+                    "id": f"{self.prefix}{k}-{i}",
                     "features": r["features"],
                     "prediction": r["label"] if self.rng.random() < right else 1 - r["label"],
                 }
                 for i, r in enumerate(rows)
             ]
-            labels = [{"id": f"b{k}-{i}", "label": r["label"]} for i, r in enumerate(rows)]
+            labels = [
+                {"id": f"{self.prefix}{k}-{i}", "label": r["label"]} for i, r in enumerate(rows)
+            ]
             k += 1
             if self._send("/v1/records", batch):
                 self.acked += [r["id"] for r in batch]
@@ -202,17 +206,17 @@ class Producer:
             time.sleep(0.01)
 
 
-def check_nothing_lost_or_doubled(url: str, namespace: str, producer: Producer) -> int:
+def check_nothing_lost_or_doubled(url: str, namespace: str, *producers: Producer) -> int:
     """Every acknowledged record is stored once with every acknowledged label, and the
     leader's monitor saw each record and outcome, its events once, across every takeover.
     Returns the number of drift events."""
-    rows = stored(url, namespace, "SELECT rid, label IS NOT NULL FROM records WHERE rid LIKE 'b%'")
+    rows = stored(url, namespace, "SELECT rid, label IS NOT NULL FROM records")
     rids = [r for r, _ in rows]
     assert len(rids) == len(set(rids))  # never doubled
-    missing = set(producer.acked) - set(rids)
+    missing = {r for p in producers for r in p.acked} - set(rids)
     assert not missing, f"{len(missing)} acknowledged records lost"
     labelled = {r for r, has in rows if has}
-    lost = set(producer.labelled) - labelled
+    lost = {r for p in producers for r in p.labelled} - labelled
     assert not lost, f"{len(lost)} acknowledged labels lost"
     # The leader's monitor followed every record and outcome, and recorded each event once: a
     # takeover replays quietly up to where the last leader got, loudly after.
@@ -245,6 +249,7 @@ def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
     a = DaemonProcess(cluster_config(tmp_path, url, pg_namespace, "a")).start()
     b = DaemonProcess(cluster_config(tmp_path, url, pg_namespace, "b")).start()
     producer = Producer([a, b], seed=4)
+    standby_only = Producer([b], seed=5, prefix="s")  # writes beside the leader's follow
     try:
         assert (role(a), role(b)) == ("leader", "standby")
         with b.client() as c:
@@ -254,7 +259,14 @@ def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
         # The concept flips: the leader retrains on what both daemons stored, and its new
         # champion serves on the standby within a second.
         producer.start()
+        standby_only.start()
         wait_for(lambda: len(producer.labelled) >= 1200, 30, "labels acknowledged")
+        # The leader follows what the standby stores without holding up its own requests.
+        with a.client() as c:
+            for _ in range(20):
+                t = time.monotonic()
+                assert c.post("/v1/predict", json={"instances": [first]}).status_code == 200
+                assert time.monotonic() - t < 1.0
         with a.client() as c:
             assert c.post("/v1/retrain").status_code == 202
         wait_for(lambda: status(a)["model"]["version"] >= 2, 60, "the leader deploys")
@@ -265,15 +277,18 @@ def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
         before = len(producer.acked)
         wait_for(lambda: len(producer.acked) >= before + 400, 30, "records acknowledged after")
         producer.stop()
+        standby_only.stop()
         # The new leader restored the shared checkpoint and follows every stored record.
         last = status(b)["store"]["last_index"]
         wait_for(lambda: status(b)["monitor"]["records"] >= last, 10, "the monitor catches up")
         assert any("restored from its checkpoint" in str(e.get("message")) for e in b.lines)
         with b.client() as c:
             assert c.post("/v1/retrain").status_code == 202
-        check_nothing_lost_or_doubled(url, pg_namespace, producer)
+        standby_only.stop()
+        check_nothing_lost_or_doubled(url, pg_namespace, producer, standby_only)
     finally:
         producer.stop()
+        standby_only.stop()
         a.stop()
         b.stop()
     assert took < 10.0

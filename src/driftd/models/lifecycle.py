@@ -176,9 +176,14 @@ class Lifecycle:
             self.metrics.deployed_at.set(changed)
 
     def take_over(self) -> None:
-        """A standby became the leader: serve the champion, and complete the audit log."""
+        """A standby became the leader: serve the champion as a start would (falling back,
+        with its event, to the newest version that loads), and complete the audit log."""
         with self._moves:
+            self._refused.clear()
             self.refresh()
+            live = self.serving.current
+            if live is None or live.version != self.registry.aliases().champion:
+                self._load_champion()
             self._reconcile_history()
 
     def refresh(self) -> bool:

@@ -87,11 +87,13 @@ class Cluster:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop the thread. The lock itself is released last, with the store
+        (:meth:`Parts.close`), after training and the checkpoint are done: a standby must not
+        lead while this daemon still writes what only the leader writes."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=15)
             self._thread = None
-        self.lock.release()
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -106,6 +108,7 @@ class Cluster:
             if not self.lock.check():
                 log.error("lost the leader lock (its database connection ended); stopping")
                 self.role.stand_by()
+                self._stop.set()  # never try to lead again from a process on its way out
                 self.on_lost()
             return
         if self.lock.try_acquire():

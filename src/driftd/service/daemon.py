@@ -265,6 +265,8 @@ class Daemon:
             parts.engine.follow()
         except StoreUnavailable as exc:  # the next tick tries again
             log.warning("could not follow the store: %s", exc)
+        except Exception:  # never silently: the monitor would stop with no word
+            log.exception("following the store failed; the next tick tries again")
 
     def _lost_leadership(self) -> None:
         """Another daemon may lead already: stop now, non-zero, for the supervisor to start
@@ -355,7 +357,7 @@ class Daemon:
             self._follow = self.parts.engine.executor.submit(self._follow_store, self.parts)
         self._start_training(self.parts)
         if self._chore is None or self._chore.done():
-            if now >= self._next_checkpoint:
+            if now >= self._next_checkpoint or self.parts.engine.checkpoint_due:
                 self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
                 self._chore = self.chores.submit(self.parts.engine.checkpoint)
             elif now >= self._next_trim:

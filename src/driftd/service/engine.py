@@ -130,6 +130,8 @@ class Engine:
         self._asked: list[_Asked] = []  # predictions waiting for the worker, in arrival order
         self._asked_lock = threading.Lock()
         self._drain_queued = False
+        self._checkpoint_due = False
+        self._stale = False  # the monitor is past the last committed followed round
 
     # -- lifecycle -------------------------------------------------------------------------
     def subscribe(
@@ -193,8 +195,16 @@ class Engine:
         return self._worker
 
     def rebaseline(self) -> None:
-        """A new model serves from the next record: the detectors start over (on the worker)."""
+        """A new model serves from the next record: the detectors start over (on the worker).
+        On a shared store the checkpoint is due at once, so that a leader taking over after
+        this deploy starts from the reset detectors, not from before them."""
         self.monitor.rebaseline(self.monitor_index)
+        self._checkpoint_due = self.shared
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """A checkpoint should be written now, not at the next interval (see rebaseline)."""
+        return self._checkpoint_due
 
     # -- traffic (on the worker) -----------------------------------------------------------
     def predict(
@@ -387,6 +397,8 @@ class Engine:
         stored (a refused batch fixes nothing), or ``None``."""
         if self.schema.task != "classification":
             return None
+        if self._label_type is None and self.shared:  # another daemon may have fixed it
+            self._label_type = self.store.get_state(LABEL_TYPE)
         fixed = self._label_type or self._served_label_type()
         if fixed is None:
             given = (v for values in columns.values() if values for v in values if v is not None)
@@ -448,12 +460,20 @@ class Engine:
     def _record_events(self, events: list[MonitorEvent], now: float) -> None:
         if events:
             self.store.add_events(self._event_rows(events, now))
+            self._count(events)
 
+    @staticmethod
     def _event_rows(
-        self, events: list[MonitorEvent], now: float
+        events: list[MonitorEvent], now: float
     ) -> list[tuple[str, dict[str, Any], float, int | None]]:
-        """The events' rows for the store, counted, and each alarm passed on."""
-        rows: list[tuple[str, dict[str, Any], float, int | None]] = []
+        """The events' rows for the store."""
+        return [
+            ("drift_alarm" if e.kind == "alarm" else f"drift_{e.kind}", e.as_dict(), now, e.index)
+            for e in events
+        ]
+
+    def _count(self, events: list[MonitorEvent]) -> None:
+        """Count recorded events and pass each alarm on (after they are committed)."""
         for e in events:
             if e.kind == "detection":
                 self.metrics.drift_detected.labels(e.signal, e.feature or "").inc()
@@ -468,18 +488,21 @@ class Engine:
                     e.index,
                     e.change_point,
                 )
-            kind = "drift_alarm" if e.kind == "alarm" else f"drift_{e.kind}"
-            rows.append((kind, e.as_dict(), now, e.index))
-        return rows
 
     # -- monitor checkpoint ----------------------------------------------------------------
     def checkpoint(self) -> None:
         """Write the detector state atomically (header line, then the monitor's bytes)."""
 
-        def dump() -> tuple[int, int, bytes]:
+        def dump() -> tuple[int, int, bytes] | None:
+            if self._stale:  # never checkpoint a position whose events did not commit
+                return None
+            self._checkpoint_due = False
             return self.monitor_index, self.monitor_join, self.monitor.dumps()
 
-        index, join, data = self.run(dump)
+        dumped = self.run(dump)
+        if dumped is None:
+            return
+        index, join, data = dumped
         header = {
             "format": 1,
             "last_index": index,
@@ -494,29 +517,49 @@ class Engine:
         recorded), then follow (on the worker)."""
         self.run(self._restore_monitor)
 
-    def follow(self) -> int:
+    def follow(self, *, budget: float = 0.05) -> int:
         """Pass what every daemon stored since the monitor last looked through it, in store
         order, recording events and passing on alarms and joined labels (the leader, on a
-        shared store; on the worker). Returns the records and outcomes read."""
+        shared store; on the worker). Returns the records and outcomes read.
+
+        It holds the worker for about ``budget`` seconds at most, so that requests waiting
+        behind it are served while other daemons keep writing; the daemon's tick calls it
+        again. Each round's events commit with the position the monitor reached; alarms and
+        joined labels are passed on only after that commit. A round that cannot commit puts the
+        monitor back where the last commit left it (the shared checkpoint, then a quiet replay),
+        so that nothing is recorded twice or skipped."""
+        if self._stale:  # the last round did not commit: start again from what did
+            self._restore_monitor()
+            self._stale = False
         n = 0
+        until = time.monotonic() + budget
         while True:
             now = self.clock()
-            rows: list[tuple[str, dict[str, Any], float, int | None]] = []
-            batch = self.store.records_after(self.monitor_index, limit=5000)
-            if batch:
-                rows += self._event_rows(self._monitor_records(batch, now), now)
-            joined = self.store.joined_after(self.monitor_join, limit=5000)
-            if joined:
-                for j in joined:
-                    self.metrics.label_delay.observe(j.delay)
-                rows += self._event_rows(self._outcomes(joined, now), now)
+            batch = self.store.records_after(self.monitor_index, limit=2000)
+            record_events = self._monitor_records(batch, now) if batch else []
+            joined = self.store.joined_after(self.monitor_join, limit=2000)
+            outcome_events = self._outcomes(joined, now) if joined else []
             if not batch and not joined:
                 return n
+            events = record_events + outcome_events
             followed = {"index": self.monitor_index, "join": self.monitor_join}
-            self.store.add_events(rows, state=(FOLLOWED, followed))
+            try:
+                self.store.add_events(self._event_rows(events, now), state=(FOLLOWED, followed))
+            except BaseException:
+                log.warning(
+                    "could not record a followed round; the monitor goes back to its "
+                    "last committed position"
+                )
+                self._restore_monitor()
+                raise
+            self._count(events)
+            for j in joined:
+                self.metrics.label_delay.observe(j.delay)
             if joined:
                 self._on_joined(joined)
             n += len(batch) + len(joined)
+            if time.monotonic() >= until:
+                return n
 
     def _monitor_records(
         self, batch: list[tuple[int, dict[str, float | str], Label | None]], now: float

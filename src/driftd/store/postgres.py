@@ -20,6 +20,7 @@ that the producer re-sends (nothing was acknowledged).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: The schema of the tables in PostgreSQL (its own sequence, apart from SQLite's).
 SCHEMA_VERSION = 1
+#: Server-side keepalives of every session (see PostgresStore._connect).
+_SESSION_OPTIONS = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
 #: What a namespace may be: an unquoted PostgreSQL identifier, lower case.
 NAMESPACE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -166,6 +169,10 @@ class PostgresStore:
         self.schema = schema
         self.namespace = namespace
         self.connect_timeout = connect_timeout
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = str(conninfo_to_dict(url).get("options") or "")  # the URL's own, kept
+        self._options = f"{given} {_SESSION_OPTIONS}".strip()
         self._numeric = schema.numeric
         self._categorical = schema.categorical
         self._writer = BatchWriter(schema)
@@ -237,15 +244,23 @@ class PostgresStore:
                 autocommit=True,
                 connect_timeout=max(1, round(self.connect_timeout)),
                 # A peer that vanished without closing (a host down, a partition) is noticed in
-                # about 10 s, on both ends: the leader's lock is then freed for a standby.
+                # about 11 s on both ends: by the server through its own keepalives on this
+                # session (the server's defaults wait two hours), which ends the session and
+                # frees a leader's lock for a standby; by this client through its keepalives
+                # while idle and, with a request in flight, through the TCP user timeout.
                 keepalives=1,
                 keepalives_idle=5,
                 keepalives_interval=2,
                 keepalives_count=3,
+                tcp_user_timeout=10_000,
+                options=self._options,
             )
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL unreachable: {_reason(exc)}") from exc
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.namespace)))
+        # The writers' ordering rests on each statement taking its snapshot after the lock,
+        # whatever the server's or the role's default isolation.
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         return conn
 
     def close(self) -> None:
@@ -268,34 +283,20 @@ class PostgresStore:
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         """The write connection in one transaction (re-opened if the database went away)."""
-        import psycopg
-
         with self._lock:
             if self._db is None:
                 raise RuntimeError("the store is not open")
-            if self._db.closed or self._db.broken:
-                self._db = self._connect()
-            try:
-                with self._db.transaction():
-                    yield self._db
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"PostgreSQL write failed: {_reason(exc)}") from exc
+            self._db = self._begun(self._db, "write")
+            yield from _in_transaction(self._db, "write")
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
         """A read connection of its own, for use from any thread; kept for the next read."""
-        import psycopg
-
         with self._idle_lock:
             conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
+        conn = self._begun(conn, "read")
         try:
-            with conn.transaction():
-                yield conn
-        except psycopg.OperationalError as exc:
-            conn.close()
-            raise StoreUnavailable(f"PostgreSQL read failed: {_reason(exc)}") from exc
+            yield from _in_transaction(conn, "read")
         except BaseException:
             conn.close()
             raise
@@ -304,6 +305,26 @@ class PostgresStore:
                 self._idle.append(conn)
                 return
         conn.close()
+
+    def _begun(self, conn: Any, what: str) -> Any:
+        """``conn`` (a new one if ``None``) with a transaction begun. A connection that died
+        while idle (a database restart) fails at ``BEGIN``, before anything was sent: it is
+        replaced once, so that the first request after a restart does not fail for it."""
+        import psycopg
+
+        for attempt in range(2):
+            if conn is None or conn.closed or conn.broken:
+                conn = self._connect()
+            try:
+                conn.execute("BEGIN")
+            except psycopg.OperationalError as exc:
+                conn.close()
+                conn = None
+                if attempt:
+                    raise StoreUnavailable(f"PostgreSQL {what} failed: {_reason(exc)}") from exc
+            else:
+                return conn
+        raise AssertionError("unreachable")
 
     # -- writes ----------------------------------------------------------------------------
     def add_records(self, batch: Batch, *, source: str, received: float) -> IngestResult:
@@ -875,6 +896,26 @@ class Leadership:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _in_transaction(conn: Any, what: str) -> Iterator[Any]:
+    """Yield ``conn`` inside the transaction :meth:`PostgresStore._begun` began: committed
+    when the body returns, rolled back when it raises."""
+    import psycopg
+
+    try:
+        yield conn
+    except BaseException as exc:
+        if not conn.broken and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        if isinstance(exc, psycopg.OperationalError):
+            raise StoreUnavailable(f"PostgreSQL {what} failed: {_reason(exc)}") from exc
+        raise
+    try:
+        conn.execute("COMMIT")
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"PostgreSQL {what} failed: {_reason(exc)}") from exc
 
 
 def _new(rids: list[str], stored: set[str]) -> list[bool]:
