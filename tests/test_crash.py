@@ -640,6 +640,7 @@ def test_a_rejected_candidate_write_cut_by_a_kill_leaves_no_temp_file_after_rest
     assert not leftover.exists()
 
 
+@pytest.mark.slow  # .ci/run runs it after the default suite
 def test_short_soak_holds_memory_fds_and_store_size_within_bounds(tmp_path: Path) -> None:
     """300k Agrawal records (a concept change at 50k, so the daemon retrains and swaps) with
     retention at 20k rows: RSS after warm-up grows < 10 %, the store stays within retention plus

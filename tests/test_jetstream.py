@@ -384,6 +384,7 @@ def test_a_broker_outage_is_reported_never_fatal_and_consumption_resumes(
         server.stop()
 
 
+@pytest.mark.slow  # .ci/run runs it after the default suite
 def test_a_daemon_killed_between_commit_and_ack_stores_each_record_once(tmp_path: Path) -> None:
     """The broker is frozen mid-backlog: the daemon commits the batch in hand but its acks
     never get through; both are then killed. After a restart the broker delivers those
@@ -433,6 +434,7 @@ def test_a_daemon_killed_between_commit_and_ack_stores_each_record_once(tmp_path
         server.stop()
 
 
+@pytest.mark.slow  # .ci/run runs it after the default suite
 def test_messages_in_the_hands_of_a_killed_daemon_are_delivered_again_and_counted(
     module_tmp: Path, server: NatsServer
 ) -> None:

@@ -6,6 +6,7 @@ __all__ = [
     "ConfigError",
     "DriftdError",
     "IntegrityError",
+    "NotLeader",
     "StoreUnavailable",
     "StoreVersionError",
 ]
@@ -29,6 +30,10 @@ class StoreVersionError(DriftdError):
 
 class StoreUnavailable(DriftdError):
     """The store's database cannot be reached now; nothing of the operation was committed."""
+
+
+class NotLeader(DriftdError):
+    """A change only the leader of a model may make, asked of a daemon that does not lead."""
 
 
 class IntegrityError(DriftdError):

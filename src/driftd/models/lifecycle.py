@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from driftd.errors import IntegrityError, StoreUnavailable
+from driftd.errors import IntegrityError, NotLeader, StoreUnavailable
 from driftd.ingest.schema import Schema
 from driftd.metrics import Metrics
 from driftd.models.calibration import Calibrator
@@ -95,6 +95,7 @@ class Lifecycle:
         on_swap: Callable[[], None] = lambda: None,
         cancel: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry = registry
         self.serving = serving
@@ -108,6 +109,7 @@ class Lifecycle:
         self.on_swap = on_swap
         self.cancel = cancel if cancel is not None else threading.Event()
         self.clock = clock
+        self.leading = leading  # on a shared registry, only the leader moves its aliases
         self._load_failures: list[str] = []
         self._refused: set[int] = set()  # champions a refresh refused (a standby reports once)
         self._fallback: str | None = None
@@ -284,6 +286,7 @@ class Lifecycle:
         small, and what serves is then what the registry holds.
         Then the versions retention lets go are deleted."""
         with self._moves:
+            self._check_leading("deploy")
             version = self.registry.publish(artifact, manifest, calibration=calibration)
             live = self._load(version.number, warmup, model=model)
             details = {"reason": manifest.get("reason"), "job": manifest.get("job")}
@@ -299,6 +302,7 @@ class Lifecycle:
         when the target fails verification or warm-up. The previous champion is a swap when it
         is still loaded (verified and warmed up when it was)."""
         with self._moves:
+            self._check_leading("roll back")
             aliases = self.registry.aliases()
             target = version if version is not None else aliases.previous
             if target is None:
@@ -313,6 +317,12 @@ class Lifecycle:
                 live = self._load(target)
             self._switch(live, "rollback", {"from": aliases.champion, **details})
             return target, aliases.champion
+
+    def _check_leading(self, what: str) -> None:
+        """Refuse a change of the shared registry from a daemon that no longer leads (one
+        that lost its lock while a fit ran)."""
+        if not self.leading():
+            raise NotLeader(f"cannot {what}: this daemon no longer leads its model")
 
     def _check_exists(self, target: int) -> None:
         """Refuse a version that is not in the registry, saying whether it ever was: numbers

@@ -34,7 +34,7 @@ import numpy as np
 
 from driftd._fs import TMP_PREFIX, atomic_write
 from driftd.alerts import Alerter
-from driftd.errors import IntegrityError
+from driftd.errors import IntegrityError, NotLeader
 from driftd.ingest.schema import Label, Schema
 from driftd.metrics import Metrics
 from driftd.models.inputs import matrix
@@ -262,6 +262,9 @@ class Retrainer:
         )
         try:
             outcome, details = self._run(job)
+        except NotLeader as exc:  # the lock was lost during the fit: the new leader decides
+            log.warning("retrain %s not deployed: %s", job.id, exc)
+            outcome, details = "skipped", {"why": str(exc)}
         except Exception as exc:
             log.exception("retrain %s crashed", job.id)
             outcome, details = "failed", {"error": f"{type(exc).__name__}: {exc}"}

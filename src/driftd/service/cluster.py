@@ -11,9 +11,10 @@ process killed, its host gone), the lock is free, and the first standby to take 
 the monitor from the shared checkpoint, catches up, and leads.
 
 A leader that finds its lock connection gone cannot know whether a standby leads already, so
-it stops at once (:meth:`Cluster.run` calls ``on_lost``, and the daemon exits non-zero for its
-supervisor to start it again, as a standby); two leaders never train or alarm side by side
-for longer than one interval.
+it stands by at once: it stops following the store, starting fits, checkpointing and
+trimming, and a fit that was running cannot deploy or roll back (the lifecycle asks the role).
+It then tries the lock like any standby, and leads again, restored from the shared state,
+if it gets it: a lone leader whose database restarted leads again once the database is back.
 """
 
 from __future__ import annotations
@@ -106,9 +107,8 @@ class Cluster:
         """One round: check the lock (leader), or try it and take over, else refresh."""
         if self.role.leading:
             if not self.lock.check():
-                log.error("lost the leader lock (its database connection ended); stopping")
+                log.error("lost the leader lock (its database connection ended); standing by")
                 self.role.stand_by()
-                self._stop.set()  # never try to lead again from a process on its way out
                 self.on_lost()
             return
         if self.lock.try_acquire():

@@ -155,7 +155,6 @@ class Daemon:
         self.sources: list[Source] = []
         self.cluster: Cluster | None = None
         self._follow: Future[Any] | None = None
-        self._exit_code = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -269,10 +268,9 @@ class Daemon:
             log.exception("following the store failed; the next tick tries again")
 
     def _lost_leadership(self) -> None:
-        """Another daemon may lead already: stop now, non-zero, for the supervisor to start
-        this one again as a standby."""
-        self._exit_code = 3
-        self.request_exit()
+        """Another daemon may lead already: what only the leader does stops with the role (the
+        tick, the lifecycle), and the cluster's thread tries the lock again."""
+        self.notifier.status(f"{self.status_line()}; standing by (lost the leader lock)")
 
     def shutdown(self) -> None:
         for source in self.sources:
@@ -324,7 +322,7 @@ class Daemon:
             return 1
         if not self.server.started:
             return 1
-        return self._exit_code
+        return 0
 
     @property
     def port(self) -> int | None:

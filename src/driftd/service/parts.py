@@ -169,6 +169,7 @@ def assemble(
         on_swap=engine.rebaseline,
         cancel=cancel,
         clock=clock,
+        leading=lambda: role.leading,
     )
     engine.open(monitor=not standby)
     models.open(standby=standby)
