@@ -1,5 +1,6 @@
 """Private instances of the external services the scale-out tests use, on 127.0.0.1 in
-temporary directories: a PostgreSQL cluster (``initdb`` + ``pg_ctl``), started once per session.
+temporary directories: a PostgreSQL cluster (``initdb`` + ``pg_ctl``, started once per session)
+and ``nats-server -js`` (the benchmarks start them too).
 
 Debian keeps PostgreSQL's server programs out of ``PATH`` (``/usr/lib/postgresql/<v>/bin``);
 they are looked for there too. PostgreSQL refuses to run as root, so as root the cluster runs
@@ -12,16 +13,18 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["PostgresServer", "free_port", "require_external"]
+__all__ = ["NatsServer", "PostgresServer", "free_port", "nats_module", "require_external"]
 
 
 def require_external(what: str, found: bool) -> None:
@@ -116,3 +119,66 @@ class PostgresServer:
     def close(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def nats_module() -> Any:
+    """nats-py; skipped without it, unless CI demands every check (then fail)."""
+    try:
+        import nats
+    except ImportError:
+        require_external("nats-py", False)
+    return nats
+
+
+class NatsServer:
+    """``nats-server -js`` on 127.0.0.1, its store in ``directory``; restartable on its port."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("nats-server")
+        require_external("nats-server", binary is not None)
+        assert binary is not None
+        self.binary = binary
+        nats_module()
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        argv = [self.binary, "-js", "-sd", str(self.directory / "js")]
+        argv += ["-a", "127.0.0.1", "-p", str(self.port)]
+        log = (self.directory / "nats.log").open("ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"nats-server exited: {self.log_text()}")
+            return "Server is ready" in self.log_text().rsplit("Starting nats-server", 1)[-1]
+
+        deadline = time.monotonic() + 15
+        while not up():
+            if time.monotonic() > deadline:
+                pytest.fail(f"nats-server did not listen in 15 s: {self.log_text()}")
+            time.sleep(0.05)
+        return self
+
+    def log_text(self) -> str:
+        return (self.directory / "nats.log").read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

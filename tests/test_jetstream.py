@@ -12,9 +12,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,29 +22,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DaemonProcess, config_text, make_rows, require_tool, write_csv
+from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
+from tests.services import NatsServer, nats_module
 
 pytestmark = pytest.mark.external
 
 SUBJECT = "driftd.{model}.{kind}"
-
-
-def nats_module() -> Any:
-    """nats-py; skipped without it, unless CI demands every check (then fail)."""
-    try:
-        import nats
-    except ImportError:
-        if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
-            pytest.fail("nats-py is required here (DRIFTD_REQUIRE_EXTERNAL is set)")
-        pytest.skip("nats-py is not installed")
-    return nats
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -58,53 +39,6 @@ def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
-
-
-class NatsServer:
-    """``nats-server -js`` on 127.0.0.1, its store in ``directory``; restartable on its port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.binary = require_tool("nats-server")
-        nats_module()
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> NatsServer:
-        argv = [self.binary, "-js", "-sd", str(self.directory / "js")]
-        argv += ["-a", "127.0.0.1", "-p", str(self.port)]
-        log = (self.directory / "nats.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"nats-server exited: {self.log_text()}")
-            return "Server is ready" in self.log_text().rsplit("Starting nats-server", 1)[-1]
-
-        eventually(up, 15, "nats-server to listen")
-        return self
-
-    def log_text(self) -> str:
-        return (self.directory / "nats.log").read_text(errors="replace")
-
-    def send(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def publish(url: str, subject: str, body: bytes, headers: dict[str, str] | None = None) -> int:
