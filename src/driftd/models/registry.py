@@ -71,6 +71,9 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         "sklearn._loss.loss.HalfSquaredError",
         "sklearn.tree._tree.Tree",
         "sklearn.utils._bunch.Bunch",
+        # The online learner's adapter; the river model inside it is unpickled by the
+        # restricted loader, which resolves river's classes only (driftd.models.online).
+        "driftd.models.online.RiverModel",
     }
 )
 

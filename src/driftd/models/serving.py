@@ -33,15 +33,16 @@ log = logging.getLogger(__name__)
 # to the probabilities monotonically, row by row (scikit-learn 1.9): LogisticRegression and
 # HistGradientBoostingClassifier take the sign or the argmax of their decision function, whose
 # expit or softmax are the probabilities; the forests take the argmax of ``predict_proba``
-# itself. So the most probable class is the predicted one wherever it is not (nearly) tied;
-# tied rows ask ``predict`` (see :func:`top_class`). Exact types only: a subclass may predict
-# otherwise.
+# itself, as driftd's online adapter does (driftd.models.online). So the most probable class is
+# the predicted one wherever it is not (nearly) tied; tied rows ask ``predict`` (see
+# :func:`top_class`). Exact types only: a subclass may predict otherwise.
 ARGMAX_OF_PROBA = frozenset(
     {
         "sklearn.linear_model._logistic.LogisticRegression",
         "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
         "sklearn.ensemble._forest.RandomForestClassifier",
         "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "driftd.models.online.RiverModel",
     }
 )
 PIPELINE = "sklearn.pipeline.Pipeline"
