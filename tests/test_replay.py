@@ -256,7 +256,11 @@ def test_the_post_deploy_guard_rolls_back_at_a_repeatable_point(tmp_path: Path) 
     small = CONFIG.replace(
         "min_rows_after_drift = 300", "min_rows_after_drift = 60\nchallenger_labels = 0"
     )
-    path.write_text(small.replace("[gate]\n", gate) + "\n[guard]\nrecords = 100\nmargin = 0.0\n")
+    # One small candidate per retrain (no pool), fitted on the rows since the change point only.
+    pool = "\n[pool]\nwindows = false\nonline = false\n"
+    path.write_text(
+        small.replace("[gate]\n", gate) + "\n[guard]\nrecords = 100\nmargin = 0.0\n" + pool
+    )
     cfg = load(path)
     runs = [replay(data, cfg, ReplayOptions(seed=2, progress=False)) for _ in range(2)]
     out = runs[0]

@@ -3,18 +3,22 @@ with the fit run in this process (or replaced by one that fails), no daemon and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from driftd.config import load_text
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
+from driftd.models.online import RiverModel
 from driftd.retrain.fit import FitJob, FitResult, fit_and_dump
+from driftd.retrain.retrainer import ONLINE_KEY
 from driftd.service.parts import Parts, assemble
 from tests.conftest import config_text, make_rows, write_csv
 
@@ -50,7 +54,7 @@ class Fits:
         if self.shuffle:
             y = list(job.y)
             random.Random(0).shuffle(y)
-            job = FitJob(job.model, job.schema, job.X, y, holdout=job.holdout, metrics=job.metrics)
+            job = dataclasses.replace(job, y=y, online=None)
         return fit_and_dump(job)
 
 
@@ -229,7 +233,9 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     build: Callable[..., Parts], clock: Clock, fits: Fits
 ) -> None:
     """The labels flip: the error stream alarms, and once min_rows_after_drift labelled rows
-    exist after the change point the retrain fits on those rows only, and deploys."""
+    exist after the change point the retrain fits its pool (the rows since the change point
+    among them), judges every candidate on the newest rows after it, and deploys one that has
+    learned the new concept."""
     parts = build()
     parts.bootstrap.run()
     play(parts, make_rows(1000, seed=2), "old", clock)
@@ -242,12 +248,15 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert job is not None and job.reasons == ["drift"] and job.drift_point == point
     assert parts.retrainer.run(job) == "deployed"
     trained = fits.jobs[-1]
-    window = finished(parts)["window"]
-    assert window["since_drift_point"] == point and window["first_index"] >= point
-    # trained on the new concept only: the model it made predicts the flipped labels
+    record = finished(parts)
+    assert record["window"]["since_drift_point"] == point
+    pool = {c["name"]: c for c in record["pool"]}
+    assert pool["since_change"]["rows"] < 600 and {"window", "online"} <= set(pool)
+    assert all(i >= point for i in parts.store.snapshot(limit=len(trained.holdout[1])).idx)
+    # the chosen candidate learned the new concept: it predicts the flipped labels
     fresh = make_rows(200, seed=4, flip=True)
     live = parts.models.current
-    assert live is not None and live.version == 2 and len(trained.y) < 600
+    assert live is not None and live.version == 2
     X = rows_to_matrix(parts.engine.schema, [r["features"] for r in fresh])
     accuracy = sum(p == r["label"] for p, r in zip(live.predict(X), fresh, strict=True)) / 200
     assert accuracy > 0.9
@@ -480,3 +489,70 @@ def test_a_restart_keeps_the_policy_and_records_an_interrupted_job(
     assert "retrain_interrupted" in kinds(again)
     assert again.models.current is not None and again.models.current.version == 1
     assert again.retrainer.request("schedule").reason == "cooldown"
+
+
+# A batch estimator that cannot learn anything, so that the online learner wins every pool.
+WEAK = {"model": 'estimator = "sklearn.dummy.DummyClassifier"'}
+ONLINE = {
+    "pool": 'online_estimator = "river.tree.HoeffdingTreeClassifier"\nonline_params = {}',
+    "retrain": "cooldown_labels = 200\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
+    "min_new_labels = 100\nchallenger_labels = 0",
+}
+
+
+def test_the_online_learner_keeps_learning_across_jobs_and_deploys_when_it_is_best(
+    build: Callable[..., Parts],
+    clock: Clock,
+    fits: Fits,
+    tmp_path: Path,
+) -> None:
+    """Against a batch estimator that learns nothing, the online learner wins the pool: it is
+    deployed as a version (its family in the manifest), serves predictions, and survives a
+    restart of the parts; the next job teaches it only the rows it has not seen."""
+    parts = build(**WEAK, **ONLINE)
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "a", clock)
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "deployed"
+    record = finished(parts)
+    assert record["chosen"]["name"] == "online", record["pool"]
+    assert {c["name"] for c in record["pool"]} >= {"window", "online"}
+    first = fits.jobs[-1].online
+    assert first is not None and first.state is None and first.learn_from == 0
+    live = parts.models.current
+    assert live is not None and isinstance(live.model, RiverModel)
+    assert live.manifest["estimator"] == "river.tree.HoeffdingTreeClassifier"
+    through = parts.store.get_state(ONLINE_KEY)["through"]
+
+    fresh = make_rows(300, seed=9)
+    X = rows_to_matrix(parts.engine.schema, [r["features"] for r in fresh])
+    accuracy = np.mean([p == r["label"] for p, r in zip(live.predict(X), fresh, strict=True)])
+    assert accuracy > 0.85
+
+    parts.close()
+    again = build(boot=None, **WEAK, **ONLINE)
+    assert again.models.current is not None and again.models.current.version == live.version
+    assert isinstance(again.models.current.model, RiverModel)
+    play(again, make_rows(600, seed=3), "b", clock)
+    again.retrainer.request("operator", operator=True)
+    job = again.retrainer.poll()
+    assert job is not None and again.retrainer.run(job) in ("deployed", "rejected")
+    second = fits.jobs[-1].online
+    assert second is not None and second.state is not None and second.learn_from > 0
+    assert again.store.get_state(ONLINE_KEY)["through"] > through
+
+
+def test_with_the_online_learner_off_no_state_is_kept(
+    build: Callable[..., Parts],
+    clock: Clock,
+    fits: Fits,
+) -> None:
+    parts = build(pool="online = false")
+    parts.bootstrap.run()
+    play(parts, make_rows(600, seed=2), "a", clock)
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) in ("deployed", "rejected")
+    assert fits.jobs[-1].online is None and parts.store.get_state(ONLINE_KEY) is None
+    assert "online" not in {c["name"] for c in finished(parts)["pool"]}

@@ -34,6 +34,7 @@ from driftd.retrain.config import (
     TrainingConfig,
 )
 from driftd.retrain.gate import GateConfig
+from driftd.retrain.pool import PoolConfig
 from driftd.store.postgres import NAMESPACE_PATTERN
 
 __all__ = [
@@ -355,6 +356,7 @@ class Config:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -424,6 +426,7 @@ class Config:
             self.gate,
             self.guard,
             escalate_after=self.alerts.escalate_after,
+            pool=self.pool,
         )
 
 

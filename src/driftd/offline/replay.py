@@ -625,6 +625,11 @@ def _summarise(events: list[tuple[Event, int]], items: list[_Item]) -> _Summary:
             wall = out.wall.setdefault(d["job"], {k: d[k] for k in _WALL_KEYS if k in d})
             record = {k: v for k, v in d.items() if k not in (*_WALL_KEYS, "logs", "traceback")}
             record = _strip_latency(record, wall)
+            if "pool" in record:  # each candidate's fit time is wall-clock too
+                wall["pool"] = {c["name"]: c.get("seconds") for c in record["pool"]}
+                record["pool"] = [
+                    {k: v for k, v in c.items() if k != "seconds"} for c in record["pool"]
+                ]
             if "window" in record:
                 record["window"] = _window(record["window"])
             if "bootstrap" in d.get("reasons", []):
@@ -653,7 +658,7 @@ def _retrain(job: dict[str, Any], done: dict[str, Any]) -> dict[str, Any]:
         "verdict": done.get("verdict"),
         "scores": done.get("scores"),
         "version": done.get("version"),
-        **{k: done[k] for k in ("skipped", "error") if k in done},
+        **{k: done[k] for k in ("pool", "chosen", "skipped", "error") if k in done},
     }
 
 

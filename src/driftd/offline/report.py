@@ -196,12 +196,18 @@ def _retrains(result: dict[str, Any]) -> str:
         failed = [x["reason"] for x in verdict.get("rules", []) if not x["passed"]]
         why = "; ".join(failed) or r.get("skipped") or r.get("error") or ""
         outcome = r.get("outcome") or "?"
+        chosen = r.get("chosen") or {}
+        pool = ", ".join(
+            f"{c['name']} {_fmt(c.get('score'))}" for c in r.get("pool") or [] if "name" in c
+        )
         rows.append(
             [
                 _td(r["job"]),
                 _td(r["index"], "num"),
                 _td(", ".join(r.get("triggers") or [])),
                 _td(_fmt(r.get("rows")), "num"),
+                _td(chosen.get("name") or ""),
+                _td(pool),
                 _td(_fmt((scores.get("candidate") or {}).get(metric)), "num"),
                 _td(_fmt((scores.get("champion") or {}).get(metric)), "num"),
                 _td(outcome, outcome),
@@ -215,6 +221,8 @@ def _retrains(result: dict[str, Any]) -> str:
             "at record",
             "trigger",
             "rows",
+            "chosen",
+            f"pool ({metric} on the holdout)",
             f"candidate {metric}",
             f"champion {metric}",
             "verdict",
@@ -223,7 +231,7 @@ def _retrains(result: dict[str, Any]) -> str:
         ],
         rows,
         "No retrain ran.",
-        numeric=(1, 3, 4, 5),
+        numeric=(1, 3, 6, 7),
     )
 
 

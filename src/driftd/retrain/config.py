@@ -12,6 +12,7 @@ from typing import Any
 from driftd._imports import check_import
 from driftd.retrain.gate import GateConfig
 from driftd.retrain.policy import PolicyConfig
+from driftd.retrain.pool import PoolConfig
 
 __all__ = [
     "BootstrapConfig",
@@ -115,3 +116,4 @@ class RetrainSettings:
     gate: GateConfig
     guard: GuardConfig
     escalate_after: int = 3
+    pool: PoolConfig = field(default_factory=PoolConfig)

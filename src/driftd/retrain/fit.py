@@ -9,6 +9,12 @@ whichever ran it. It also evaluates the candidate for the gate: it loads the dum
 back with the trusted types, warms it up and scores it on the holdout, decides on the same
 holdout whether isotonic maps calibrate its probabilities (:mod:`driftd.models.calibration`),
 and sends the loaded object back pickled, to be unpickled only if the candidate deploys.
+
+A job with a holdout fits a pool (:mod:`driftd.retrain.pool`): one batch candidate per member,
+each on the most recent rows of the training window, and the online learner, which continues
+from the state the job brings, learns the rows it has not seen, is scored as it stood before the
+holdout, then learns the holdout too for the next job. The best candidate is the one dumped and
+evaluated; every candidate's score goes back for the audit log.
 """
 
 from __future__ import annotations
@@ -27,17 +33,21 @@ import numpy as np
 import numpy.typing as npt
 
 from driftd._imports import import_object
+from driftd._unpickle import restricted_loads
 from driftd.errors import IntegrityError
 from driftd.ingest.schema import Label, Schema
 from driftd.models.calibration import Calibration, calibrate
+from driftd.models.online import RiverModel
 from driftd.models.registry import load_artifact
 from driftd.models.serving import LiveModel, WarmupError
 from driftd.retrain.config import ModelConfig
+from driftd.retrain.pool import Entry, choose
 
 __all__ = [
     "Evaluation",
     "FitJob",
     "FitResult",
+    "OnlineFit",
     "build_pipeline",
     "evaluate",
     "fit_and_dump",
@@ -125,6 +135,18 @@ def score(metric: str, model: Any, X: npt.NDArray[Any], y: Sequence[Label]) -> f
 
 
 @dataclass(frozen=True, slots=True)
+class OnlineFit:
+    """The online learner's part of a job: its family (an import path and its parameters),
+    its ``state`` from the last job (``None``: a new learner), and ``learn_from``, the first
+    training row it has not learned yet."""
+
+    estimator: str
+    params: dict[str, Any]
+    state: bytes | None
+    learn_from: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class FitJob:
     """Everything the child needs: plain data, picklable under ``spawn``.
 
@@ -143,6 +165,10 @@ class FitJob:
     holdout: tuple[npt.NDArray[Any], list[Label]] | None = None
     warmup: npt.NDArray[Any] | None = None
     metrics: tuple[str, ...] = ()
+    #: The batch candidates as (name, most recent rows); empty: one, on every row.
+    members: tuple[tuple[str, int], ...] = ()
+    online: OnlineFit | None = None
+    tie_margin: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +206,12 @@ class FitResult:
     cancelled: bool = False  # cut short by a shutdown: nothing failed, the job runs again
     seconds: float = 0.0
     logs: list[str] = field(default_factory=list)
+    #: Every candidate of the pool: name, rows, holdout score (None: failed), seconds, error.
+    pool: list[dict[str, Any]] = field(default_factory=list)
+    chosen: str | None = None
+    why: str | None = None
+    #: The online learner after this job (it learned the holdout too), for the next one.
+    online_state: bytes | None = field(default=None, repr=False)
 
 
 class _ListHandler(logging.Handler):
@@ -212,12 +244,21 @@ def fit_and_dump(job: FitJob) -> FitResult:
 
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(job.threads):
             warnings.simplefilter("always")
-            pipe = build_pipeline(job.model, job.schema)
-            pipe.fit(job.X, np.asarray(job.y))
+            pool = _fit_pool(job)
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
-        artifact = sio.dumps(pipe)
+        artifact = sio.dumps(pool.model)
         evaluation = evaluate(job, artifact) if job.holdout is not None else None
-        return FitResult(True, artifact, evaluation, seconds=time.monotonic() - start, logs=logs)
+        return FitResult(
+            True,
+            artifact,
+            evaluation,
+            seconds=time.monotonic() - start,
+            logs=logs,
+            pool=pool.record,
+            chosen=pool.chosen,
+            why=pool.why,
+            online_state=pool.online_state,
+        )
     except MemoryError:
         why = "training exceeded the memory limit"
         return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
@@ -226,6 +267,101 @@ def fit_and_dump(job: FitJob) -> FitResult:
         return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
     finally:
         root.removeHandler(handler)
+
+
+@dataclass(slots=True)
+class _Pool:
+    model: Any
+    record: list[dict[str, Any]]
+    chosen: str | None = None
+    why: str | None = None
+    online_state: bytes | None = None
+
+
+def _fit_pool(job: FitJob) -> _Pool:
+    """Fit every candidate of the job, score each on the holdout and keep the best (a job
+    without a holdout fits one model on every row)."""
+    y = np.asarray(job.y)
+    if job.holdout is None:
+        return _Pool(build_pipeline(job.model, job.schema).fit(job.X, y), [])
+    X_hold, y_hold = job.holdout
+    metric = job.metrics[0] if job.metrics else "accuracy"
+    models: list[Any] = []
+    entries: list[Entry] = []
+    record: list[dict[str, Any]] = []
+    first_error: Exception | None = None
+    for name, rows in job.members or (("window", len(y)),):
+        t = time.monotonic()
+        try:
+            model = build_pipeline(job.model, job.schema).fit(job.X[-rows:], y[-rows:])
+        except Exception as exc:  # noqa: BLE001 - one member failing leaves the others
+            if first_error is None:
+                first_error = exc
+            record.append({"name": name, "rows": rows, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        value = score(metric, model, X_hold, y_hold)
+        models.append(model)
+        entries.append(Entry(name, rows, value))
+        record.append(_entry(name, rows, value, time.monotonic() - t))
+    online_state = None
+    if job.online is not None:
+        t = time.monotonic()
+        try:
+            snapshot, online_state, learned, value = _learn_online(job, metric)
+        except Exception as exc:  # noqa: BLE001 - a failing learner leaves the batch candidates
+            record.append({"name": "online", "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            models.append(snapshot)
+            entries.append(Entry("online", learned, value))
+            record.append(_entry("online", learned, value, time.monotonic() - t))
+    if not entries and first_error is not None:
+        raise first_error
+    pick = choose(entries, metric, tie_margin=job.tie_margin)
+    chosen = models[pick.index]
+    if isinstance(chosen, bytes):  # the online learner's snapshot, pickled just above
+        chosen = _unpickled(chosen)
+    return _Pool(chosen, record, entries[pick.index].name, pick.why, online_state)
+
+
+def _learn_online(job: FitJob, metric: str) -> tuple[bytes, bytes, int, float]:
+    """Teach the job's online learner the training rows new to it: its snapshot as it stands
+    before the holdout, its state after learning the holdout too (for the next job), how many
+    rows the snapshot learned from, and its score on the holdout."""
+    assert job.online is not None
+    assert job.holdout is not None
+    learner = _learner(job)
+    learner.learn(job.X[job.online.learn_from :], job.y[job.online.learn_from :])
+    X_hold, y_hold = job.holdout
+    learned = learner.learned
+    value = score(metric, learner, X_hold, y_hold) if learned else math.nan
+    snapshot = pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)
+    state = pickle.dumps(learner.learn(X_hold, y_hold), protocol=pickle.HIGHEST_PROTOCOL)
+    return snapshot, state, learned, value
+
+
+def _unpickled(data: bytes) -> Any:
+    """An online learner pickled by this process (restricted all the same)."""
+    return restricted_loads(data, ("river.", "driftd.models.online"))
+
+
+def _learner(job: FitJob) -> RiverModel:
+    """The job's online learner: its state from the last job, or a new one of its family."""
+    assert job.online is not None
+    if job.online.state is not None:
+        learner = restricted_loads(job.online.state, ("river.", "driftd.models.online"))
+        if isinstance(learner, RiverModel):
+            return learner
+    family = import_object(job.online.estimator)(**job.online.params)
+    return RiverModel(family, numeric=job.schema.numeric, categorical=job.schema.categorical)
+
+
+def _entry(name: str, rows: int, value: float, seconds: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "rows": rows,
+        "score": value if math.isfinite(value) else None,
+        "seconds": round(seconds, 3),
+    }
 
 
 def evaluate(job: FitJob, artifact: bytes) -> Evaluation:

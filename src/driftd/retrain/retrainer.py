@@ -42,17 +42,27 @@ from driftd.models.lifecycle import Lifecycle
 from driftd.models.serving import WarmupError
 from driftd.monitor import MonitorEvent
 from driftd.retrain.config import RetrainSettings
-from driftd.retrain.fit import Evaluation, FitJob, FitResult, library_versions, score
+from driftd.retrain.fit import (
+    Evaluation,
+    FitJob,
+    FitResult,
+    OnlineFit,
+    library_versions,
+    score,
+)
 from driftd.retrain.gate import Gate, Verdict
 from driftd.retrain.guard import Guard
 from driftd.retrain.policy import Decision, Job, Outcome, RetrainPolicy
-from driftd.store import Joined, RecordStore
+from driftd.retrain.pool import online_estimator, plan
+from driftd.store import Blob, Joined, RecordStore
 
-__all__ = ["POLICY_KEY", "Fit", "Retrainer"]
+__all__ = ["ONLINE_KEY", "POLICY_KEY", "Fit", "Retrainer"]
 
 log = logging.getLogger(__name__)
 
 POLICY_KEY = "retrain_policy"
+#: The online learner's family and the last record it learned (its state is in its blob).
+ONLINE_KEY = "online_learner"
 #: Fits a job and reports how it went; never raises. The daemon's is the training worker with
 #: its timeout and the shutdown's cancel event bound; replay's fits inline.
 Fit = Callable[[FitJob], FitResult]
@@ -79,6 +89,9 @@ class Retrainer:
         Fits a job (see :data:`Fit`).
     defer
         Runs the post-deploy guard's rollback (see the module docstring).
+    online
+        Where the online learner's state is kept between jobs (``None``: no online learner).
+        Only the training process unpickles it, with the restricted loader.
     """
 
     def __init__(
@@ -95,6 +108,7 @@ class Retrainer:
         clock: Callable[[], float] = time.time,
         defer: Callable[[Callable[[], None]], None] = on_a_thread,
         standby: bool = False,
+        online: Blob | None = None,
     ) -> None:
         self.store = store
         self.models = models
@@ -106,6 +120,7 @@ class Retrainer:
         self.alerter = alerter
         self.clock = clock
         self.defer = defer
+        self.online = online
         self.gate, self.challenger_gate = _gates(settings)
         self.lock = threading.RLock()
         self.policy = RetrainPolicy(settings.retrain.policy())
@@ -279,7 +294,7 @@ class Retrainer:
                 outcome,
                 now=self.clock(),
                 trained_until=details.get("trained_until"),
-                trained_rows=int(details.get("rows", 0)),
+                trained_rows=int(details.get("rows_since_change", details.get("rows", 0))),
                 back_off=counted,
             )
             self._persist()
@@ -315,19 +330,23 @@ class Retrainer:
         return outcome
 
     def _run(self, job: Job) -> tuple[Outcome, dict[str, Any]]:
+        """The job's window and holdout, and its pool (:mod:`driftd.retrain.pool`): the most
+        recent ``window_rows`` labelled rows; a drift job's holdout is the newest slice of the
+        rows after its change point, so that every candidate is judged on the new regime."""
         cfg = self.settings
-        store = self.store
-        if job.drift_point is not None:
-            snap = store.snapshot(limit=cfg.retrain.window_rows, since_idx=job.drift_point - 1)
-        else:
-            since = (
-                self.clock() - cfg.retrain.max_age_seconds if cfg.retrain.max_age_seconds else None
-            )
-            snap = store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
-        train, hold = snap.split(self.holdout_size(len(snap)))
+        since = self.clock() - cfg.retrain.max_age_seconds if cfg.retrain.max_age_seconds else None
+        snap = self.store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
+        after = (
+            None if job.drift_point is None else int(np.count_nonzero(snap.idx >= job.drift_point))
+        )
+        train, hold = snap.split(self.holdout_size(len(snap) if after is None else after))
         window = {**snap.window(), "since_drift_point": job.drift_point}
+        if after is not None:  # what the drift regime's growth counts (not the whole window)
+            window["rows_since_change"] = after
         X_train = matrix(self.schema, train.numeric, train.categorical)
         X_hold = matrix(self.schema, hold.numeric, hold.categorical)
+        since_change = None if after is None else max(0, after - len(hold))
+        members = plan(cfg.pool, train_rows=len(train), since_change=since_change)
         return self.evaluate_and_deploy(
             job,
             X_train,
@@ -336,6 +355,37 @@ class Retrainer:
             hold.labels,
             window=window,
             trained_until=int(snap.idx[-1]) if len(snap) else 0,
+            members=tuple((m.name, m.rows) for m in members),
+            online=self._online(train.idx, hold.idx),
+        )
+
+    def _online(self, train_idx: Any, hold_idx: Any) -> OnlineFit | None:
+        """The online learner's part of the job: its saved state, if it is of the configured
+        family, and where the rows new to it begin; ``None`` when it is off, has nothing to
+        learn from, or has already learned the holdout (a job right after another)."""
+        pool = self.settings.pool
+        if self.online is None or not pool.online or not len(hold_idx):
+            return None
+        family = online_estimator(pool, self.schema.task)
+        saved = self.store.get_state(ONLINE_KEY) or {}
+        state = None
+        learned_through = -1
+        if saved.get("estimator") == family and saved.get("params") == pool.online_params:
+            state = self.online.read()
+            learned_through = int(saved.get("through", -1)) if state is not None else -1
+        if learned_through >= int(hold_idx[0]):
+            return None
+        start = int(np.searchsorted(train_idx, learned_through, side="right"))
+        return OnlineFit(family, dict(pool.online_params), state, learn_from=start)
+
+    def _keep_online(self, result: FitResult, online: OnlineFit | None, through: int) -> None:
+        """Save what the online learner learned in this job, for the next one."""
+        if self.online is None or online is None or result.online_state is None:
+            return
+        self.online.write(result.online_state)
+        self.store.put_state(
+            ONLINE_KEY,
+            {"estimator": online.estimator, "params": online.params, "through": through},
         )
 
     def holdout_size(self, n: int) -> int:
@@ -352,8 +402,11 @@ class Retrainer:
         *,
         window: dict[str, Any],
         trained_until: int = 0,
+        members: tuple[tuple[str, int], ...] = (),
+        online: OnlineFit | None = None,
     ) -> tuple[Outcome, dict[str, Any]]:
-        """Fit, score, gate, and deploy or reject. Shared by retrains and the bootstrap."""
+        """Fit the pool (one model on every row when ``members`` is empty and ``online`` is
+        ``None``), score, gate, and deploy or reject. Shared by retrains and the bootstrap."""
         cfg = self.settings
         live_metric = self.schema.live_metric
         base: dict[str, Any] = {
@@ -377,9 +430,19 @@ class Retrainer:
             holdout=(X_hold, list(y_hold)),
             warmup=warm,
             metrics=tuple(dict.fromkeys((cfg.model.metric, live_metric))),
+            members=members,
+            online=online,
+            tie_margin=cfg.gate.tie_margin,
         )
         result = self.fit(fit_job)
         base["fit_seconds"] = round(result.seconds, 3)
+        if "rows_since_change" in window:
+            base["rows_since_change"] = window["rows_since_change"]
+        if result.pool:
+            base["pool"] = result.pool
+            base["chosen"] = {"name": result.chosen, "why": result.why}
+        if result.ok:
+            self._keep_online(result, online, trained_until)
         if result.logs:
             base["logs"] = result.logs[-20:]
         if result.cancelled:
@@ -409,8 +472,8 @@ class Retrainer:
             "created": self.clock(),
             "reason": ",".join(job.reasons),
             "job": job.id,
-            "estimator": cfg.model.factory or cfg.model.estimator,
-            "params": cfg.model.params,
+            **self._family(result.chosen),
+            "candidate": base.get("chosen"),
             "schema": self.schema.fingerprint(),
             "training": {**window, "train_rows": len(y_train), "holdout_rows": len(y_hold)},
             "metrics": scores["candidate"],
@@ -442,6 +505,17 @@ class Retrainer:
                 drift_margin=cfg.guard.drift_margin,
             )
         return "deployed", {**base, "version": version.number}
+
+    def _family(self, chosen: str | None) -> dict[str, Any]:
+        """The manifest's estimator and parameters: the online family's, or the batch one's."""
+        cfg = self.settings
+        if chosen == "online":
+            pool = cfg.pool
+            return {
+                "estimator": online_estimator(pool, self.schema.task),
+                "params": pool.online_params,
+            }
+        return {"estimator": cfg.model.factory or cfg.model.estimator, "params": cfg.model.params}
 
     def _judge(
         self, evaluation: Evaluation, X_hold: Any, y_hold: list[Label], *, challenger: bool

@@ -29,12 +29,14 @@ from driftd.retrain.bootstrap import Bootstrap
 from driftd.retrain.retrainer import Fit, Retrainer, on_a_thread
 from driftd.service.cluster import Role
 from driftd.service.engine import CHECKPOINT, Engine
-from driftd.store import Blob, PostgresStore, RecordStore, SQLiteStore
+from driftd.store import PostgresStore, RecordStore, SQLiteStore
 from driftd.store.postgres import Leadership
 
 __all__ = ["STORE_FILE", "Parts", "assemble", "open_store"]
 
 STORE_FILE = "driftd.sqlite3"
+#: The online learner between retrains (only the training process unpickles it, restricted).
+ONLINE_LEARNER = "online-learner.pkl"
 WAL_CHECKPOINT_SECONDS = 0.5
 
 
@@ -134,10 +136,10 @@ def assemble(
     if role.leading:
         role.lead(clock())
     standby = not role.leading
-    checkpoint: Blob = (
-        store.blob(CHECKPOINT)
+    checkpoint, online = (
+        (store.blob(CHECKPOINT), store.blob(ONLINE_LEARNER))
         if isinstance(store, PostgresStore)
-        else FileBlob(state_dir / CHECKPOINT)
+        else (FileBlob(state_dir / CHECKPOINT), FileBlob(state_dir / ONLINE_LEARNER))
     )
     serving = Serving()
     engine = Engine(
@@ -186,6 +188,7 @@ def assemble(
         clock=clock,
         defer=defer,
         standby=standby,
+        online=online,
     )
     engine.subscribe(on_alarm=retrainer.on_alarm, on_joined=retrainer.on_joined)
     data = config.bootstrap.data
