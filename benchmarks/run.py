@@ -6,7 +6,7 @@
 
 Figures (docs/benchmarks.md explains each and holds the latest table):
   1 monitor vs bare river loop vs Evidently (bench_peers)   4 reaction time (bench_reaction)
-  2 HTTP ingest + profile (bench_http)                      5 freshness, HTTP and replay
+  2 HTTP ingest + profile (bench_http)                      5 freshness matrix, default config
   3 predict latency idle / training / swaps (bench_latency) 6 scaling curves + PNGs (bench_scaling)
 
 The parts run one after the other: run in parallel they would measure each other. The
@@ -42,7 +42,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def figures(quick: bool) -> dict[str, tuple[str, Callable[[], Any], Callable[[Any], None]]]:
     runs = 3 if quick else 5
-    streams = ["agrawal", "sea", "stagger"]
     return {
         "1": (
             "monitor throughput",
@@ -64,30 +63,13 @@ def figures(quick: bool) -> dict[str, tuple[str, Callable[[], Any], Callable[[An
         "4": ("reaction time", lambda: bench_reaction.run(runs), bench_reaction.show),
         "5": (
             "freshness",
-            lambda: _freshness(streams[:1] if quick else streams, list(range(1, runs + 1))),
-            _show_freshness,
+            lambda: freshness.run_matrix(
+                freshness.STREAMS[:2] if quick else freshness.STREAMS, [0, 1000], [1], [2000.0]
+            ),
+            freshness.show,
         ),
         "6": ("scaling", lambda: bench_scaling.run(runs, quick), bench_scaling.show),
     }
-
-
-def _freshness(streams: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Both modes, one run per seed; one failing mode keeps the other's table."""
-    out: dict[str, Any] = {}
-    for mode in ("http", "replay"):
-        try:
-            out[mode] = freshness.run_all(streams, seeds, replay_mode=mode == "replay")
-        except Exception as exc:  # noqa: BLE001 - report the failure beside the other mode
-            out[mode] = {"error": f"{type(exc).__name__}: {exc}"}
-    return out
-
-
-def _show_freshness(res: dict[str, Any]) -> None:
-    for mode, table in res.items():
-        if "error" in table:
-            print(f"Figure 5 ({mode}): failed: {table['error']}")
-        else:
-            freshness.show_table(table)
 
 
 def main() -> None:
