@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from driftd.ingest.schema import Feature, Schema
 from driftd.store import PostgresStore
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
+from tests.services import psycopg_module
+
+psycopg = psycopg_module()
 
 pytestmark = pytest.mark.external
 
