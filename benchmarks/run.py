@@ -1,6 +1,6 @@
 """The benchmark suite: every figure, sequentially, each against a baseline of the same run.
 
-    .venv/bin/python benchmarks/run.py            # full: 5 runs a figure, ~30 min on 2 cores
+    .venv/bin/python benchmarks/run.py            # full: 5 runs a figure, ~50 min on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # smoke: 3 runs, smaller sizes, ~8 min
     .venv/bin/python benchmarks/run.py --only 1,2 # some figures
 
