@@ -135,6 +135,9 @@ class Daemon:
 
     config: Path
     argv: list[str] = field(default_factory=list)
+    #: Added to this process's environment, and the working directory (default: the project).
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     lines: list[str] = field(default_factory=list)
@@ -146,8 +149,13 @@ class Daemon:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "DRIFTD_LOG_LEVEL": "info", "DRIFTD_LOG_FORMAT": "json"},
-            cwd=ROOT,
+            env={
+                **os.environ,
+                **self.env,
+                "DRIFTD_LOG_LEVEL": "info",
+                "DRIFTD_LOG_FORMAT": "json",
+            },
+            cwd=self.cwd or ROOT,
         )
         assert self.proc.stderr is not None
         for line in self.proc.stderr:

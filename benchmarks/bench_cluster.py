@@ -15,10 +15,19 @@ code and the protocol, not the disk) and measures both backends in the same run.
              1,000 records (all in flight at once) to a ready daemon until it has stored
              them all, each acknowledged after its commit, on SQLite and on PostgreSQL,
              beside the same bodies through HTTP (one client) in the same run;
-  models     N models on one host, each a leader and a standby (two ``driftd@<model>``
-             units, as two hosts would run them), N = 1, 2, 5, 10: aggregate records/s of one
-             client per model posting 100-record batches to its two daemons in turn, and the
-             memory of all the daemons.
+  models     N models on one host, each a leader and a standby, N = 1, 2, 5, 10: aggregate
+             records/s of one client per model posting 100-record batches to its two daemons
+             in turn, and the memory of all the daemons. Each daemon is an instance of the
+             template unit ``systemd/driftd@.service`` as two hosts would run it: the
+             command line of its ``ExecStart=`` and the variables of its ``Environment=``,
+             read from the unit file with ``%i`` the model's name, and what ``StateDirectory=``
+             and ``WorkingDirectory=`` give it (``$STATE_DIRECTORY``, ``%S/driftd/%i``). There
+             is no systemd to start them here, so the unit's install paths move under a
+             directory per host (``/etc/driftd/<model>.toml`` there; ``/opt/driftd/.venv`` is
+             the virtualenv running the benchmark), the sandboxing is not applied, nor
+             ``WatchdogSec=`` nor ``Type=notify``, and the logs go to a pipe, as JSON. Before
+             the clock starts, every model has exactly one leader and one standby
+             (``GET /v1/status`` -> ``cluster.role``).
 
 Run by hand:  .venv/bin/python benchmarks/bench_cluster.py [--runs 3] [--quick]
 """
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -37,7 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import Daemon, fmt, machine, rss_mb
+from _common import ROOT, Daemon, fmt, machine, rss_mb
 from bench_http import BATCH, N_FEATURES, ingest, rows, write_boot
 from bench_http import config as http_config
 from tests.services import NatsServer, PostgresServer
@@ -209,20 +220,85 @@ def _post_in_turn(
             k += 1
 
 
+#: The template unit each model's daemons are instances of.
+UNIT = ROOT / "systemd" / "driftd@.service"
+#: Where the unit expects driftd installed (``ExecStart=``): the benchmark's own virtualenv.
+UNIT_VENV = "/opt/driftd/.venv/"
+
+
+def unit_service(path: Path = UNIT) -> tuple[str, dict[str, str]]:
+    """``ExecStart=`` (unexpanded) and the ``Environment=`` assignments of a unit's
+    ``[Service]`` section."""
+    section, exec_start, env = "", "", {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            if key == "ExecStart":
+                exec_start = value
+            elif key == "Environment":
+                for item in shlex.split(value):
+                    name, _, setting = item.partition("=")
+                    env[name] = setting
+    if not exec_start:
+        raise ValueError(f"{path}: no ExecStart= in [Service]")
+    return exec_start, env
+
+
+def instance(model: str, host: Path) -> tuple[list[str], dict[str, str], Path]:
+    """What systemd would run for ``driftd@<model>`` on ``host``: the command line, the
+    environment it adds, the working directory. The unit's absolute paths are moved under
+    ``host`` (its ``/opt/driftd/.venv`` is this virtualenv)."""
+    exec_start, env = unit_service()
+
+    def moved(word: str) -> str:
+        if word.startswith(UNIT_VENV):
+            return str(Path(sys.prefix) / word.removeprefix(UNIT_VENV))
+        return str(host / word.lstrip("/")) if word.startswith("/") else word
+
+    argv = [moved(word) for word in shlex.split(exec_start.replace("%i", model))]
+    state = host / "var" / "lib" / "driftd" / model  # StateDirectory=driftd/%i under %S
+    state.mkdir(parents=True, exist_ok=True)
+    return argv, {**env, "STATE_DIRECTORY": str(state)}, state
+
+
+def unit_instance(tmp: Path, host: str, model: str, store: str) -> Daemon:
+    """``driftd@<model>`` on ``host``, its config where the unit reads it."""
+    argv, env, cwd = instance(model, tmp / f"host-{host}")
+    config = Path(argv[argv.index("--config") + 1])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(daemon_config(tmp, f"{host}-{model}", store).read_text())
+    return Daemon(config, argv=argv, env=env, cwd=cwd)
+
+
+def roles(pair: list[Daemon]) -> list[str]:
+    import httpx
+
+    return [
+        str(httpx.get(f"{d.url}/v1/status", timeout=10).json()["cluster"]["role"]) for d in pair
+    ]
+
+
 def bench_models(pg: PostgresServer, counts: list[int], seconds: float, run: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for n in counts:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            daemons = []
+            daemons: list[list[Daemon]] = []
             try:
                 for m in range(n):
+                    model = f"model{m}"
                     store = f'url = "{pg.url()}"\nnamespace = "bench_m{run}_{n}_{m}"'
-                    pair = [
-                        Daemon(daemon_config(tmp, f"m{m}-{host}", store)).start()
-                        for host in ("a", "b")
-                    ]
+                    pair = [unit_instance(tmp, host, model, store) for host in ("a", "b")]
                     daemons.append(pair)
+                    for daemon in pair:  # host a's first: it takes the lock and leads
+                        daemon.start()
+                for m, pair in enumerate(daemons):  # one leader and one standby per model
+                    found = roles(pair)
+                    if sorted(found) != ["leader", "standby"]:
+                        raise RuntimeError(f"model{m} of {n}: roles {found}, not a leader+standby")
                 bodies = [json.dumps(rows(100, 500 + k)).encode() for k in range(50)]
                 sent = [0] * n
                 stop = threading.Event()
@@ -251,28 +327,40 @@ def bench_models(pg: PostgresServer, counts: list[int], seconds: float, run: int
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="fewer rows and models")
-    parser.add_argument("--only", choices=["store", "daemon", "jetstream", "models"], default=None)
-    args = parser.parse_args()
-    print(json.dumps(machine()))
-    counts = [1, 2] if args.quick else [1, 2, 5, 10]
-    results: dict[str, list[Any]] = {"store": [], "daemon": [], "jetstream": [], "models": []}
-    for run in range(args.runs):
-        pg = PostgresServer().start()
-        try:
-            if args.only in (None, "store"):
-                results["store"].append(bench_store(pg, run, args.quick))
-            if args.only in (None, "daemon"):
-                results["daemon"].append(bench_daemon(pg, run, args.quick))
-            if args.only in (None, "jetstream"):
-                results["jetstream"].append(bench_jetstream(pg, run, args.quick))
-            if args.only in (None, "models"):
-                results["models"].append(bench_models(pg, counts, 5.0 if args.quick else 15.0, run))
-        finally:
-            pg.close()
+def run(runs: int = 3, quick: bool = False, only: str | None = None) -> dict[str, Any]:
+    """Every part (or ``only`` one), ``runs`` times; a machine without PostgreSQL or
+    nats-server gives an error result instead of the figures."""
+    import pytest
+
+    # The machines are shared: the load around the run says how much of it was this run.
+    load = {"start": os.getloadavg()}
+    counts = [1, 2] if quick else [1, 2, 5, 10]
+    results: dict[str, Any] = {"store": [], "daemon": [], "jetstream": [], "models": []}
+    try:
+        for run in range(runs):
+            pg = PostgresServer().start()
+            try:
+                if only in (None, "store"):
+                    results["store"].append(bench_store(pg, run, quick))
+                if only in (None, "daemon"):
+                    results["daemon"].append(bench_daemon(pg, run, quick))
+                if only in (None, "jetstream"):
+                    results["jetstream"].append(bench_jetstream(pg, run, quick))
+                if only in (None, "models"):
+                    results["models"].append(bench_models(pg, counts, 5.0 if quick else 15.0, run))
+            finally:
+                pg.close()
+            load[f"after run {run + 1}"] = os.getloadavg()
+    except pytest.skip.Exception as exc:  # tests/services.py found no server to start
+        return {"error": str(exc)}
+    results["counts"] = counts
+    results["load"] = load
+    return results
+
+
+def show(results: dict[str, Any]) -> None:
+    counts = results["counts"]
+    print("load average (1, 5, 15 min): " + json.dumps(results["load"]))
     if results["store"]:
         print("\nstore writes, records/s (add_records alone, 20 numeric features)")
         keys = results["store"][0].keys()
@@ -308,6 +396,19 @@ def main() -> None:
                 f" daemons' RSS {fmt(rss)} MiB"
             )
     print("\nraw: " + json.dumps({k: v for k, v in results.items() if v}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer rows and models")
+    parser.add_argument("--only", choices=["store", "daemon", "jetstream", "models"], default=None)
+    args = parser.parse_args()
+    print(json.dumps(machine()))
+    results = run(args.runs, args.quick, args.only)
+    if "error" in results:
+        sys.exit(f"figure 8: {results['error']}")
+    show(results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The benchmark suite: every figure, sequentially, each against a baseline of the same run.
 
-    .venv/bin/python benchmarks/run.py            # full: 5 runs a figure, ~30 min on 2 cores
+    .venv/bin/python benchmarks/run.py            # full: 5 runs a figure, ~50 min on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # smoke: 3 runs, smaller sizes, ~8 min
     .venv/bin/python benchmarks/run.py --only 1,2 # some figures
 
@@ -8,6 +8,9 @@ Figures (docs/benchmarks.md explains each and holds the latest table):
   1 monitor vs bare river loop vs Evidently (bench_peers)   4 reaction time (bench_reaction)
   2 HTTP ingest + profile (bench_http)                      5 freshness matrix, default config
   3 predict latency idle / training / swaps (bench_latency) 6 scaling curves + PNGs (bench_scaling)
+  8 scale-out: PostgreSQL beside SQLite, JetStream beside HTTP, N models of a leader and a
+    standby each (bench_cluster; 3 runs, ~20 min; needs PostgreSQL and nats-server, else it
+    is left out with the reason)
 
 The parts run one after the other: run in parallel they would measure each other. The
 Evidently figure needs `sh benchmarks/peers/setup.sh` once (its own venv); without it that
@@ -29,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_cluster
 import bench_http
 import bench_latency
 import bench_peers
@@ -69,13 +73,15 @@ def figures(quick: bool) -> dict[str, tuple[str, Callable[[], Any], Callable[[An
             freshness.show,
         ),
         "6": ("scaling", lambda: bench_scaling.run(runs, quick), bench_scaling.show),
+        # Three runs even in the full suite: one run starts 36 daemons and takes ~7 min.
+        "8": ("scale-out", lambda: bench_cluster.run(3, quick), bench_cluster.show),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 runs and smaller sizes (smoke run)")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated figure numbers")
+    ap.add_argument("--only", default="1,2,3,4,5,6,8", help="comma-separated figure numbers")
     ap.add_argument(
         "--output", help="write results/NAME.json and .txt instead of latest (a partial run)"
     )

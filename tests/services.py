@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 
-__all__ = ["NatsServer", "PostgresServer", "free_port", "nats_module", "require_external"]
+__all__ = [
+    "NatsServer",
+    "PostgresServer",
+    "free_port",
+    "nats_module",
+    "psycopg_module",
+    "require_external",
+]
 
 
 def require_external(what: str, found: bool) -> None:
@@ -119,6 +126,20 @@ class PostgresServer:
     def close(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def psycopg_module() -> Any:
+    """psycopg 3, for a test module's top level: the module is skipped without it, unless CI
+    demands every external service (then the run fails)."""
+    if os.environ.get("DRIFTD_REQUIRE_EXTERNAL"):
+        try:
+            import psycopg
+        except ImportError:
+            pytest.fail(
+                "psycopg is required here (DRIFTD_REQUIRE_EXTERNAL is set) but not installed"
+            )
+        return psycopg
+    return pytest.importorskip("psycopg", reason="psycopg is not installed")
 
 
 def nats_module() -> Any:

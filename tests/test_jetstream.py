@@ -318,6 +318,46 @@ def test_a_broker_outage_is_reported_never_fatal_and_consumption_resumes(
         server.stop()
 
 
+def test_a_backlog_shows_as_consumer_lag_until_it_is_drained(
+    module_tmp: Path, server: NatsServer
+) -> None:
+    """Messages published while the daemon is away wait in the broker: once it is back,
+    driftd_source_pending_messages{state="undelivered"} says how many (what an operator alerts
+    on), and falls to 0, with nothing left unacknowledged, once it has stored them all."""
+    daemon = daemon_for(module_tmp, server, "m6", bootstrap=None, batch=1)
+    state = module_tmp / "state-m6"
+    per, messages = 20, 300
+    try:
+        daemon.start(wait_ready=False)
+        with daemon.client() as c:  # the durable consumer exists from now on
+            eventually(lambda: source_state(c)["connected"], 20, "the source to connect")
+        daemon.stop()
+        bodies = [json.dumps(records(f"lag{m}", per, seed=m)).encode() for m in range(messages)]
+        publish_all(server.url, "driftd.m6.records", bodies)
+        assert consumer_info(server.url, "DRIFTD", "driftd-m6").num_pending == messages
+
+        daemon.start(wait_ready=False)
+        with daemon.client() as c:
+
+            def lag(which: str) -> float | None:
+                try:
+                    return metric(c, "driftd_source_pending_messages", source="nats", state=which)
+                except AssertionError:  # not read yet
+                    return None
+
+            seen = eventually(lambda: lag("undelivered"), 20, "a backlog in the lag metric")
+            assert 0 < seen <= messages
+            eventually(lambda: stored(state) == messages * per, 60, "the backlog stored")
+            eventually(
+                lambda: lag("undelivered") == 0 and lag("unacked") == 0, 10, "the lag back to 0"
+            )
+            assert source_state(c)["lag"]["undelivered"] == 0
+        info = consumer_info(server.url, "DRIFTD", "driftd-m6")
+        assert info.num_pending == 0 and info.num_ack_pending == 0
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.slow  # .ci/run runs it after the default suite
 def test_a_daemon_killed_between_commit_and_ack_stores_each_record_once(tmp_path: Path) -> None:
     """The broker is frozen mid-backlog: the daemon commits the batch in hand but its acks

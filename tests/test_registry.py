@@ -7,9 +7,11 @@ import io
 import json
 import os
 import pickle
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -256,3 +258,60 @@ def test_both_registries_move_the_alias_with_its_event(
     registry.retire(2, event=("model_deleted", {"version": 2}), record=record)
     assert registry.numbers() == [1, 3]
     assert [e.data for e in store.events(kind="model_deleted")] == [{"version": 2}]
+
+
+# -- PostgreSQL: the alias, its event and the standbys' notice are one commit ------------------
+@pytest.fixture
+def pg_registry(postgres: Any, pg_namespace: str) -> Iterator[PostgresRegistry]:
+    store = PostgresStore(postgres.url(), Schema((Feature("x"),)), namespace=pg_namespace).open()
+    yield PostgresRegistry(store, clock=lambda: 5.0)
+    store.close()
+
+
+def test_on_postgresql_an_alias_whose_event_fails_does_not_move(
+    pg_registry: PostgresRegistry, artifact: bytes
+) -> None:
+    """The database refuses the deploy event: the alias stays where it was, and no standby is
+    told of a move that did not happen."""
+    import psycopg
+
+    store = pg_registry.store
+    for _ in range(2):
+        pg_registry.publish(artifact, {})
+    pg_registry.set_champion(1, event=("deploy", {"reason": "a"}))
+    leader, standby = store.leadership(), store.leadership()
+    assert leader.try_acquire() and not standby.try_acquire()
+    with psycopg.connect(store.url, autocommit=True) as db:
+        db.execute(f"SET search_path TO {store.namespace}")
+        db.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'no events today'; END $$"
+        )
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events EXECUTE FUNCTION refuse()")
+    with pytest.raises(psycopg.Error, match="no events today"):
+        pg_registry.set_champion(2, event=("deploy", {"reason": "b"}))
+    assert pg_registry.aliases().as_dict() == {"champion": 1, "previous": None}
+    assert [e.data["version"] for e in store.events(kind="deploy")] == [1]
+    assert standby.wait_for_move(0.3) is False
+    leader.release()
+    standby.release()
+
+
+def test_on_postgresql_a_standby_hears_the_champion_move_when_it_commits(
+    pg_registry: PostgresRegistry, artifact: bytes
+) -> None:
+    """What lets a standby serve a new champion within a second: it is told at the commit,
+    without waiting for its next look."""
+    store = pg_registry.store
+    leader, standby = store.leadership(), store.leadership()
+    assert leader.try_acquire() and not standby.try_acquire()
+    assert standby.wait_for_move(0.05) is False
+    assert leader.wait_for_move(0.05) is None  # the leader moves it; it does not listen
+    pg_registry.publish(artifact, {})
+    pg_registry.set_champion(1, event=("deploy", {"reason": "a"}))
+    start = time.monotonic()
+    assert standby.wait_for_move(5.0) is True
+    assert time.monotonic() - start < 0.5
+    assert standby.wait_for_move(0.05) is False  # told once
+    leader.release()
+    standby.release()

@@ -3,9 +3,11 @@ private PostgreSQL (tests/services.py), with nothing of its data in its state di
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -13,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from driftd.ingest.schema import Feature, Schema
 from driftd.store import PostgresStore
 from tests.conftest import DaemonProcess, config_text, make_rows, write_csv
+from tests.services import psycopg_module
+
+psycopg = psycopg_module()
 
 pytestmark = pytest.mark.external
 
@@ -237,6 +241,17 @@ def check_nothing_lost_or_doubled(url: str, namespace: str, *producers: Producer
     return len(events)
 
 
+def pickup_seconds(url: str, namespace: str, standby: DaemonProcess, champion: int) -> float:
+    """Seconds from the champion alias's move (the time its transaction records, with the
+    deploy event) to the standby's log line saying it serves that version: the swap is done
+    when that line is written. Both clocks are this host's."""
+    ((moved,),) = stored(url, namespace, "SELECT changed FROM aliases")
+    line = f"serving v{champion:06d}, the champion another daemon deployed"
+    (served,) = [e["time"] for e in standby.lines if e.get("message") == line]
+    at = datetime.datetime.strptime(served, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return at.replace(tzinfo=datetime.UTC).timestamp() - float(moved)
+
+
 def kill_the_leader_and_time_the_takeover(leader: DaemonProcess, standby: DaemonProcess) -> float:
     leader.signal(signal.SIGKILL)
     leader.wait()
@@ -273,7 +288,10 @@ def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(
             assert c.post("/v1/retrain").status_code == 202
         wait_for(lambda: status(a)["model"]["version"] >= 2, 60, "the leader deploys")
         champion = status(a)["model"]["version"]
-        wait_for(lambda: status(b)["model"]["version"] == champion, 1.5, "the standby serves it")
+        wait_for(lambda: status(b)["model"]["version"] == champion, 5, "the standby serves it")
+        pickup = pickup_seconds(url, pg_namespace, b, champion)
+        print(f"champion pickup: {pickup:.3f} s")
+        assert pickup < 1.0, f"the standby served v{champion} {pickup:.3f} s after the alias moved"
         time.sleep(1.2)  # a checkpoint of the leader's monitor
         took = kill_the_leader_and_time_the_takeover(a, b)
         before = len(producer.acked)
@@ -328,6 +346,11 @@ def test_twenty_seeded_kills_of_the_leader_lose_and_double_nothing(
         producer.stop()
         for d in daemons:
             d.stop()
+    # For docs/reliability.md: how long the standby took, SIGKILL to leading (polled at 0.05 s).
+    print(
+        f"takeovers: median {statistics.median(takeovers):.2f} s, max {max(takeovers):.2f} s,"
+        f" over {len(takeovers)}"
+    )
     assert max(takeovers) < 10.0, takeovers
 
 

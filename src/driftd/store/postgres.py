@@ -680,6 +680,9 @@ class PostgresStore:
                 self._insert_event(
                     db, kind, {**data, "version": number, "previous": previous}, ts, None
                 )
+            # Sent at the commit, and only if it commits: the standbys listening
+            # (:meth:`Leadership.wait_for_move`) load the new champion at once.
+            db.execute("SELECT pg_notify(%s, %s)", (champion_channel(self.namespace), str(number)))
         return number, previous
 
     def delete_version(
@@ -846,6 +849,7 @@ class Leadership:
         #: The lock's key: ``pg_locks`` shows its holder with ``classid`` the high and
         #: ``objid`` the low 32 bits (see :meth:`holder_query`).
         self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self.channel = champion_channel(namespace)
         self._conn: Any = None
         self.held = False
 
@@ -855,15 +859,37 @@ class Leadership:
 
         if self.held:
             return self.check()
+        from psycopg import sql
+
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = self._connect()
+                # A standby hears of each champion move on this connection (wait_for_move).
+                self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+            if row[0]:  # the leader moves the champion itself: nothing to hear
+                self._conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(self.channel)))
         except (psycopg.Error, StoreUnavailable):
             self._drop()
             return False
         self.held = bool(row[0])
         return self.held
+
+    def wait_for_move(self, timeout: float) -> bool | None:
+        """Wait up to ``timeout`` seconds for the champion alias of the namespace to move
+        (a standby, between two tries of the lock). True when it moved, False when the time
+        is up, None at once when there is no connection to listen on."""
+        import psycopg
+
+        if self._conn is None or self.held:
+            return None
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                return True
+        except psycopg.Error:
+            self._drop()
+            return None
+        return False
 
     def check(self) -> bool:
         """Whether the lock is still held: its connection answers and still holds it."""
@@ -896,6 +922,12 @@ class Leadership:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def champion_channel(namespace: str) -> str:
+    """The LISTEN/NOTIFY channel on which the champion moves of ``namespace`` are announced;
+    a digest, as a namespace may be as long as a channel name may be."""
+    return "driftd_champion_" + hashlib.sha256(namespace.encode()).hexdigest()[:16]
 
 
 def _in_transaction(conn: Any, what: str) -> Iterator[Any]:
