@@ -96,6 +96,21 @@ def test_a_tie_rejection_does_not_double_the_next_wait() -> None:
     assert p.drift_due(400, now=1, new_labels=600, since_attempt=600) == DriftDue("drift")
 
 
+def test_a_drift_retrain_rejected_for_saying_nothing_asks_again_when_its_rows_double() -> None:
+    """A new regime whose holdout is too small to judge on (a rare class of a new concept), or
+    a tie, says nothing against retraining: no cooldown and no backoff hold the regime's next
+    try, which comes once its rows have doubled, as a growth retrain would."""
+    p = RetrainPolicy(CFG)
+    p.on_drift(change_point=10_000, now=0)
+    p.request("drift", now=0, new_labels=500, since_attempt=500, drift_point=10_000)
+    job = p.start(0, since_attempt=500, position=10_500)
+    assert job is not None
+    p.finish(job, "rejected", now=1, trained_rows=500, back_off=False)
+    assert p.consecutive_rejections == 0
+    assert p.drift_due(999, now=2, new_labels=499, since_attempt=499) == DriftDue()
+    assert p.drift_due(1000, now=2, new_labels=500, since_attempt=500) == DriftDue("drift_growth")
+
+
 def test_a_skipped_job_does_not_start_a_cooldown() -> None:
     p = RetrainPolicy(CFG)
     p.request("schedule", now=0, new_labels=500, since_attempt=0)

@@ -17,6 +17,7 @@ from driftd.config import load_text
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
 from driftd.models.online import RiverModel
+from driftd.monitor import MonitorEvent
 from driftd.retrain.fit import FitJob, FitResult, fit_and_dump
 from driftd.retrain.retrainer import ONLINE_KEY
 from driftd.service.parts import Parts, assemble
@@ -475,6 +476,41 @@ def test_a_drift_right_after_a_deploy_is_retrained_not_rolled_back(
     assert ran[0]["window"]["since_drift_point"] == first
     live = parts.models.current
     assert live is not None and live.version == ran[-1]["version"] >= 3
+
+
+def test_a_guard_drift_moves_a_regime_still_open_from_an_older_change(
+    build: Callable[..., Parts], clock: Clock, deferred: list[Callable[[], None]]
+) -> None:
+    """A regime from an older change is still growing when a new change comes, and a deploy
+    lands just after it: the rebaseline hides the new change from the detector. The guard sees
+    the new champion fail from its first record and moves the open regime there, so the new
+    drift is retrained now instead of at the old regime's next doubling."""
+    parts = build(
+        guard="records = 100\nmargin = 0.02",
+        gate="min_holdout = 50\nmin_absolute_change = -0.5",
+    )
+    parts.bootstrap.run()
+    play(parts, make_rows(900, seed=2), "a", clock)
+    old = parts.store.last_index() - 500
+    parts.retrainer.on_alarm(
+        MonitorEvent("alarm", "concept_drift", "errors", None, old + 400, clock(), old, {})
+    )
+    play(parts, make_rows(10, seed=3, flip=True), "change", clock)
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) == "deployed"
+    first = parts.store.last_index() + 1
+    play(parts, make_rows(600, seed=4, flip=True), "b", clock, retrain=True)
+    (drift,) = parts.store.events(kind="guard_drift", limit=1)
+    assert drift.data["opened"] and drift.data["replaced"] == old
+    ran = [r for r in drift_jobs(parts) if r["window"]["since_drift_point"] == first]
+    assert ran and ran[0]["outcome"] == "deployed"
+    fresh = make_rows(200, seed=5, flip=True)
+    live = parts.models.current
+    assert live is not None
+    X = rows_to_matrix(parts.engine.schema, [r["features"] for r in fresh])
+    accuracy = sum(p == r["label"] for p, r in zip(live.predict(X), fresh, strict=True)) / 200
+    assert accuracy > 0.9
 
 
 def test_a_restart_keeps_the_policy_and_records_an_interrupted_job(

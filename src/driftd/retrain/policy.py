@@ -239,10 +239,13 @@ class RetrainPolicy:
             self._requeue(job)
         if trained_until is not None and outcome in ("deployed", "rejected"):
             self.trained_until = max(self.trained_until, trained_until)
+        # A deploy of the regime's own retrain moves its growth on; so does a rejection that
+        # says nothing against retraining (a tie, a holdout too small to judge on): the next
+        # try waits for twice the rows instead of a cooldown and a backoff.
         if (
             self.regime is not None
             and job.drift_point == self.regime.point
-            and outcome == "deployed"
+            and (outcome == "deployed" or (outcome == "rejected" and not back_off))
         ):
             self.regime.trained_rows = max(self.regime.trained_rows, trained_rows)
             self.regime.deferred = None

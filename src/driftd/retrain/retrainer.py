@@ -288,7 +288,12 @@ class Retrainer:
         with self.lock:
             # A tie, or a challenger that did not beat the champion, is no sign that retraining
             # has gone wrong: neither backs off the next retrain nor counts toward escalation.
-            counted = not details.get("verdict", {}).get("tie") and job.reasons != ["challenger"]
+            # Neither does a holdout too small to judge on (a rare class of a new regime): the
+            # regime's growth asks again once its rows have doubled.
+            verdict = details.get("verdict", {})
+            counted = not (
+                verdict.get("tie") or _holdout_short(verdict) or job.reasons == ["challenger"]
+            )
             self.policy.finish(
                 job,
                 outcome,
@@ -632,15 +637,21 @@ class Retrainer:
 
     def _guard_drift(self, record: dict[str, Any], why: str | None, now: float) -> None:
         """The new champion scores well under its holdout from its first records on: the data
-        moved before the deploy's rebaseline could let the detectors see it. Open a regime at its
-        first record, so that the drift is retrained rather than swallowed; an open regime
-        already knows of a drift and keeps its own change point."""
+        moved before the deploy's rebaseline could let the detectors see it. A regime opens at
+        its first record, so that the drift is retrained rather than swallowed; a regime still
+        open from an older change is moved there, since the model its rows just trained is
+        the one failing (a growth deploy landing just after a new change would otherwise serve
+        until the old regime's next doubling)."""
+        first = int(record["first_index"])
         with self.lock:
-            opened = self.policy.regime is None
+            regime = self.policy.regime
+            replaced = None if regime is None else regime.point
+            opened = regime is None or regime.point < first
             if opened:
-                self.policy.on_drift(int(record["first_index"]), now)
+                self.policy.on_drift(first, now)
                 self._persist()
-        self.store.add_event("guard_drift", {**record, "why": why, "opened": opened}, ts=now)
+        data = {**record, "why": why, "opened": opened, "replaced": replaced if opened else None}
+        self.store.add_event("guard_drift", data, ts=now)
         log.warning("post-deploy guard: %s", why)
 
     def _guard_rollback(self, guard: Guard, why: str) -> None:
@@ -703,6 +714,11 @@ def _gates(settings: RetrainSettings) -> tuple[Gate, Gate]:
     cfg, metric = settings.gate, settings.model.metric
     gain = max(cfg.min_absolute_change or 0.0, cfg.tie_margin)
     return Gate(cfg, metric), Gate(dataclasses.replace(cfg, min_absolute_change=gain), metric)
+
+
+def _holdout_short(verdict: dict[str, Any]) -> bool:
+    """The verdict failed on the holdout's size (or a class's share of it), not on a score."""
+    return any(r["rule"] == "holdout" and not r["passed"] for r in verdict.get("rules", []))
 
 
 def _finite(scores: dict[str, float]) -> dict[str, float | None]:
