@@ -205,6 +205,19 @@ def test_unseen_categories_during_the_reference_phase_are_not_counted() -> None:
     assert monitor.unseen_categories == {"colour": 0}
 
 
+def test_a_monitor_of_categorical_features_only_checkpoints_and_restores() -> None:
+    """A schema with no numeric feature (STAGGER's) once failed its checkpoint."""
+    schema = Schema(features=(Feature("colour", "categorical"), Feature("size", "categorical")))
+    monitor = Monitor(schema, MonitorConfig(category_reference=100))
+    rows = [{"colour": "red" if i % 3 else "blue", "size": str(i % 2)} for i in range(500)]
+    monitor.update(0, rows, [i % 2 for i in range(500)], now=0.0)
+    restored = Monitor.loads(monitor.dumps(), schema, MonitorConfig(category_reference=100))
+    more = [{"colour": "red", "size": "1"}] * 300
+    assert restored.update(500, more, [1] * 300, now=1.0) == monitor.update(
+        500, more, [1] * 300, now=1.0
+    )
+
+
 def test_predictions_of_a_classifier_feed_a_category_watch() -> None:
     monitor = Monitor(numeric_schema())
     rows = [{"x0": 0.0}] * 10_000

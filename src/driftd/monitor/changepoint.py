@@ -129,11 +129,10 @@ class RecentValues:
     def __getstate__(self) -> dict[str, Any]:
         # A checkpoint holds what is kept, as one block.
         start = self.end - self._kept
-        block = (
-            np.column_stack([self.window(c, start, self.end)[1] for c in range(self.width)])
-            if self._kept
-            else np.empty((0, self.width), dtype=self.dtype)
-        )
+        if not self._kept or not self.width:  # no numeric column: only the positions count
+            block = np.empty((self._kept, self.width), dtype=self.dtype)
+        else:
+            block = np.column_stack([self.window(c, start, self.end)[1] for c in range(self.width)])
         return {
             "width": self.width,
             "capacity": self.capacity,
