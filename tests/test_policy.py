@@ -111,6 +111,19 @@ def test_a_drift_retrain_rejected_for_saying_nothing_asks_again_when_its_rows_do
     assert p.drift_due(1000, now=2, new_labels=500, since_attempt=500) == DriftDue("drift_growth")
 
 
+def test_a_challenger_does_not_hold_back_the_drift_retrain_that_follows_it() -> None:
+    """Found on the default config's STAGGER replay: a challenger fitted just before a change
+    started the 1,000-label cooldown, and the drift's retrain waited for it."""
+    p = RetrainPolicy(PolicyConfig())
+    p.request("challenger", now=0, new_labels=5_000, since_attempt=5_000)
+    job = p.start(0, since_attempt=5_000, position=10_000)
+    assert job is not None
+    p.finish(job, "rejected", now=1, trained_until=10_000, back_off=False)
+    p.on_drift(change_point=10_050, now=2)
+    due = p.drift_due(400, now=3, new_labels=450, since_attempt=450)
+    assert due == DriftDue("drift")
+
+
 def test_a_skipped_job_does_not_start_a_cooldown() -> None:
     p = RetrainPolicy(CFG)
     p.request("schedule", now=0, new_labels=500, since_attempt=0)
@@ -237,8 +250,8 @@ def test_a_cancelled_job_waits_again_with_the_reasons_that_came_and_survives_a_r
 
 
 def test_a_challenger_is_due_every_quarter_window_of_new_labels_between_regimes() -> None:
-    """Between drift regimes, and never while the cooldown would refuse it (asking is queuing:
-    a poll does not fill the audit log with skips)."""
+    """Between drift regimes, and never while the cooldown of another job would refuse it
+    (asking is queuing: a poll does not fill the audit log with skips)."""
     p = RetrainPolicy(CFG)
     assert p.challenger_every() == 750, "a quarter of window_rows by default"
     assert not p.challenger_due(now=0, new_labels=749, since_attempt=749)
@@ -248,7 +261,9 @@ def test_a_challenger_is_due_every_quarter_window_of_new_labels_between_regimes(
     started(p, position=750)
     assert p.running is not None
     p.finish(p.running, "rejected", now=1, trained_until=750, back_off=False)
-    assert not p.challenger_due(now=2, new_labels=750, since_attempt=599), "the cooldown holds"
+    # A challenger starts no cooldown: the next one waits for a quarter window of labels newer
+    # than this one's training (the caller's new_labels), not for the cooldown's.
+    assert not p.challenger_due(now=2, new_labels=749, since_attempt=749)
     assert p.challenger_due(now=2, new_labels=750, since_attempt=750)
     p.on_drift(change_point=1400, now=3)
     assert not p.challenger_due(now=3, new_labels=900, since_attempt=900), "a regime refits"

@@ -15,7 +15,7 @@ Rules, in order, for a request:
 
 * single flight: one job runs, at most one waits; a request while one waits is merged into it
   (its reason recorded);
-* cooldown after every attempt: ``cooldown_labels`` labelled rows (and, when set, the wall-clock
+* cooldown after every attempt but a challenger's: ``cooldown_labels`` labelled rows (and, when set, the wall-clock
   floor ``cooldown_seconds``), doubled after each consecutive counted rejection up to
   ``backoff_max_labels`` (``backoff_max_seconds``); a rejection the gate calls a tie is not
   counted, since a candidate as good as the champion says nothing against the next one;
@@ -232,8 +232,9 @@ class RetrainPolicy:
             self.consecutive_rejections += 1
         elif outcome == "deployed":
             self.consecutive_rejections = 0
-        if outcome in ("skipped", "cancelled"):
-            # Nothing was trained: this job does not start a cooldown.
+        if outcome in ("skipped", "cancelled") or job.reasons == ["challenger"]:
+            # Nothing was trained, or only a challenger nobody asked for: this job does not
+            # start a cooldown (a drift just after a challenger waited 1,000 labels for it).
             self.last_attempt, self.attempt_position = job.prior_attempt, job.prior_position
         if outcome == "cancelled":
             self._requeue(job)
