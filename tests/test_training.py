@@ -253,3 +253,55 @@ def test_a_regressor_has_no_calibration() -> None:
     )
     evaluation = fit_and_dump(regression).evaluation
     assert evaluation is not None and evaluation.loads and evaluation.calibration is None
+
+
+def test_a_refit_brings_the_chosen_window_up_to_the_newest_row_and_keeps_its_judged_score() -> None:
+    """The pool's choice is judged on the holdout it never saw; what deploys is the same window
+    length refitted up to the newest row. The boundary moved in the newest rows: the judged
+    model misses it, the refit learns it, and the scores the gate gets are the judged ones."""
+    from driftd.models.registry import load_artifact
+    from driftd.retrain.fit import score
+
+    rng = np.random.default_rng(2)
+    X_all = rng.random((1_400, 2))
+    y_all = np.where(np.arange(1_400) < 1_000, X_all[:, 0] > 0.5, X_all[:, 0] > 0.2).astype(int)
+    X_train, y_train = X_all[:1_000], y_all[:1_000].tolist()
+    holdout = (X_all[1_000:], y_all[1_000:].tolist())
+    model = ModelConfig(estimator="sklearn.tree.DecisionTreeClassifier", params={"max_depth": 3})
+    refit = fit_and_dump(
+        FitJob(
+            model,
+            SCHEMA,
+            X_train,
+            y_train,
+            holdout=holdout,
+            metrics=("accuracy",),
+            members=(("window", 800),),
+            refit=True,
+        )
+    )
+    assert refit.ok and refit.refitted and refit.evaluation is not None, refit.error
+    judged = refit.evaluation.scores
+    assert judged is not None and judged["accuracy"] < 0.8  # the stale boundary
+    deployed = load_artifact(refit.artifact)
+    fresh = rng.random((500, 2))
+    assert score("accuracy", deployed, fresh, (fresh[:, 0] > 0.2).astype(int).tolist()) > 0.95
+
+
+def test_a_refit_that_would_answer_for_other_classes_is_not_deployed() -> None:
+    """A class first seen in the holdout would leave the judged model's calibration keyed to
+    the wrong classes: the judged candidate itself deploys."""
+    holdout = (X[:60], [2] * 60)
+    result = fit_and_dump(
+        FitJob(
+            job().model,
+            SCHEMA,
+            X,
+            Y,
+            holdout=holdout,
+            metrics=("accuracy",),
+            members=(("window", 300),),
+            refit=True,
+        )
+    )
+    assert result.ok and not result.refitted, result.error

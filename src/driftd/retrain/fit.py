@@ -169,6 +169,9 @@ class FitJob:
     members: tuple[tuple[str, int], ...] = ()
     online: OnlineFit | None = None
     tie_margin: float = 0.0
+    #: Deploy the chosen candidate refitted on its window moved to the newest row (see
+    #: :func:`_refit`); it is judged on its score before, on rows it had not seen.
+    refit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,7 @@ class FitResult:
     why: str | None = None
     #: The online learner after this job (it learned the holdout too), for the next one.
     online_state: bytes | None = field(default=None, repr=False)
+    refitted: bool = False
 
 
 class _ListHandler(logging.Handler):
@@ -247,7 +251,7 @@ def fit_and_dump(job: FitJob) -> FitResult:
             pool = _fit_pool(job)
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
         artifact = sio.dumps(pool.model)
-        evaluation = evaluate(job, artifact) if job.holdout is not None else None
+        evaluation = evaluate(job, artifact, pool.scored) if job.holdout is not None else None
         return FitResult(
             True,
             artifact,
@@ -258,6 +262,7 @@ def fit_and_dump(job: FitJob) -> FitResult:
             chosen=pool.chosen,
             why=pool.why,
             online_state=pool.online_state,
+            refitted=pool.scored is not None,
         )
     except MemoryError:
         why = "training exceeded the memory limit"
@@ -271,11 +276,12 @@ def fit_and_dump(job: FitJob) -> FitResult:
 
 @dataclass(slots=True)
 class _Pool:
-    model: Any
+    model: Any  # what is dumped and deployed
     record: list[dict[str, Any]]
     chosen: str | None = None
     why: str | None = None
     online_state: bytes | None = None
+    scored: Any = None  # the chosen candidate as judged, when ``model`` is its refit
 
 
 def _fit_pool(job: FitJob) -> _Pool:
@@ -320,7 +326,36 @@ def _fit_pool(job: FitJob) -> _Pool:
     chosen = models[pick.index]
     if isinstance(chosen, bytes):  # the online learner's snapshot, pickled just above
         chosen = _unpickled(chosen)
-    return _Pool(chosen, record, entries[pick.index].name, pick.why, online_state)
+    name = entries[pick.index].name
+    refit = _refit(job, name, entries[pick.index].rows, chosen, online_state) if job.refit else None
+    if refit is None:
+        return _Pool(chosen, record, name, pick.why, online_state)
+    return _Pool(refit, record, name, pick.why, online_state, scored=chosen)
+
+
+def _refit(job: FitJob, name: str, rows: int, chosen: Any, online: bytes | None) -> Any:
+    """The chosen candidate brought up to the newest row: a batch candidate fitted again on
+    its number of rows ending at the holdout's end, the online learner as it stands after
+    learning the holdout. The holdout's rows are the most recent there are, and a fit held
+    away from them serves a window that much staler than a periodic refit's. ``None`` when the
+    refit would answer for other classes than the candidate judged (its calibration is the
+    judged one's)."""
+    assert job.holdout is not None
+    X_hold, y_hold = job.holdout
+    if name == "online":
+        if online is None:
+            return None
+        refit = _unpickled(online)
+    else:
+        X = np.concatenate([job.X, X_hold])[-rows:]
+        y = np.asarray([*job.y, *y_hold])[-rows:]
+        refit = build_pipeline(job.model, job.schema).fit(X, y)
+    before, after = getattr(chosen, "classes_", None), getattr(refit, "classes_", None)
+    if (before is None) != (after is None) or (
+        before is not None and np.asarray(before).tolist() != np.asarray(after).tolist()
+    ):
+        return None
+    return refit
 
 
 def _learn_online(job: FitJob, metric: str) -> tuple[bytes, bytes, int, float]:
@@ -364,9 +399,10 @@ def _entry(name: str, rows: int, value: float, seconds: float) -> dict[str, Any]
     }
 
 
-def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
+def evaluate(job: FitJob, artifact: bytes, judged: Any = None) -> Evaluation:
     """Load ``artifact`` as the serving process would, warm it up and score it on the job's
-    holdout (see :class:`FitJob`)."""
+    holdout (see :class:`FitJob`); with ``judged``, the artifact is that model's refit on the
+    holdout too (:func:`_refit`), and the scores and the calibration are the judged one's."""
     assert job.holdout is not None
     X_hold, y_hold = job.holdout
     try:
@@ -375,9 +411,10 @@ def evaluate(job: FitJob, artifact: bytes) -> Evaluation:
         latency = LiveModel(0, model, {}, 0.0).warm_up(warm)
     except (IntegrityError, WarmupError) as exc:
         return Evaluation(False, str(exc))
-    scores = {metric: score(metric, model, X_hold, y_hold) for metric in job.metrics}
+    judge = model if judged is None else judged
+    scores = {metric: score(metric, judge, X_hold, y_hold) for metric in job.metrics}
     calibration = (
-        _calibration(LiveModel(0, model, {}, 0.0), X_hold, y_hold)
+        _calibration(LiveModel(0, judge, {}, 0.0), X_hold, y_hold)
         if job.schema.task == "classification"
         else None
     )

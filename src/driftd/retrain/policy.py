@@ -15,11 +15,11 @@ Rules, in order, for a request:
 
 * single flight: one job runs, at most one waits; a request while one waits is merged into it
   (its reason recorded);
-* cooldown after every attempt but a challenger's: ``cooldown_labels`` labelled rows (and, when set, the wall-clock
-  floor ``cooldown_seconds``), doubled after each consecutive counted rejection up to
-  ``backoff_max_labels`` (``backoff_max_seconds``); a rejection the gate calls a tie is not
-  counted, since a candidate as good as the champion says nothing against the next one;
-  operator requests are exempt;
+* cooldown after every attempt but a challenger's: ``cooldown_labels`` labelled rows (and,
+  when set, the wall-clock floor ``cooldown_seconds``), doubled after each consecutive
+  counted rejection up to ``backoff_max_labels`` (``backoff_max_seconds``); a rejection the
+  gate calls a tie is not counted, since a candidate as good as the champion says nothing
+  against the next one; operator requests are exempt;
 * at least ``min_new_labels`` labelled rows since the last training; operator requests are exempt.
 
 A job that a shutdown cancels goes back to the head of the queue (merged with one that waits),

@@ -14,6 +14,11 @@ on suffixes of one time-ordered training window, all ending where the holdout be
 
 Every candidate is scored on the same holdout, the most recent rows, which none of them learned
 from; the best goes to the gate, which still compares it with the champion on that holdout.
+What deploys is that candidate brought up to the newest row (``refit``): refitted on as many
+rows, ending at the holdout's end, or for the online learner, as it stands after learning the
+holdout. A model held away from the newest rows would serve a window staler than a periodic
+refit's; the post-deploy guard, which scores the previous champion in shadow, is what answers
+for the refit.
 Among candidates within ``[gate] tie_margin`` of the best, the one that learned from the most
 rows wins: the same score from more data is the lower-variance model.
 
@@ -51,11 +56,13 @@ ONLINE_DEFAULTS = {
 class PoolConfig:
     """``[pool]``: ``windows`` fits the growth sequence beside the window (and the rows since
     the change point); ``max_windows`` bounds the batch candidates of one job (the fits' cost);
+    ``refit`` deploys the chosen candidate refitted up to the newest row (the holdout too);
     ``online`` keeps a river learner learning and enters its snapshot in every job."""
 
     windows: bool = True
     max_windows: int = field(default=4, metadata={"min": 1, "max": 16})
     min_rows: int = field(default=100, metadata={"min": 10})
+    refit: bool = True
     online: bool = True
     online_estimator: str | None = None
     online_params: dict[str, Any] = field(default_factory=lambda: {"seed": 0})

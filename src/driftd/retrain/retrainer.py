@@ -438,6 +438,7 @@ class Retrainer:
             members=members,
             online=online,
             tie_margin=cfg.gate.tie_margin,
+            refit=bool(members or online) and cfg.pool.refit,
         )
         result = self.fit(fit_job)
         base["fit_seconds"] = round(result.seconds, 3)
@@ -445,7 +446,7 @@ class Retrainer:
             base["rows_since_change"] = window["rows_since_change"]
         if result.pool:
             base["pool"] = result.pool
-            base["chosen"] = {"name": result.chosen, "why": result.why}
+            base["chosen"] = {"name": result.chosen, "why": result.why, "refit": result.refitted}
         if result.ok:
             self._keep_online(result, online, trained_until)
         if result.logs:
