@@ -14,11 +14,9 @@ version's calibration was, so that a later calibrator can be fitted on them and 
 
 Predictions from the HTTP API are committed in groups (:meth:`Engine.submit_predict`): the
 worker takes every prediction request waiting, answers them from one model call, stores them in
-one transaction, answers each, and then runs the monitor over them once, in order, before it
-takes anything else. A request is still answered only once it is committed, its records still
-reach the monitor in index order, the monitor's time is off its latency, and concurrent
-clients share one commit and one pass through sklearn's input checks instead of queueing for
-one each.
+one transaction and runs the monitor over them once, in order, then answers each. A request is
+still answered only once it is committed, and concurrent clients share one commit and one pass
+through sklearn's input checks instead of queueing for one each.
 
 On a store that several daemons of the model share (``shared``), a record's pass through the
 monitor is not part of its write: whichever daemon stored it, the leader's engine reads it back
@@ -216,9 +214,7 @@ class Engine:
         asked = _Asked(instances, ids, now)
         live = self._live()
         preds, probas = self._answers(live, [asked])
-        results, monitor = self._commit(live, [asked], preds, probas)
-        monitor()
-        return results[0]
+        return self._commit(live, [asked], preds, probas)[0]
 
     def submit_predict(
         self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
@@ -243,8 +239,7 @@ class Engine:
     def _settle(self, group: list[_Asked]) -> None:
         """Predict, store and monitor ``group`` as one batch and answer each request. A failure
         before the store write is retried a request at a time, so that it reaches only the
-        request it belongs to; a failed write reaches every request of the transaction; the
-        monitor runs after the answers (see the module docstring)."""
+        request it belongs to; one after it reaches every request of the transaction."""
         if not group:
             return
         try:
@@ -258,21 +253,13 @@ class Engine:
                     self._settle([asked])
             return
         try:
-            results, monitor = self._commit(live, group, preds, probas)
+            results = self._commit(live, group, preds, probas)
         except Exception as exc:  # noqa: BLE001 - raised again in every request's route
             for asked in group:
                 asked.answer.set_exception(exc)
             return
-        # Committed: the answers go out now, and the monitor takes the records before the worker
-        # takes anything else, so they still reach it in order; its time is off the latency.
         for asked, result in zip(group, results, strict=True):
             asked.answer.set_result(result)
-        try:
-            monitor()
-        except Exception:
-            # The records are stored and answered: a monitor that fails on them is the
-            # monitor's fault to report, not a reason to fail requests that succeeded.
-            log.exception("the monitor failed on %d committed predictions", len(preds))
 
     def _live(self) -> LiveModel:
         live = self.serving.current  # read once: these requests use this model to the end
@@ -300,10 +287,9 @@ class Engine:
         group: list[_Asked],
         preds: list[Label],
         probas: Probabilities | None,
-    ) -> tuple[list[PredictResult], Callable[[], None]]:
+    ) -> list[PredictResult]:
         """Store ``group``'s records in one transaction, each at the time its request arrived,
-        and split the result back into one answer per request; with the call that runs the
-        monitor over them, which the caller makes next, on this worker."""
+        run the monitor over them, and split the result back into one answer per request."""
         instances: list[dict[str, float | str]] = group[0].instances
         ts: float | list[float] = group[0].now
         ids: Sequence[str | None] | None = group[0].ids
@@ -324,10 +310,10 @@ class Engine:
         )
         result = self.store.add_records(batch, source="predict", received=now)
         self.metrics.predictions.inc(len(instances))
-        calibrated = None if probas is None else probas.calibrated
-        return _split(group, preds, result, live.version), lambda: self._after_ingest(
-            result, batch, "predict", now, calibrated
+        self._after_ingest(
+            result, batch, "predict", now, None if probas is None else probas.calibrated
         )
+        return _split(group, preds, result, live.version)
 
     def add_records(
         self, records: Sequence[Record] | Columns, source: str, now: float
