@@ -76,7 +76,7 @@ class PolicyConfig:
     backoff_max_labels: int = field(default=20_000, metadata={"min": 0})
     backoff_max_seconds: float = field(default=3600.0, metadata={"min": 0})
     min_new_labels: int = field(default=200, metadata={"min": 0})
-    min_rows_after_drift: int = field(default=400, metadata={"min": 10})
+    min_rows_after_drift: int = field(default=200, metadata={"min": 10})
     window_rows: int = field(default=20_000, metadata={"min": 10})
     challenger_labels: int | None = field(default=None, metadata={"min": 0})
 
