@@ -176,14 +176,14 @@ class FitJob:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """The candidate as the gate needs it: whether its artifact loads (and why not), its median
-    single-row latency in ms, and its scores on the holdout, of its raw probabilities (its
-    calibration is fitted on that same holdout: scored there, it would flatter the candidate
-    against the champion); ``pickled``, the artifact as it loaded here, for a deploy to serve
-    (:meth:`model`); and ``calibration``, what the holdout decided about its probabilities
-    (``None`` for a model without any). A skops load of a 500-tree model costs 0.2 s of the
-    GIL; unpickling the loaded object costs 6 ms, and only a deploy pays it (a rejected
-    candidate's bytes are never unpickled)."""
+    """The candidate as the gate needs it: whether its artifact loads (and why not), its
+    single-row latency in ms (the fastest warm-up call), and its scores on the holdout, of its
+    raw probabilities (its calibration is fitted on that same holdout: scored there, it would
+    flatter the candidate against the champion); ``pickled``, the artifact as it loaded here,
+    for a deploy to serve (:meth:`model`); and ``calibration``, what the holdout decided about
+    its probabilities (``None`` for a model without any). A skops load of a 500-tree model
+    costs 0.2 s of the GIL; unpickling the loaded object costs 6 ms, and only a deploy pays it
+    (a rejected candidate's bytes are never unpickled)."""
 
     loads: bool
     load_error: str | None = None

@@ -11,7 +11,7 @@ Pure: scores and facts in, verdict out. The rules:
   least ``min_absolute_change`` and ``min_relative_change`` (MLflow ``MetricThreshold``
   semantics; a negative value tolerates that much degradation). Skipped for the first model;
 * ``loads``: the artifact loads with the trusted-type list;
-* ``latency``: its median single-row warm-up prediction is within ``max_latency_ms``.
+* ``latency``: its fastest single-row warm-up prediction is within ``max_latency_ms``.
 
 A verdict that failed ``vs_champion`` alone, with the candidate worse than the champion by less
 than ``tie_margin`` (or better, but not by the required change), is a *tie*: the champion stays,
