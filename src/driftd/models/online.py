@@ -74,13 +74,10 @@ class RiverModel:
 
     def learn(self, X: npt.NDArray[Any], y: Sequence[Label]) -> RiverModel:
         """Learn the rows of ``X`` with their labels ``y``, one at a time, in order."""
-        classifier = self.is_classifier
-        seen = set(self._classes)
         for row, label in zip(self._dicts(X), y, strict=True):
             self.model.learn_one(row, label)
-            if classifier and label not in seen:
-                seen.add(label)
-        if classifier:
+        if self.is_classifier:
+            seen = set(self._classes).union(y)
             self._classes = sorted(seen, key=lambda c: (str(type(c)), c))
         self.learned += len(y)
         return self

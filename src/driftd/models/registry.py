@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from driftd._fs import TMP_PREFIX, atomic_write, fsync_dir
 from driftd.errors import IntegrityError
 from driftd.models.calibration import Calibrator
+from driftd.models.online import RIVER_MODEL
 
 __all__ = [
     "TRUSTED_TYPES",
@@ -73,7 +74,7 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         "sklearn.utils._bunch.Bunch",
         # The online learner's adapter; the river model inside it is unpickled by the
         # restricted loader, which resolves river's classes only (driftd.models.online).
-        "driftd.models.online.RiverModel",
+        RIVER_MODEL,
     }
 )
 

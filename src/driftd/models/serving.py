@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from driftd.ingest.schema import Label
 from driftd.models.calibration import Calibrator
+from driftd.models.online import RIVER_MODEL
 
 __all__ = ["ARGMAX_OF_PROBA", "LiveModel", "Probabilities", "Serving", "WarmupError", "top_class"]
 
@@ -41,7 +42,7 @@ ARGMAX_OF_PROBA = frozenset(
         "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
         "sklearn.ensemble._forest.RandomForestClassifier",
         "sklearn.ensemble._forest.ExtraTreesClassifier",
-        "driftd.models.online.RiverModel",
+        RIVER_MODEL,
     }
 )
 PIPELINE = "sklearn.pipeline.Pipeline"

@@ -375,7 +375,7 @@ def _learn_online(job: FitJob, metric: str) -> tuple[bytes, bytes, int, float]:
 
 
 def _unpickled(data: bytes) -> Any:
-    """An online learner pickled by this process (restricted all the same)."""
+    """An online learner pickled by a training process (restricted all the same)."""
     return restricted_loads(data, ("river.", "driftd.models.online"))
 
 
@@ -383,7 +383,7 @@ def _learner(job: FitJob) -> RiverModel:
     """The job's online learner: its state from the last job, or a new one of its family."""
     assert job.online is not None
     if job.online.state is not None:
-        learner = restricted_loads(job.online.state, ("river.", "driftd.models.online"))
+        learner = _unpickled(job.online.state)
         if isinstance(learner, RiverModel):
             return learner
     family = import_object(job.online.estimator)(**job.online.params)
