@@ -299,7 +299,7 @@ class Retrainer:
                 outcome,
                 now=self.clock(),
                 trained_until=details.get("trained_until"),
-                trained_rows=int(details.get("rows_since_change", details.get("rows", 0))),
+                trained_rows=_regime_rows(details),
                 back_off=counted,
             )
             self._persist()
@@ -442,8 +442,6 @@ class Retrainer:
         )
         result = self.fit(fit_job)
         base["fit_seconds"] = round(result.seconds, 3)
-        if "rows_since_change" in window:
-            base["rows_since_change"] = window["rows_since_change"]
         if result.pool:
             base["pool"] = result.pool
             base["chosen"] = {"name": result.chosen, "why": result.why, "refit": result.refitted}
@@ -715,6 +713,13 @@ def _gates(settings: RetrainSettings) -> tuple[Gate, Gate]:
     cfg, metric = settings.gate, settings.model.metric
     gain = max(cfg.min_absolute_change or 0.0, cfg.tie_margin)
     return Gate(cfg, metric), Gate(dataclasses.replace(cfg, min_absolute_change=gain), metric)
+
+
+def _regime_rows(details: dict[str, Any]) -> int:
+    """The rows a drift job trained on after its change point (what the regime's growth
+    counts), else every row it trained on."""
+    window = details.get("window") or {}
+    return int(window.get("rows_since_change", details.get("rows", 0)))
 
 
 def _holdout_short(verdict: dict[str, Any]) -> bool:
