@@ -109,7 +109,7 @@ def test_a_database_that_goes_away_is_a_503_and_the_daemon_recovers(
             metrics = c.get("/metrics").text
         assert 'driftd_records_rejected_total{reason="store_unavailable"} 1.0' in metrics
         # Alone on its namespace, it lost its lock with the database and leads again.
-        wait_for(lambda: role(daemon) == "leader", 10, "the daemon leads again")
+        wait_for(lambda: role(daemon) == "leader", 10, "the daemon leads again", daemon)
     finally:
         daemon.stop()
 
@@ -140,12 +140,19 @@ def role(daemon: DaemonProcess) -> str | None:
         return None
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until ``predicate`` holds; fails after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *daemons: DaemonProcess,
+) -> float:
+    """Seconds until ``predicate`` holds; fails after ``timeout`` with the end of the
+    ``daemons``' logs."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"{what}: not within {timeout} s")
+            logs = "\n".join(d.log_text()[-6000:] for d in daemons)
+            pytest.fail(f"{what}: not within {timeout} s\n{logs}")
         time.sleep(0.05)
     return time.monotonic() - start
 
@@ -256,7 +263,7 @@ def kill_the_leader_and_time_the_takeover(leader: DaemonProcess, standby: Daemon
     leader.signal(signal.SIGKILL)
     leader.wait()
     leader.port = None
-    return wait_for(lambda: role(standby) == "leader", 10.0, "a standby takes over")
+    return wait_for(lambda: role(standby) == "leader", 10.0, "a standby takes over", standby)
 
 
 def test_a_standby_serves_the_champion_and_takes_over_when_the_leader_is_killed(

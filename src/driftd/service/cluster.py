@@ -100,6 +100,9 @@ class Cluster:
             self._thread = None
 
     def run(self) -> None:
+        """Round after round until :meth:`close`. Nothing that fails in a round ends the
+        thread (a daemon whose thread died would never lead again): it is logged and the
+        round is tried again after an interval."""
         while not self._pause():
             try:
                 self.step()
@@ -109,8 +112,11 @@ class Cluster:
     def _pause(self) -> bool:
         """Wait for the next round; True to stop. A standby's round comes early when the
         champion moves, so that its load starts at once rather than at the next interval."""
-        if not self.role.leading and self.lock.wait_for_move(self.interval) is not None:
-            return self._stop.is_set()
+        try:
+            if not self.role.leading and self.lock.wait_for_move(self.interval) is not None:
+                return self._stop.is_set()
+        except Exception:
+            log.exception("waiting for a champion move failed; polling instead")
         return self._stop.wait(self.interval)
 
     def step(self) -> None:

@@ -155,6 +155,7 @@ class Daemon:
         self.sources: list[Source] = []
         self.cluster: Cluster | None = None
         self._follow: Future[Any] | None = None
+        self._poll_failing = False  # the store was unavailable at the last poll (said once)
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -370,7 +371,14 @@ class Daemon:
             return
         if parts.models.current is None:
             return
-        job = parts.retrainer.poll()
+        try:
+            job = parts.retrainer.poll()
+        except StoreUnavailable as exc:  # the next tick asks again; the daemon lives on
+            if not self._poll_failing:
+                log.warning("could not poll the retrain policy: %s", exc)
+            self._poll_failing = True
+            return
+        self._poll_failing = False
         if job is not None:
             self.notifier.status(f"{self.status_line()}; retraining ({', '.join(job.reasons)})")
             self._train = self.training.submit(self._retrain, parts, job)
