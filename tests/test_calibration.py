@@ -17,6 +17,7 @@ from driftd.models.calibration import (
     MIN_ROWS,
     Calibration,
     Calibrator,
+    Correctness,
     IsotonicMap,
     calibrate,
     expected_calibration_error,
@@ -116,7 +117,8 @@ def _set(path: str, value: Any) -> Any:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_set("format", 2), "format: expected 1"),
+        (_set("format", 3), "format: expected 1 or 2"),
+        (_set("maps", {}), "maps: expected maps, a correctness model, or both"),
         (_set("method", "sigmoid"), "method: expected 'isotonic'"),
         (_set("classes", ["0", "0"]), "classes: expected at least two distinct"),
         (_set("classes", [["0"], "1"]), r"classes: expected a list of class names"),
@@ -131,6 +133,120 @@ def _set(path: str, value: Any) -> Any:
 def test_a_malformed_calibrator_is_refused_naming_the_field(change: Any, message: str) -> None:
     body = json.loads(fitted(2).dumps())
     body["maps"]["1"] = {"x": [0.1 * k for k in range(10)], "y": [0.1 * k for k in range(10)]}
+    change(body)
+    with pytest.raises(ValueError, match=message):
+        Calibrator.loads(json.dumps(body).encode())
+
+
+def subgroup(rng: np.random.Generator, n: int, hard_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """An easy cluster and a noisy one (labels nearly coin flips), ``hard_share`` of the rows
+    in the noisy one: a boosted model memorises its noise and is as sure there as elsewhere."""
+    hard = rng.random(n) < hard_share
+    X = rng.normal(0, 1, size=(n, 2)) + np.where(hard[:, None], 3.0, -3.0)
+    margin = np.where(hard, 0.6 * (X[:, 0] - 3.0), 3.0 * (X[:, 0] + 3.0))
+    return X, (rng.random(n) < 1 / (1 + np.exp(-margin))).astype(int)
+
+
+def estimate(calibrator: Calibrator | None, model: Any, X: np.ndarray) -> float:
+    """The estimated accuracy of ``model`` on ``X``: the mean calibrated probability of each
+    predicted class, as the monitor computes it from what serving gives it."""
+    raw = model.predict_proba(X)
+    predicted = raw.argmax(axis=1)
+    proba = raw if calibrator is None else calibrator.apply(raw, X, predicted)
+    return float(proba[np.arange(len(X)), predicted].mean())
+
+
+def test_a_correctness_model_follows_a_shift_toward_where_the_model_is_wrong() -> None:
+    """Covariate shift: the noisy region's share grows from 20% to 70%. The probability of
+    the predicted class, raw or mapped, keeps saying what the old mixture's accuracy was;
+    the correctness model, fitted on the same 1,000-row holdout, follows the inputs: closer
+    than the raw confidence in every seed, and within 0.02 in the median of 8 (its tail is
+    the holdout's 200 noisy rows, from which it extrapolates)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    raw_errors, mapped_errors, errors = [], [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        model = HistGradientBoostingClassifier(random_state=0).fit(*subgroup(rng, 4000, 0.2))
+        X_hold, y_hold = subgroup(rng, 1000, 0.2)
+        raw = model.predict_proba(X_hold)
+        decision = calibrate(raw, y_hold, raw.argmax(axis=1), ["0", "1"], numeric=X_hold)
+        calibrator = decision.calibrator
+        assert calibrator is not None and calibrator.correctness is not None
+        assert decision.record()["correctness"] == {"applied": True, "inputs": 2, "degree": 2}
+        X_new, y_new = subgroup(rng, 20_000, 0.7)
+        realized = float((model.predict(X_new) == y_new).mean())
+        mapped = Calibrator(("0", "1"), calibrator.maps) if calibrator.maps else None
+        raw_errors.append(abs(estimate(None, model, X_new) - realized))
+        mapped_errors.append(abs(estimate(mapped, model, X_new) - realized))
+        errors.append(abs(estimate(calibrator, model, X_new) - realized))
+    assert all(e < r for e, r in zip(errors, raw_errors, strict=True)), (errors, raw_errors)
+    assert np.median(errors) < 0.02 < min(raw_errors), (errors, raw_errors)
+    assert np.median(errors) < np.median(mapped_errors), (errors, mapped_errors)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_correctness_model_costs_a_calibrated_model_no_more_than_its_holdouts_noise(
+    seed: int,
+) -> None:
+    """A logistic regression on logistic data is calibrated already: the correctness model
+    fitted on its holdout moves its estimate of new rows by no more than three standard
+    errors of the holdout's accuracy, the sampling error it inherits from those rows."""
+    rng = np.random.default_rng(seed)
+    model = LogisticRegression().fit(*logistic(rng, 2000))
+    X_hold, y_hold = logistic(rng, 1000)
+    raw = model.predict_proba(X_hold)
+    decision = calibrate(raw, y_hold, raw.argmax(axis=1), ["0", "1"], numeric=X_hold)
+    assert decision.calibrator is not None and decision.calibrator.correctness is not None
+    X_new, y_new = logistic(rng, 20_000)
+    realized = float((model.predict(X_new) == y_new).mean())
+    noise = 3 * np.sqrt(realized * (1 - realized) / len(y_hold))
+    assert abs(estimate(decision.calibrator, model, X_new) - realized) < noise
+    assert abs(estimate(None, model, X_new) - realized) < 0.01  # what it had without
+
+
+def test_the_correctness_model_sets_the_predicted_class_and_keeps_the_others_in_ratio() -> None:
+    flat = Correctness((0.0, 0.0), (1.0, 1.0), 1, (0.0, 0.0), 0.0)  # always 0.5
+    calibrator = Calibrator(("a", "b", "c"), (), flat)
+    proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [1.0, 0.0, 0.0]])
+    out = calibrator.apply(proba, np.zeros((3, 1)), np.array([0, 2, 0]))
+    np.testing.assert_allclose(out, [[0.5, 0.375, 0.125], [0.25, 0.25, 0.5], [0.5, 0.25, 0.25]])
+    # without the inputs (a producer's own probabilities) only the maps would apply: none here
+    np.testing.assert_allclose(calibrator.apply(proba), proba)
+
+
+def test_a_correctness_model_round_trips_and_a_format_1_calibrator_still_loads() -> None:
+    rng = np.random.default_rng(5)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(random_state=0).fit(*subgroup(rng, 2000, 0.2))
+    X_hold, y_hold = subgroup(rng, 1000, 0.2)
+    raw = model.predict_proba(X_hold)
+    calibrator = calibrate(raw, y_hold, raw.argmax(axis=1), ["0", "1"], numeric=X_hold).calibrator
+    assert calibrator is not None and calibrator.correctness is not None
+    assert Calibrator.loads(calibrator.dumps()) == calibrator
+    old = json.loads(fitted(2).dumps())
+    old["format"] = 1
+    del old["correctness"]
+    assert Calibrator.loads(json.dumps(old).encode()).correctness is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("correctness.degree", 3), r"correctness\.degree: expected 1 or 2"),
+        (_set("correctness.scale", [1.0, 0.0]), r"correctness\.scale: expected one positive"),
+        (_set("correctness.coef", [0.1]), r"correctness\.coef: expected 2 values"),
+        (_set("correctness.intercept", "1"), r"correctness\.intercept: expected a list of"),
+        (_set("correctness", {"mean": [0.0]}), r"correctness: expected an object with keys"),
+    ],
+)
+def test_a_malformed_correctness_model_is_refused_naming_the_field(
+    change: Any, message: str
+) -> None:
+    body = json.loads(
+        Calibrator(("0", "1"), (), Correctness((0.0, 0.0), (1.0, 1.0), 1, (0.5, -0.5), 0.1)).dumps()
+    )
     change(body)
     with pytest.raises(ValueError, match=message):
         Calibrator.loads(json.dumps(body).encode())

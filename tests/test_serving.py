@@ -16,6 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from driftd.models.calibration import calibrate
 from driftd.models.serving import ARGMAX_OF_PROBA, LiveModel, top_class
 
 
@@ -93,3 +94,29 @@ def test_the_known_names_are_the_classes_scikit_learn_has() -> None:
     """A scikit-learn release that moves one of these classes is noticed, not silently slower."""
     for est in ESTIMATORS:
         assert f"{type(est).__module__}.{type(est).__qualname__}" in ARGMAX_OF_PROBA
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_versions_correctness_model_sets_each_predicted_class_probability(classes: int) -> None:
+    """The calibrated rows the estimate reads give each prediction the probability the
+    version's correctness model gives it being right (from the row's numeric inputs and the
+    raw probability of the class that was predicted); the raw rows stay the model's own."""
+    X, y = _data(classes)
+    model = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(X[:300], y[:300])
+    raw = model.predict_proba(X[300:])
+    index = {c: i for i, c in enumerate(model.classes_.tolist())}
+    labels = np.array([index[v] for v in y[300:]])
+    names = [str(c) for c in model.classes_]
+    calibration = calibrate(raw, labels, raw.argmax(axis=1), names, numeric=X[300:])
+    calibrator = calibration.calibrator
+    assert calibrator is not None and calibrator.correctness is not None
+    probe = np.random.default_rng(2).normal(size=(40, 5))
+    preds, probas = LiveModel(1, model, {}, 0.0, calibrator).answer(probe, probabilities=True)
+    assert probas is not None
+    own = model.predict_proba(probe)
+    top = np.array([index[p] for p in preds])
+    right = calibrator.correctness(probe, own[np.arange(len(probe)), top])
+    got = np.array([row[str(p)] for row, p in zip(probas.calibrated, preds, strict=True)])
+    np.testing.assert_allclose(got, right)
+    np.testing.assert_allclose([sum(row.values()) for row in probas.calibrated], 1.0)
+    assert probas.raw == [dict(zip(names, r, strict=True)) for r in own.tolist()]

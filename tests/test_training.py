@@ -217,7 +217,8 @@ def candidate(estimator: str, X_all: np.ndarray, y_all: np.ndarray, *, task: str
 def test_the_training_process_calibrates_an_overconfident_candidate_on_its_holdout() -> None:
     """Naive Bayes on redundant features is overconfident: the training process, which has the
     holdout at hand, fits isotonic maps there and sends them back with the evaluation. A
-    logistic regression on logistic data is calibrated already and gets none."""
+    logistic regression on logistic data is calibrated already and gets no maps. Both get a
+    correctness model of their numeric inputs."""
     nb = candidate(
         "sklearn.naive_bayes.GaussianNB",
         *redundant(np.random.default_rng(0), 2000),
@@ -235,6 +236,7 @@ def test_the_training_process_calibrates_an_overconfident_candidate_on_its_holdo
     record = calibration.record()
     assert record["applied"] and record["rows"] == 1000 and record["folds"] == 5
     assert record["ece_before"] > 0.15 and record["ece_after"] < record["ece_before"] / 3
+    assert record["correctness"] == {"applied": True, "inputs": 8, "degree": 2}
 
     lr = candidate(
         "sklearn.linear_model.LogisticRegression",
@@ -243,7 +245,9 @@ def test_the_training_process_calibrates_an_overconfident_candidate_on_its_holdo
     )
     evaluation = fit_and_dump(lr).evaluation
     assert evaluation is not None and evaluation.calibration is not None
-    assert evaluation.calibration.calibrator is None
+    calibrator = evaluation.calibration.calibrator
+    assert calibrator is not None and calibrator.maps == () and calibrator.correctness is not None
+    assert evaluation.calibration.record()["applied"] is False
 
 
 def test_a_regressor_has_no_calibration() -> None:

@@ -88,8 +88,9 @@ class LiveModel:
         derived = _derived(self.model, X)
         if derived is not None:
             preds, raw = derived
-            return preds, self._calibrated(raw)
-        return self.predict(X), self.probabilities(X)
+            return preds, self._calibrated(raw, X, preds)
+        preds = self.predict(X)
+        return preds, self.probabilities(X, preds)
 
     def class_names(self) -> tuple[str, ...] | None:
         """The model's classes as strings, in its order, or ``None`` for a model without any."""
@@ -112,19 +113,33 @@ class LiveModel:
             return None
         return out
 
-    def probabilities(self, X: npt.NDArray[Any]) -> Probabilities | None:
-        """Each row's probabilities, raw and calibrated (see :class:`Probabilities`)."""
+    def probabilities(
+        self, X: npt.NDArray[Any], preds: list[Label] | None = None
+    ) -> Probabilities | None:
+        """Each row's probabilities, raw and calibrated (see :class:`Probabilities`); a
+        correctness model calibrates the probability of ``preds`` (default: the most probable
+        classes)."""
         raw = self.raw_probabilities(X)
-        return None if raw is None else self._calibrated(raw)
+        return None if raw is None else self._calibrated(raw, X, preds)
 
-    def _calibrated(self, raw: npt.NDArray[np.float64]) -> Probabilities | None:
+    def _calibrated(
+        self, raw: npt.NDArray[np.float64], X: npt.NDArray[Any], preds: list[Label] | None
+    ) -> Probabilities | None:
         names = self.class_names()
         if names is None:
             return None
         rows = _rows(names, raw)
-        if self.calibrator is None:
+        calibrator = self.calibrator
+        if calibrator is None:
             return Probabilities(rows, rows)
-        return Probabilities(rows, _rows(names, self.calibrator.apply(raw)))
+        if calibrator.correctness is None:
+            return Probabilities(rows, _rows(names, calibrator.apply(raw)))
+        numeric = np.asarray(X[:, : calibrator.correctness.inputs], dtype=np.float64)
+        top = raw.argmax(axis=1)
+        if preds is not None:  # a class the model has no column for keeps the top one
+            index = {name: i for i, name in enumerate(names)}
+            top = np.array([index.get(str(p), t) for p, t in zip(preds, top.tolist(), strict=True)])
+        return Probabilities(rows, _rows(names, calibrator.apply(raw, numeric, top)))
 
     def warm_up(self, rows: npt.NDArray[Any]) -> float:
         """Predict ``rows`` one at a time; raise :class:`WarmupError` on any

@@ -414,7 +414,7 @@ def evaluate(job: FitJob, artifact: bytes, judged: Any = None) -> Evaluation:
     judge = model if judged is None else judged
     scores = {metric: score(metric, judge, X_hold, y_hold) for metric in job.metrics}
     calibration = (
-        _calibration(LiveModel(0, judge, {}, 0.0), X_hold, y_hold)
+        _calibration(LiveModel(0, judge, {}, 0.0), X_hold, y_hold, len(job.schema.numeric))
         if job.schema.task == "classification"
         else None
     )
@@ -425,9 +425,12 @@ def evaluate(job: FitJob, artifact: bytes, judged: Any = None) -> Evaluation:
     return Evaluation(True, None, 1000 * latency, scores, pickled, calibration)
 
 
-def _calibration(live: LiveModel, X: npt.NDArray[Any], y: Sequence[Label]) -> Calibration | None:
-    """The holdout's calibration of ``live``'s probabilities, by class index; ``None`` when it
-    gives none or predicts a class it has no probability for."""
+def _calibration(
+    live: LiveModel, X: npt.NDArray[Any], y: Sequence[Label], numeric: int
+) -> Calibration | None:
+    """The holdout's calibration of ``live``'s probabilities, by class index, and its
+    correctness model of the ``numeric`` first columns; ``None`` when it gives no
+    probabilities or predicts a class it has none for."""
     proba, names = live.raw_probabilities(X), live.class_names()
     if proba is None or names is None:
         return None
@@ -436,7 +439,8 @@ def _calibration(live: LiveModel, X: npt.NDArray[Any], y: Sequence[Label]) -> Ca
     if (predicted < 0).any():
         return None
     labels = np.array([index.get(str(label), -1) for label in y], dtype=np.intp)
-    return calibrate(proba, labels, predicted, names)
+    inputs = np.asarray(X[:, :numeric], dtype=np.float64)
+    return calibrate(proba, labels, predicted, names, numeric=inputs)
 
 
 def library_versions() -> dict[str, str]:
