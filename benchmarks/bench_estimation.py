@@ -266,6 +266,8 @@ def main() -> None:
             lead_target = ("ok" if lead_ok else "MISS") + " (>= 2,000)"
             if not sc.covariate:
                 mae_target, lead_target = "not expected", "not expected"
+            elif after > before:  # no drop to alarm on
+                lead_target = "not expected (accuracy rises)"
             kept = sum(float(r["calibrated"] or 0) for r in runs)
             print(
                 f"| {sc.name} | {reference:,} | {kept:.0f} of {len(runs)} |"
