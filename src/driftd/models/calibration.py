@@ -49,11 +49,12 @@ This module never reads a file: the registry stores and verifies the bytes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -108,24 +109,34 @@ class IsotonicMap:
         return cls(x, y)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Correctness:
     """The probability that the model's prediction is right, from the row's numeric inputs and
     the raw probability of its predicted class (see the module docstring). ``mean`` and
     ``scale`` standardize the inputs, the confidence's logit last; ``coef`` weighs their
-    :func:`_terms` of ``degree``."""
+    :func:`_terms` of ``degree``. It is called on the serving path, once per prediction, so
+    its arrays are made once, here."""
 
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     degree: int
     coef: tuple[float, ...]
     intercept: float
+    _arrays: tuple[Floats, Floats, Floats] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        arrays = (np.array(self.mean), np.array(self.scale), np.array(self.coef))
+        object.__setattr__(self, "_arrays", arrays)
 
     def __call__(self, numeric: Floats, confidence: Floats) -> Floats:
-        from scipy.special import expit
-
-        z = _standardized(numeric, confidence, np.array(self.mean), np.array(self.scale))
-        return np.asarray(expit(_terms(z, self.degree) @ np.array(self.coef) + self.intercept))
+        mean, scale, coef = self._arrays
+        z = _standardized(numeric, confidence, mean, scale)
+        k = z.shape[1]
+        logit = z @ coef[:k] + self.intercept
+        if self.degree == 2:
+            i, j = _pairs(k)
+            logit += (z[:, i] * z[:, j]) @ coef[k:]
+        return np.asarray(1.0 / (1.0 + np.exp(-logit)))
 
     @property
     def inputs(self) -> int:
@@ -387,14 +398,19 @@ def _fit_correctness(numeric: Floats, confidence: Floats, right: Floats) -> Corr
 
 
 def _logit(p: Floats) -> Floats:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
+    q = np.minimum(np.maximum(p, 1e-6), 1 - 1e-6)
     return np.asarray(np.log(q / (1 - q)))
 
 
 def _standardized(numeric: Floats, confidence: Floats, mean: Floats, scale: Floats) -> Floats:
     """The inputs and the confidence's logit, standardized; a missing input is its mean."""
-    z = (np.column_stack([numeric, _logit(confidence)]) - mean) / scale
-    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+    z = np.empty((len(confidence), numeric.shape[1] + 1))
+    z[:, :-1] = numeric
+    z[:, -1] = _logit(confidence)
+    z -= mean
+    z /= scale
+    np.copyto(z, 0.0, where=~np.isfinite(z))
+    return z
 
 
 def _width(k: int, degree: int) -> int:
@@ -406,14 +422,26 @@ def _terms(z: Floats, degree: int) -> Floats:
     """The inputs, then (degree 2) every product of two of them, squares included."""
     if degree == 1:
         return z
-    i, j = np.triu_indices(z.shape[1])
+    i, j = _pairs(z.shape[1])
     return np.hstack([z, z[:, i] * z[:, j]])
+
+
+@functools.cache
+def _pairs(k: int) -> tuple[Ints, Ints]:
+    """The column pairs of :func:`_terms`' products, in their order."""
+    i, j = np.triu_indices(k)
+    return i, j
 
 
 def _with_predicted(proba: Floats, predicted: Ints, right: Floats) -> Floats:
     """``proba`` with each row's ``predicted`` class at ``right`` and the other classes scaled
     to share the rest as they did (evenly where they had nothing)."""
     rows = np.arange(len(proba))
+    if proba.shape[1] == 2:  # the other class has the rest
+        out = np.empty_like(proba)
+        out[rows, predicted] = right
+        out[rows, 1 - predicted] = 1.0 - right
+        return out
     out = proba.copy()
     out[rows, predicted] = 0.0
     rest = out.sum(axis=1)
