@@ -250,3 +250,20 @@ def test_a_malformed_correctness_model_is_refused_naming_the_field(
     change(body)
     with pytest.raises(ValueError, match=message):
         Calibrator.loads(json.dumps(body).encode())
+
+
+def test_a_correctness_model_gives_a_probability_for_any_input() -> None:
+    """Inputs far outside the holdout (1e308, its negative, a missing value, an infinite
+    one) get a probability in [0, 1], never NaN: the estimate, and the status that shows
+    it, must survive what a fuzzer or a broken producer sends."""
+    rng = np.random.default_rng(6)
+    model = LogisticRegression().fit(*logistic(rng, 2000))
+    X_hold, y_hold = logistic(rng, 1000)
+    raw = model.predict_proba(X_hold)
+    calibrator = calibrate(raw, y_hold, raw.argmax(axis=1), ["0", "1"], numeric=X_hold).calibrator
+    assert calibrator is not None and calibrator.correctness is not None
+    wild = np.array([[1e308, -1e308], [np.nan, 0.0], [np.inf, -np.inf], [0.0, 0.0]])
+    proba = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0], [0.3, 0.7]])
+    out = calibrator.apply(proba, wild, proba.argmax(axis=1))
+    assert np.isfinite(out).all() and (out >= 0).all() and (out <= 1).all()
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)

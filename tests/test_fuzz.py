@@ -123,7 +123,8 @@ def test_every_operation_conforms_to_its_openapi_description_under_fuzzing(
     elapsed = time.monotonic() - start
     report = out.stdout + out.stderr
     tail = report[-6000:]
-    assert out.returncode == 0, f"schemathesis found problems (seed {SEED}):\n{tail}"
+    logs = daemon.log_text()[-4000:]
+    assert out.returncode == 0, f"schemathesis found problems (seed {SEED}):\n{tail}\n{logs}"
     tested = re.search(r"Tested:\s+(\d+)", report)
     cases = re.search(r"(\d+) generated, (\d+) passed", report)
     assert tested and int(tested.group(1)) == expected_ops, tail

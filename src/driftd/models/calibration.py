@@ -76,6 +76,8 @@ Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.intp]
 
 FORMAT = 2  # 2 added the correctness model; a version written in format 1 still loads
+#: How far from its mean, in standard deviations, an input of the correctness model reaches.
+REACH = 10.0
 ROWS_PER_TERM = 10  # the second degree only where the holdout has this many rows per term
 BINS = 10  # equal-width confidence bins of the ECE
 FOLDS = 5
@@ -403,14 +405,17 @@ def _logit(p: Floats) -> Floats:
 
 
 def _standardized(numeric: Floats, confidence: Floats, mean: Floats, scale: Floats) -> Floats:
-    """The inputs and the confidence's logit, standardized; a missing input is its mean."""
+    """The inputs and the confidence's logit, standardized; a missing input is its mean, and
+    one beyond :data:`REACH` standard deviations counts as that far (a quadratic fitted within
+    a few has nothing to say of 1e300, and must not overflow on it)."""
     z = np.empty((len(confidence), numeric.shape[1] + 1))
     z[:, :-1] = numeric
     z[:, -1] = _logit(confidence)
-    z -= mean
-    z /= scale
-    np.copyto(z, 0.0, where=~np.isfinite(z))
-    return z
+    with np.errstate(over="ignore", invalid="ignore"):
+        z -= mean
+        z /= scale
+    np.copyto(z, 0.0, where=np.isnan(z))
+    return np.clip(z, -REACH, REACH, out=z)
 
 
 def _width(k: int, degree: int) -> int:
