@@ -246,7 +246,7 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
                 time.sleep(max(0.0, next_at - time.monotonic()))
             reached = (TOTAL - BOOT) / (time.monotonic() - start)
             done = c.get("/v1/events", params={"kind": "retrain_finished", "limit": 1000}).json()
-    fits = [e["data"]["seconds"] for e in done["events"] if e["data"].get("seconds") is not None]
+    fits = [e["seconds"] for e in done["events"] if e.get("seconds") is not None]
     return {
         "accuracy": hits / (TOTAL - BOOT),
         "rate_reached": reached,

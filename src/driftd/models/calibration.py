@@ -259,12 +259,12 @@ class Calibrator:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """What a deploy's holdout decided: the calibrator (``None`` when neither its maps nor a
-    correctness model helped, or they were not tried), the ECE of the raw and of the
-    out-of-fold calibrated probabilities (means over the folds) and the standard error of the
-    gain; ``ece_after`` and ``ece_se`` are ``None``, and ``folds`` 0, when the holdout had
-    fewer than :data:`MIN_ROWS` rows. ``correctness`` says the same of the correctness
-    model, on the Brier score of being right (``None`` when it was not tried)."""
+    """What a deploy's holdout decided: the calibrator (``None`` when its maps did not help
+    and no correctness model was fitted), the ECE of the raw and of the out-of-fold calibrated
+    probabilities (means over the folds) and the standard error of the gain; ``ece_after``
+    and ``ece_se`` are ``None``, and ``folds`` 0, when the holdout had fewer than
+    :data:`MIN_ROWS` rows. ``correctness`` says whether a correctness model was fitted, on how
+    many inputs and of which degree (``None`` when there were no numeric inputs)."""
 
     calibrator: Calibrator | None
     ece_before: float
@@ -315,7 +315,7 @@ def calibrate(
     ``predicted`` the class indices of the true labels (-1 for a class the model does not
     know) and of the model's predictions. The ECE is that of the predicted class's
     probability, the one the estimate averages. With the holdout's ``numeric`` inputs (the
-    model's numeric columns), a correctness model is tried too."""
+    model's numeric columns), a correctness model is fitted too."""
     from sklearn.model_selection import KFold
 
     if len(labels) < MIN_ROWS:
@@ -327,7 +327,7 @@ def calibrate(
         before.append(_ece(proba[test_rows], truth, guess))
         after.append(_ece(maps.apply(proba[test_rows]), truth, guess))
     gains = np.subtract(before, after)
-    se = _se(gains)
+    se = float(gains.std(ddof=1) / math.sqrt(folds))
     kept = _fit(proba, labels, classes) if gains.mean() > se else None
     correctness, account = None, None
     if numeric is not None and numeric.shape[1] > 0:
@@ -345,11 +345,6 @@ def calibrate(
         calibrator = Calibrator(tuple(classes), maps_kept, correctness)
     mean_before, mean_after = float(np.mean(before)), float(np.mean(after))
     return Calibration(calibrator, mean_before, mean_after, se, folds, len(labels), account)
-
-
-def _se(gains: Floats) -> float:
-    """The standard error of the mean of the folds' gains."""
-    return float(gains.std(ddof=1) / math.sqrt(len(gains)))
 
 
 def _ece(proba: Floats, labels: Ints, predicted: Ints) -> float:
