@@ -236,12 +236,15 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
                 part = rows[i : i + 100]
                 body = c.post("/v1/predict", json={"instances": [x for x, _ in part]}).json()
                 waiting.extend(
-                    {"id": k, "label": y} for k, (_, y) in zip(body["ids"], part, strict=True)
+                    {"id": k, "label": _sent(y)}
+                    for k, (_, y) in zip(body["ids"], part, strict=True)
                 )
                 if len(waiting) > delay:
                     due = [waiting.popleft() for _ in range(len(waiting) - delay)]
                     c.post("/v1/labels", json=due).raise_for_status()
-                hits += sum(p == y for p, (_, y) in zip(body["predictions"], part, strict=True))
+                hits += sum(
+                    p == _sent(y) for p, (_, y) in zip(body["predictions"], part, strict=True)
+                )
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
             reached = (TOTAL - BOOT) / (time.monotonic() - start)
@@ -254,6 +257,12 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
         "fit_seconds_median": statistics.median(fits) if fits else None,
         "fit_seconds_max": max(fits) if fits else None,
     }
+
+
+def _sent(label: Any) -> Any:
+    """A label as the bootstrap file wrote it (csv writes a bool as ``True``/``False``, and the
+    API takes an integer or a string for a class, not a JSON boolean)."""
+    return str(label) if isinstance(label, bool) else label
 
 
 # -- the peers ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from driftd._unpickle import restricted_loads
 from driftd.config import load_text
 from driftd.metrics import Metrics
 from driftd.models.inputs import rows_to_matrix
@@ -234,9 +235,10 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     build: Callable[..., Parts], clock: Clock, fits: Fits
 ) -> None:
     """The labels flip: the error stream alarms, and once min_rows_after_drift labelled rows
-    exist after the change point the retrain fits its pool (the rows since the change point
-    among them), judges every candidate on the newest rows after it, and deploys one that has
-    learned the new concept."""
+    exist after the change point the retrain fits the rows since the change point (the fast
+    first fit: nothing else), judges it on the newest rows after it, and deploys it, having
+    learned the new concept. Once the regime's rows have doubled, its growth retrain fits the
+    whole pool."""
     parts = build()
     parts.bootstrap.run()
     play(parts, make_rows(1000, seed=2), "old", clock)
@@ -252,7 +254,8 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     record = finished(parts)
     assert record["window"]["since_drift_point"] == point
     pool = {c["name"]: c for c in record["pool"]}
-    assert pool["since_change"]["rows"] < 600 and {"window", "online"} <= set(pool)
+    assert set(pool) == {"since_change"} and pool["since_change"]["rows"] < 600
+    assert trained.online is None
     assert all(i >= point for i in parts.store.snapshot(limit=len(trained.holdout[1])).idx)
     # the chosen candidate learned the new concept: it predicts the flipped labels
     fresh = make_rows(200, seed=4, flip=True)
@@ -261,6 +264,12 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     X = rows_to_matrix(parts.engine.schema, [r["features"] for r in fresh])
     accuracy = sum(p == r["label"] for p, r in zip(live.predict(X), fresh, strict=True)) / 200
     assert accuracy > 0.9
+
+    play(parts, make_rows(1200, seed=5, flip=True), "newer", clock)
+    growth = parts.retrainer.poll()
+    assert growth is not None and growth.reasons == ["drift_growth"]
+    parts.retrainer.run(growth)
+    assert {"since_change", "window", "online"} <= {c["name"] for c in finished(parts)["pool"]}
 
 
 def test_a_candidate_that_loses_to_the_champion_is_rejected_kept_and_backs_off(
@@ -530,7 +539,8 @@ def test_a_restart_keeps_the_policy_and_records_an_interrupted_job(
 # A batch estimator that cannot learn anything, so that the online learner wins every pool.
 WEAK = {"model": 'estimator = "sklearn.dummy.DummyClassifier"'}
 ONLINE = {
-    "pool": 'online_estimator = "river.tree.HoeffdingTreeClassifier"\nonline_params = {}',
+    "pool": 'online_estimator = "river.tree.HoeffdingTreeClassifier"\nonline_params = {}\n'
+    "online_max_rows = 0",
     "retrain": "cooldown_labels = 200\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
     "min_new_labels = 100\nchallenger_labels = 0",
 }
@@ -577,6 +587,31 @@ def test_the_online_learner_keeps_learning_across_jobs_and_deploys_when_it_is_be
     second = fits.jobs[-1].online
     assert second is not None and second.state is not None and second.learn_from > 0
     assert again.store.get_state(ONLINE_KEY)["through"] > through
+
+
+def test_a_job_teaches_the_online_learner_only_its_newest_rows(
+    build: Callable[..., Parts],
+    clock: Clock,
+    fits: Fits,
+) -> None:
+    """``[pool] online_max_rows`` bounds what the learner learns in one job, its cost on the
+    job's wall time: the newest training rows new to it, then the newest of the holdout; the
+    older ones are skipped for good (the next job starts after them)."""
+    pool = ONLINE["pool"].replace("online_max_rows = 0", "online_max_rows = 150")
+    parts = build(**WEAK, **{**ONLINE, "pool": pool})
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "a", clock)
+    parts.retrainer.request("operator", operator=True)
+    job = parts.retrainer.poll()
+    assert job is not None and parts.retrainer.run(job) in ("deployed", "rejected")
+    online = fits.jobs[-1].online
+    assert online is not None and online.max_rows == 150
+    assert online.learn_from == len(fits.jobs[-1].y) - 150
+    learned = {c["name"]: c["rows"] for c in finished(parts)["pool"]}["online"]
+    assert learned == 150  # its snapshot, scored on the holdout before learning it
+    saved = parts.retrainer.online.read() if parts.retrainer.online is not None else None
+    learner = restricted_loads(saved or b"", ("river.", "driftd.models.online"))
+    assert learner.learned == 300  # and 150 of the holdout
 
 
 def test_with_the_online_learner_off_no_state_is_kept(

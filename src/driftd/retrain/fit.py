@@ -137,13 +137,15 @@ def score(metric: str, model: Any, X: npt.NDArray[Any], y: Sequence[Label]) -> f
 @dataclass(frozen=True, slots=True)
 class OnlineFit:
     """The online learner's part of a job: its family (an import path and its parameters),
-    its ``state`` from the last job (``None``: a new learner), and ``learn_from``, the first
-    training row it has not learned yet."""
+    its ``state`` from the last job (``None``: a new learner), ``learn_from``, the first
+    training row it learns (the newest it has not learned, up to ``[pool] online_max_rows``),
+    and ``max_rows``, how many of the holdout's newest rows it learns after its score."""
 
     estimator: str
     params: dict[str, Any]
     state: bytes | None
     learn_from: int = 0
+    max_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +372,9 @@ def _learn_online(job: FitJob, metric: str) -> tuple[bytes, bytes, int, float]:
     learned = learner.learned
     value = score(metric, learner, X_hold, y_hold) if learned else math.nan
     snapshot = pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)
-    state = pickle.dumps(learner.learn(X_hold, y_hold), protocol=pickle.HIGHEST_PROTOCOL)
+    tail = -job.online.max_rows if job.online.max_rows else 0
+    learner.learn(X_hold[tail:], y_hold[tail:])
+    state = pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)
     return snapshot, state, learned, value
 
 

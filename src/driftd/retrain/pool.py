@@ -55,17 +55,23 @@ ONLINE_DEFAULTS = {
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """``[pool]``: ``windows`` fits the growth sequence beside the window (and the rows since
-    the change point); ``max_windows`` bounds the batch candidates of one job (the fits' cost);
+    the change point); ``fast_first`` makes a drift regime's first retrain fit the rows since
+    the change point alone (see :func:`plan`); ``max_windows`` bounds the batch candidates of
+    one job (the fits' cost);
     ``refit`` deploys the chosen candidate refitted up to the newest row (the holdout too);
-    ``online`` keeps a river learner learning and enters its snapshot in every job."""
+    ``online`` keeps a river learner learning and enters its snapshot in every job;
+    ``online_max_rows`` bounds what it learns in one job (0: no bound), of the training rows new
+    to it and of the holdout each, the newest first: its cost is on every job's wall time."""
 
     windows: bool = True
+    fast_first: bool = True
     max_windows: int = field(default=4, metadata={"min": 1, "max": 16})
     min_rows: int = field(default=100, metadata={"min": 10})
     refit: bool = True
     online: bool = True
     online_estimator: str | None = None
     online_params: dict[str, Any] = field(default_factory=lambda: {"seed": 0})
+    online_max_rows: int = field(default=1_000, metadata={"min": 0})
 
     def validate(self) -> list[str]:
         if self.online_estimator is None:
@@ -87,11 +93,30 @@ class Member:
     rows: int
 
 
-def plan(config: PoolConfig, *, train_rows: int, since_change: int | None) -> list[Member]:
+def plan(
+    config: PoolConfig, *, train_rows: int, since_change: int | None, first: bool = False
+) -> list[Member]:
     """The batch candidates for a training window of ``train_rows`` rows; ``since_change``, the
     rows of it after the alarm's change point (``None``: not a drift job). Largest first;
     sizes within 10% of one already planned are left out. Without ``windows`` (or with one
-    slot), one candidate: the rows since the change point, or the window between drifts."""
+    slot), one candidate: the rows since the change point, or the window between drifts.
+
+    A drift regime's ``first`` retrain, with ``fast_first``, fits the rows since the change
+    point alone, and no online learner either: every second it takes serves the old model to
+    the new regime (at 2,000 records/s on 2 cores the whole pool took 5 to 19 s), and right
+    after a change those rows are the candidate most likely to be right. The regime's growth
+    retrains, each when its rows have doubled, fit the whole pool.
+
+    >>> plan(PoolConfig(), train_rows=19_920, since_change=320, first=True)
+    [Member(name='since_change', rows=320)]
+    """
+    if (
+        first
+        and config.fast_first
+        and since_change is not None
+        and since_change >= min(config.min_rows, train_rows)
+    ):
+        return [Member("since_change", since_change)]
     if not config.windows or config.max_windows == 1:
         if since_change is not None and 0 < since_change < train_rows:
             return [Member("since_change", since_change)]

@@ -351,7 +351,10 @@ class Retrainer:
         X_train = matrix(self.schema, train.numeric, train.categorical)
         X_hold = matrix(self.schema, hold.numeric, hold.categorical)
         since_change = None if after is None else max(0, after - len(hold))
-        members = plan(cfg.pool, train_rows=len(train), since_change=since_change)
+        # A regime's first retrain (no operator waiting for the whole pool) is the fast one.
+        first = "drift" in job.reasons and "operator" not in job.reasons
+        members = plan(cfg.pool, train_rows=len(train), since_change=since_change, first=first)
+        fast = first and cfg.pool.fast_first and [m.name for m in members] == ["since_change"]
         return self.evaluate_and_deploy(
             job,
             X_train,
@@ -361,7 +364,7 @@ class Retrainer:
             window=window,
             trained_until=int(snap.idx[-1]) if len(snap) else 0,
             members=tuple((m.name, m.rows) for m in members),
-            online=self._online(train.idx, hold.idx),
+            online=None if fast else self._online(train.idx, hold.idx),
         )
 
     def _online(self, train_idx: Any, hold_idx: Any) -> OnlineFit | None:
@@ -381,7 +384,11 @@ class Retrainer:
         if learned_through >= int(hold_idx[0]):
             return None
         start = int(np.searchsorted(train_idx, learned_through, side="right"))
-        return OnlineFit(family, dict(pool.online_params), state, learn_from=start)
+        if pool.online_max_rows:  # the newest rows only: the rest would cost the job its time
+            start = max(start, len(train_idx) - pool.online_max_rows)
+        return OnlineFit(
+            family, dict(pool.online_params), state, learn_from=start, max_rows=pool.online_max_rows
+        )
 
     def _keep_online(self, result: FitResult, online: OnlineFit | None, through: int) -> None:
         """Save what the online learner learned in this job, for the next one."""
