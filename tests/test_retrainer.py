@@ -44,9 +44,17 @@ class Fits:
         self.fail: str | None = None
         self.cancel = False
         self.shuffle = False
+        self.stops = 0  # asked by preempt(); the next fit sees it at its first step
+
+    def preempt(self) -> bool:
+        self.stops += 1
+        return True
 
     def __call__(self, job: FitJob) -> FitResult:
         self.jobs.append(job)
+        if self.stops:
+            self.stops = 0
+            return fit_and_dump(job, stop=lambda: True)
         if self.cancel:
             return FitResult(
                 False, error="training cancelled: the daemon is stopping", cancelled=True
@@ -91,7 +99,9 @@ def build(
     """Parts on the test's state directory, bootstrapped from ``boot`` rows unless None."""
     opened: list[Parts] = []
 
-    def make(boot: int | None = 1000, **sections: str) -> Parts:
+    def make(
+        boot: int | None = 1000, preempt: Callable[[], bool] | None = None, **sections: str
+    ) -> Parts:
         data = None if boot is None else write_csv(tmp_path / "boot.csv", make_rows(boot, seed=1))
         body = {
             "retrain": "cooldown_labels = 200\nmin_rows_after_drift = 300\nwindow_rows = 2000\n"
@@ -108,6 +118,7 @@ def build(
             fit=fits,
             clock=clock,
             defer=deferred.append,
+            preempt=preempt,
         )
         opened.append(parts)
         return parts
@@ -270,6 +281,33 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert growth is not None and growth.reasons == ["drift_growth"]
     parts.retrainer.run(growth)
     assert {"since_change", "window", "online"} <= {c["name"] for c in finished(parts)["pool"]}
+
+
+def test_a_drift_alarm_preempts_a_running_challenger_but_not_a_first_drift_retrain(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """A drift alarm that finds the training process busy with a job that can wait (here a
+    challenger) asks it to stop; the stopped job ends skipped (``preempted``), with no
+    backoff, and the drift's own retrain starts next. A regime's first retrain, which is
+    short, is not stopped by the next alarm."""
+    parts = build(preempt=fits.preempt)
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "old", clock)
+    parts.retrainer.request("challenger")
+    challenger = parts.retrainer.poll()
+    assert challenger is not None and challenger.reasons == ["challenger"]
+    play(parts, make_rows(600, seed=3, flip=True), "new", clock)  # alarms while it runs
+    assert fits.stops == 1
+    assert parts.retrainer.run(challenger) == "skipped"
+    assert finished(parts)["skipped"] == "preempted"
+    assert parts.retrainer.status()["consecutive_rejections"] == 0
+    drift = parts.retrainer.poll()
+    assert drift is not None and drift.reasons == ["drift"]
+    last = parts.store.last_index()
+    parts.retrainer.on_alarm(  # the next change, while the first drift's retrain runs
+        MonitorEvent("alarm", "concept_drift", "errors", None, last, clock(), last - 50, {})
+    )
+    assert fits.stops == 0
 
 
 def test_a_candidate_that_loses_to_the_champion_is_rejected_kept_and_backs_off(

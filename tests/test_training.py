@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from driftd.ingest.schema import Feature, Schema
 from driftd.retrain.config import ModelConfig
-from driftd.retrain.fit import FitJob, fit_and_dump
+from driftd.retrain.fit import FitJob, FitResult, OnlineFit, fit_and_dump
 from driftd.retrain.worker import TrainingWorker
 from tests.streams import logistic, redundant
 
@@ -309,3 +310,40 @@ def test_a_refit_that_would_answer_for_other_classes_is_not_deployed() -> None:
         )
     )
     assert result.ok and not result.refitted, result.error
+
+
+def test_a_preempted_fit_ends_at_its_next_step_and_the_worker_stays_warm() -> None:
+    """A drift alarm asks the training process for a fit that runs long (ARF learning 40,000
+    rows takes tens of seconds): it ends within a chunk of rows with a ``preempted`` result,
+    and the same warm process runs the next job. A stop that arrives after its fit has ended
+    does not stop the next one."""
+    X_all, y_all = logistic(np.random.default_rng(3), 80_000)
+    long = dataclasses.replace(
+        candidate("sklearn.linear_model.LogisticRegression", X_all, y_all, task="classification"),
+        online=OnlineFit("river.forest.ARFClassifier", {"seed": 0}, None),
+    )
+    short = candidate(
+        "sklearn.linear_model.LogisticRegression",
+        *logistic(np.random.default_rng(4), 400),
+        task="classification",
+    )
+    worker = TrainingWorker()
+    try:
+        assert worker.preempt() is False  # nothing runs
+        done: list[FitResult] = []
+        thread = threading.Thread(target=lambda: done.append(worker(long, timeout=300.0)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not worker.preempt():  # True once the fit has been handed to the process
+            assert time.monotonic() < deadline, "the fit never started"
+            time.sleep(0.01)
+        asked, pid = time.monotonic(), worker.pid
+        thread.join(60)
+        assert done and done[0].preempted and not done[0].ok, done
+        assert time.monotonic() - asked < 10
+        assert worker.preempt() is False
+        after = worker(short, timeout=60.0)
+        assert after.ok and not after.preempted, after.error
+        assert worker.pid == pid
+    finally:
+        worker.close()

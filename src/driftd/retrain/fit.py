@@ -25,7 +25,7 @@ import pickle
 import platform
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,6 +209,7 @@ class FitResult:
     traceback: str | None = None
     timed_out: bool = False
     cancelled: bool = False  # cut short by a shutdown: nothing failed, the job runs again
+    preempted: bool = False  # stopped between two steps for a job that matters more
     seconds: float = 0.0
     logs: list[str] = field(default_factory=list)
     #: Every candidate of the pool: name, rows, holdout score (None: failed), seconds, error.
@@ -230,11 +231,21 @@ class _ListHandler(logging.Handler):
             self.sink.append(self.format(record))
 
 
-def fit_and_dump(job: FitJob) -> FitResult:
+#: Rows the online learner learns between two looks at ``stop`` (ARF: about 0.2 s).
+ONLINE_CHUNK = 200
+
+
+class Preempted(Exception):
+    """Raised between two steps of a fit whose ``stop`` said so."""
+
+
+def fit_and_dump(job: FitJob, stop: Callable[[], bool] | None = None) -> FitResult:
     """Build, fit and serialise with skops, in this process; every failure becomes a result.
 
     The one fitting code path: the warm worker, the one-shot child and replay's inline fit all
-    call it, so a model is the same whichever ran it.
+    call it, so a model is the same whichever ran it. ``stop`` is asked between the pool's
+    candidates and every few hundred rows of the online learner; when it says so, the fit ends
+    there with a ``preempted`` result (a drift alarm wants the training process).
     """
     import warnings
 
@@ -250,7 +261,7 @@ def fit_and_dump(job: FitJob) -> FitResult:
 
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(job.threads):
             warnings.simplefilter("always")
-            pool = _fit_pool(job)
+            pool = _fit_pool(job, stop or _never)
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
         artifact = sio.dumps(pool.model)
         evaluation = evaluate(job, artifact, pool.scored) if job.holdout is not None else None
@@ -266,6 +277,9 @@ def fit_and_dump(job: FitJob) -> FitResult:
             online_state=pool.online_state,
             refitted=pool.scored is not None,
         )
+    except Preempted:
+        why = "preempted: a drift alarm needs the training process"
+        return FitResult(False, error=why, preempted=True, logs=logs)
     except MemoryError:
         why = "training exceeded the memory limit"
         return FitResult(False, error=why, traceback=traceback.format_exc(), logs=logs)
@@ -286,9 +300,14 @@ class _Pool:
     scored: Any = None  # the chosen candidate as judged, when ``model`` is its refit
 
 
-def _fit_pool(job: FitJob) -> _Pool:
+def _never() -> bool:
+    return False
+
+
+def _fit_pool(job: FitJob, stop: Callable[[], bool]) -> _Pool:
     """Fit every candidate of the job, score each on the holdout and keep the best (a job
-    without a holdout fits one model on every row)."""
+    without a holdout fits one model on every row); :class:`Preempted` when ``stop`` says so
+    before a candidate."""
     y = np.asarray(job.y)
     if job.holdout is None:
         return _Pool(build_pipeline(job.model, job.schema).fit(job.X, y), [])
@@ -299,6 +318,8 @@ def _fit_pool(job: FitJob) -> _Pool:
     record: list[dict[str, Any]] = []
     first_error: Exception | None = None
     for name, rows in job.members or (("window", len(y)),):
+        if stop():
+            raise Preempted
         t = time.monotonic()
         try:
             model = build_pipeline(job.model, job.schema).fit(job.X[-rows:], y[-rows:])
@@ -315,7 +336,9 @@ def _fit_pool(job: FitJob) -> _Pool:
     if job.online is not None:
         t = time.monotonic()
         try:
-            snapshot, online_state, learned, value = _learn_online(job, metric)
+            snapshot, online_state, learned, value = _learn_online(job, metric, stop)
+        except Preempted:
+            raise
         except Exception as exc:  # noqa: BLE001 - a failing learner leaves the batch candidates
             record.append({"name": "online", "error": f"{type(exc).__name__}: {exc}"})
         else:
@@ -360,14 +383,21 @@ def _refit(job: FitJob, name: str, rows: int, chosen: Any, online: bytes | None)
     return refit
 
 
-def _learn_online(job: FitJob, metric: str) -> tuple[bytes, bytes, int, float]:
+def _learn_online(
+    job: FitJob, metric: str, stop: Callable[[], bool]
+) -> tuple[bytes, bytes, int, float]:
     """Teach the job's online learner the training rows new to it: its snapshot as it stands
     before the holdout, its state after learning the holdout too (for the next job), how many
-    rows the snapshot learned from, and its score on the holdout."""
+    rows the snapshot learned from, and its score on the holdout. :class:`Preempted` when
+    ``stop`` says so between two chunks of rows."""
     assert job.online is not None
     assert job.holdout is not None
     learner = _learner(job)
-    learner.learn(job.X[job.online.learn_from :], job.y[job.online.learn_from :])
+    for start in range(job.online.learn_from, len(job.y), ONLINE_CHUNK):
+        if stop():
+            raise Preempted
+        stop_at = start + ONLINE_CHUNK
+        learner.learn(job.X[start:stop_at], job.y[start:stop_at])
     X_hold, y_hold = job.holdout
     learned = learner.learned
     value = score(metric, learner, X_hold, y_hold) if learned else math.nan

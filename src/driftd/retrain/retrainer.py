@@ -109,6 +109,7 @@ class Retrainer:
         defer: Callable[[Callable[[], None]], None] = on_a_thread,
         standby: bool = False,
         online: Blob | None = None,
+        preempt: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.models = models
@@ -121,6 +122,7 @@ class Retrainer:
         self.clock = clock
         self.defer = defer
         self.online = online
+        self.preempt = preempt
         self.gate, self.challenger_gate = _gates(settings)
         self.lock = threading.RLock()
         self.policy = RetrainPolicy(settings.retrain.policy())
@@ -196,10 +198,23 @@ class Retrainer:
         return decision
 
     def on_alarm(self, event: MonitorEvent) -> None:
-        """A monitor alarm (called on the ingest worker): open a drift regime."""
+        """A monitor alarm (called on the ingest worker): open a drift regime, and stop the
+        job that holds the training process (a challenger, a schedule, an older regime's
+        growth retrain) at its next step, so that this drift's retrain need not wait for it.
+        A regime's first retrain is short and an operator's request was asked for: neither is
+        stopped."""
         with self.lock:
             self.policy.on_drift(event.change_point, self.clock())
             self._persist()
+            running = self.policy.running
+        if (
+            self.preempt is not None
+            and running is not None
+            and running.reasons != ["drift"]
+            and "operator" not in running.reasons
+            and self.preempt()
+        ):
+            log.info("retrain %s (%s) preempted by a drift alarm", running.id, running.reasons)
 
     def poll(self) -> Job | None:
         """Called from the main loop's tick: request a drift retrain when its rows are in (or,
@@ -456,6 +471,8 @@ class Retrainer:
             self._keep_online(result, online, trained_until)
         if result.logs:
             base["logs"] = result.logs[-20:]
+        if result.preempted:
+            return "skipped", {**base, "skipped": "preempted"}
         if result.cancelled:
             cancelled = {"job": job.id, "reasons": job.reasons, "seconds": base["fit_seconds"]}
             self.store.add_event("training_cancelled", cancelled, ts=self.clock())

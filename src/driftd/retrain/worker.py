@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ from driftd.retrain.fit import FitJob, FitResult, fit_and_dump
 __all__ = ["LoadJob", "TrainingWorker", "fit_isolated"]
 
 log = logging.getLogger(__name__)
+
+STOP = "stop"  # (STOP, n): the parent asks its n-th fit to end at its next step
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> Non
 
     if not _reply(conn, "ready"):
         return
+    fits = 0
     while True:
         try:
             job = conn.recv()
@@ -93,6 +96,8 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> Non
             return
         if job is None:
             return
+        if isinstance(job, tuple):  # a stop that came after its fit had ended
+            continue
         if isinstance(job, LoadJob):
             answer = _load(job)
             try:
@@ -101,9 +106,25 @@ def _serve_jobs(conn: Any, memory_limit_bytes: int | None, nice: int = 0) -> Non
                 why = f"the loaded model could not be sent back ({answer})"
                 sent = _reply(conn, _Loaded(error=why))
         else:
-            sent = _reply(conn, fit_and_dump(job))
+            fits += 1
+            sent = _reply(conn, fit_and_dump(job, stop=_stop_asked(conn, fits)))
         if not sent:
             return
+
+
+def _stop_asked(conn: Any, fit: int) -> Callable[[], bool]:
+    """Whether the parent asked the ``fit``-th fit to stop (:meth:`TrainingWorker.preempt`):
+    read from the pipe without waiting; a stop meant for an earlier fit is dropped."""
+    asked = False
+
+    def check() -> bool:
+        nonlocal asked
+        while not asked and conn.poll():
+            message = conn.recv()
+            asked = message == (STOP, fit)
+        return asked
+
+    return check
 
 
 class TrainingWorker:
@@ -129,6 +150,9 @@ class TrainingWorker:
         self._conn: Any = None
         self._done = 0
         self._ready = False
+        self._send = threading.Lock()  # the pipe's sending end: a job's thread and preempt()
+        self._fits = 0  # fits sent to the current process
+        self._fitting = 0  # the one running now (0: none)
 
     def start(self) -> None:
         """Spawn the process now (it warms up in the background)."""
@@ -152,6 +176,7 @@ class TrainingWorker:
         self._conn = parent
         self._done = 0
         self._ready = False
+        self._fits = self._fitting = 0
 
     def __call__(
         self,
@@ -173,11 +198,18 @@ class TrainingWorker:
                 return FitResult(False, error=f"the training worker did not start ({how})")
             start = time.monotonic()  # the job's timeout covers the fit, not the worker's start
             try:
-                self._conn.send(job)
+                with self._send:
+                    self._conn.send(job)
+                    self._fits += 1
+                    self._fitting = self._fits
             except (OSError, ValueError) as exc:
                 self._stop(kill_grace)
                 return FitResult(False, error=f"could not hand the job to the worker ({exc})")
-            result: FitResult | None = _wait(self._conn, self._proc, start + timeout, cancel)
+            try:
+                result: FitResult | None = _wait(self._conn, self._proc, start + timeout, cancel)
+            finally:
+                with self._send:
+                    self._fitting = 0
             elapsed = time.monotonic() - start
             if result is None:
                 code = self._proc.exitcode
@@ -188,6 +220,26 @@ class TrainingWorker:
                 self._stop(kill_grace)
             result.seconds = elapsed
             return result
+
+    @property
+    def pid(self) -> int | None:
+        """The training process's id (``None`` before it starts)."""
+        proc = self._proc
+        return None if proc is None else int(proc.pid)
+
+    def preempt(self) -> bool:
+        """Ask the fit running now to end at its next step (between two candidates, or two
+        chunks of the online learner's rows), with a ``preempted`` result; the process stays
+        warm for the job that preempts it. Thread-safe, never blocks on the fit. False when
+        no fit runs."""
+        with self._send:
+            if not self._fitting:
+                return False
+            try:
+                self._conn.send((STOP, self._fitting))
+            except (OSError, ValueError):
+                return False
+            return True
 
     def load(
         self,
@@ -214,7 +266,8 @@ class TrainingWorker:
                 return None
             start = time.monotonic()
             try:
-                self._conn.send(LoadJob(artifact, tuple(extra_trusted)))
+                with self._send:
+                    self._conn.send(LoadJob(artifact, tuple(extra_trusted)))
                 answer = _wait(self._conn, self._proc, start + timeout, cancel)
             except (OSError, ValueError):
                 answer = None

@@ -208,6 +208,7 @@ class Daemon:
             loader=self.trainer.load,  # rollbacks load there, not beside requests
             alerter=self.alerter,
             cancel=self.cancel,
+            preempt=self.trainer.preempt,
         )
         if self.parts.leadership is not None:
             self.cluster = Cluster(

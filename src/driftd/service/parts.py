@@ -119,9 +119,11 @@ def assemble(
     cancel: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
     defer: Callable[[Callable[[], None]], None] = on_a_thread,
+    preempt: Callable[[], bool] | None = None,
 ) -> Parts:
     """Open the state directory and build the parts on it: the monitor restored from its
-    checkpoint, the champion loaded, the retrain policy restored."""
+    checkpoint, the champion loaded, the retrain policy restored. ``preempt`` stops the fit
+    that runs now at its next step (the training process's; none inline)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)
     for leftover in state_dir.glob(f"{TMP_PREFIX}*"):  # a checkpoint write cut short by a crash
@@ -189,6 +191,7 @@ def assemble(
         defer=defer,
         standby=standby,
         online=online,
+        preempt=preempt,
     )
     engine.subscribe(on_alarm=retrainer.on_alarm, on_joined=retrainer.on_joined)
     data = config.bootstrap.data
