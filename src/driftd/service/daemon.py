@@ -355,7 +355,14 @@ class Daemon:
             return  # a standby leaves training and the chores to its model's leader
         if self.parts.role.shared and (self._follow is None or self._follow.done()):
             self._follow = self.parts.engine.executor.submit(self._follow_store, self.parts)
-        self._start_training(self.parts)
+        try:  # the bootstrap's and the policy's questions read the store
+            self._start_training(self.parts)
+        except StoreUnavailable as exc:  # the next tick asks again; the daemon lives on
+            if not self._poll_failing:
+                log.warning("could not poll the retrain policy: %s", exc)
+            self._poll_failing = True
+        else:
+            self._poll_failing = False
         if self._chore is None or self._chore.done():
             if now >= self._next_checkpoint or self.parts.engine.checkpoint_due:
                 self._next_checkpoint = now + self.config.monitor.checkpoint_interval_seconds
@@ -372,14 +379,7 @@ class Daemon:
             return
         if parts.models.current is None:
             return
-        try:
-            job = parts.retrainer.poll()
-        except StoreUnavailable as exc:  # the next tick asks again; the daemon lives on
-            if not self._poll_failing:
-                log.warning("could not poll the retrain policy: %s", exc)
-            self._poll_failing = True
-            return
-        self._poll_failing = False
+        job = parts.retrainer.poll()
         if job is not None:
             self.notifier.status(f"{self.status_line()}; retraining ({', '.join(job.reasons)})")
             self._train = self.training.submit(self._retrain, parts, job)
