@@ -132,12 +132,8 @@ class Correctness:
 
     def __call__(self, numeric: Floats, confidence: Floats) -> Floats:
         mean, scale, coef = self._arrays
-        z = _standardized(numeric, confidence, mean, scale)
-        k = z.shape[1]
-        logit = z @ coef[:k] + self.intercept
-        if self.degree == 2:
-            i, j = _pairs(k)
-            logit += (z[:, i] * z[:, j]) @ coef[k:]
+        z = _standardized(_stacked(numeric, confidence), mean, scale)
+        logit = _terms(z, self.degree) @ coef + self.intercept
         return np.asarray(1.0 / (1.0 + np.exp(-logit)))
 
     @property
@@ -185,19 +181,20 @@ class Calibrator:
     def apply(
         self,
         proba: Floats,
-        numeric: Floats | None = None,
+        X: npt.NDArray[Any] | None = None,
         predicted: Ints | None = None,
     ) -> Floats:
         """Calibrated rows of ``proba`` (rows by the model's class order), each summing to 1;
         a row every map sends to 0 becomes uniform rather than undefined. With the rows'
-        ``numeric`` inputs, a correctness model then sets the probability of each row's
-        ``predicted`` class (by index; by default the most probable one)."""
+        inputs ``X`` (the model's input matrix, numeric columns first), a correctness model
+        then sets the probability of each row's ``predicted`` class (by index; by default the
+        most probable one)."""
         out = self._mapped(proba)
-        if self.correctness is None or numeric is None:
+        if self.correctness is None or X is None:
             return out
         top = proba.argmax(axis=1) if predicted is None else predicted
-        rows = np.arange(len(proba))
-        right = self.correctness(numeric[:, : self.correctness.inputs], proba[rows, top])
+        numeric = np.asarray(X[:, : self.correctness.inputs], dtype=np.float64)
+        right = self.correctness(numeric, proba[np.arange(len(proba)), top])
         return _with_predicted(out, top, right)
 
     def _mapped(self, proba: Floats) -> Floats:
@@ -376,14 +373,14 @@ def _fit_correctness(numeric: Floats, confidence: Floats, right: Floats) -> Corr
 
     if right.min() == right.max():
         return None
+    stacked = _stacked(numeric, confidence)
     with np.errstate(all="ignore"):  # an all-missing column: mean 0, scale 1
-        stacked = np.column_stack([numeric, _logit(confidence)])
         mean = np.nan_to_num(np.nanmean(stacked, axis=0))
         scale = np.nan_to_num(np.nanstd(stacked, axis=0))
     scale[scale <= 1e-12] = 1.0
     k = stacked.shape[1]
     degree = 2 if _width(k, 2) * ROWS_PER_TERM <= len(right) else 1
-    z = _standardized(numeric, confidence, mean, scale)
+    z = _standardized(stacked, mean, scale)
     fitted = LogisticRegression(C=1.0, max_iter=1000).fit(_terms(z, degree), right.astype(int))
     return Correctness(
         tuple(mean.tolist()),
@@ -399,13 +396,19 @@ def _logit(p: Floats) -> Floats:
     return np.asarray(np.log(q / (1 - q)))
 
 
-def _standardized(numeric: Floats, confidence: Floats, mean: Floats, scale: Floats) -> Floats:
-    """The inputs and the confidence's logit, standardized; a missing input is its mean, and
-    one beyond :data:`REACH` standard deviations counts as that far (a quadratic fitted within
-    a few has nothing to say of 1e300, and must not overflow on it)."""
+def _stacked(numeric: Floats, confidence: Floats) -> Floats:
+    """The correctness model's inputs, a new matrix: the numeric inputs, then the logit of
+    the confidence."""
     z = np.empty((len(confidence), numeric.shape[1] + 1))
     z[:, :-1] = numeric
     z[:, -1] = _logit(confidence)
+    return z
+
+
+def _standardized(z: Floats, mean: Floats, scale: Floats) -> Floats:
+    """``z`` (:func:`_stacked`) standardized in place; a missing input is its mean, and one
+    beyond :data:`REACH` standard deviations counts as that far (a quadratic fitted within a
+    few has nothing to say of 1e300, and must not overflow on it)."""
     with np.errstate(over="ignore", invalid="ignore"):
         z -= mean
         z /= scale

@@ -132,14 +132,13 @@ class LiveModel:
         calibrator = self.calibrator
         if calibrator is None:
             return Probabilities(rows, rows)
-        if calibrator.correctness is None:
+        if calibrator.correctness is None:  # no need to know which class each row predicted
             return Probabilities(rows, _rows(names, calibrator.apply(raw)))
-        numeric = np.asarray(X[:, : calibrator.correctness.inputs], dtype=np.float64)
         top = raw.argmax(axis=1)
         if preds is not None:  # a class the model has no column for keeps the top one
             index = {name: i for i, name in enumerate(names)}
             top = np.array([index.get(str(p), t) for p, t in zip(preds, top.tolist(), strict=True)])
-        return Probabilities(rows, _rows(names, calibrator.apply(raw, numeric, top)))
+        return Probabilities(rows, _rows(names, calibrator.apply(raw, X, top)))
 
     def warm_up(self, rows: npt.NDArray[Any]) -> float:
         """Predict ``rows`` one at a time; raise :class:`WarmupError` on any
