@@ -210,7 +210,7 @@ class Retrainer:
         if (
             self.preempt is not None
             and running is not None
-            and running.reasons != ["drift"]
+            and not _first_drift(running)
             and "operator" not in running.reasons
             and self.preempt()
         ):
@@ -366,8 +366,7 @@ class Retrainer:
         X_train = matrix(self.schema, train.numeric, train.categorical)
         X_hold = matrix(self.schema, hold.numeric, hold.categorical)
         since_change = None if after is None else max(0, after - len(hold))
-        # A regime's first retrain (no operator waiting for the whole pool) is the fast one.
-        first = "drift" in job.reasons and "operator" not in job.reasons
+        first = _first_drift(job)
         members = plan(cfg.pool, train_rows=len(train), since_change=since_change, first=first)
         fast = first and cfg.pool.fast_first and [m.name for m in members] == ["since_change"]
         return self.evaluate_and_deploy(
@@ -737,6 +736,12 @@ def _gates(settings: RetrainSettings) -> tuple[Gate, Gate]:
     cfg, metric = settings.gate, settings.model.metric
     gain = max(cfg.min_absolute_change or 0.0, cfg.tie_margin)
     return Gate(cfg, metric), Gate(dataclasses.replace(cfg, min_absolute_change=gain), metric)
+
+
+def _first_drift(job: Job) -> bool:
+    """Whether ``job`` is a drift regime's first retrain, the fast one (:func:`plan`), with
+    no operator waiting for the whole pool."""
+    return "drift" in job.reasons and "operator" not in job.reasons
 
 
 def _regime_rows(details: dict[str, Any]) -> int:

@@ -155,7 +155,7 @@ class Daemon:
         self.sources: list[Source] = []
         self.cluster: Cluster | None = None
         self._follow: Future[Any] | None = None
-        self._poll_failing = False  # the store was unavailable at the last poll (said once)
+        self._poll_failing = False  # the store was away at the last training check (said once)
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -359,7 +359,7 @@ class Daemon:
             self._start_training(self.parts)
         except StoreUnavailable as exc:  # the next tick asks again; the daemon lives on
             if not self._poll_failing:
-                log.warning("could not poll the retrain policy: %s", exc)
+                log.warning("could not check whether to train: %s", exc)
             self._poll_failing = True
         else:
             self._poll_failing = False
