@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from driftd._fs import FileBlob
 from driftd.config import StoreConfig
 from driftd.ingest.batch import Batch
 from driftd.ingest.schema import Feature, LabelRecord, Record, Schema
 from driftd.metrics import Metrics
-from driftd.models.serving import Serving
-from driftd.monitor import MonitorConfig
-from driftd.service.engine import Engine
+from driftd.models.serving import LiveModel, Serving
+from driftd.monitor import MonitorConfig, MonitorEvent
+from driftd.service.engine import INLINE_INSTANCES, INLINE_SECONDS, MONITOR_BATCH, Engine
 from driftd.store import SQLiteStore
 from driftd.store.sqlite import SCHEMA_VERSION
 
@@ -21,7 +28,7 @@ SCHEMA = Schema(features=(Feature("x0"), Feature("x1")))
 NOW = 1_000_000.0
 
 
-def engine(base: Path) -> Engine:
+def engine(base: Path, timer: Callable[[], float] = time.perf_counter) -> Engine:
     base.mkdir(exist_ok=True)
     store = SQLiteStore(base / "store.sqlite3", SCHEMA).open()
     out = Engine(
@@ -33,6 +40,7 @@ def engine(base: Path) -> Engine:
         retention=StoreConfig(),
         checkpoint=FileBlob(base / "monitor.ckpt"),
         clock=lambda: NOW,
+        timer=timer,
     )
     out.open()
     return out
@@ -146,3 +154,163 @@ def test_join_numbers_are_never_given_twice_across_retention_and_a_restart(
         assert [j.seq for j in store.add_labels([("c", 1, NOW)]).joined] == [3]
     finally:
         store.close()
+
+
+def serving_engine(base: Path, timer: Callable[[], float] = lambda: 0.0) -> Engine:
+    """An engine with a logistic model serving (classes 0 and 1), whose predictions take no
+    time on the event loop by ``timer`` (unless told otherwise)."""
+    e = engine(base, timer)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    e.serving.swap(LiveModel(1, model, {}, NOW))
+    return e
+
+
+def rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, float | str]]:
+    rng = random.Random(seed)
+    return [{"x0": rng.gauss(shift, 1), "x1": rng.gauss(0, 1)} for _ in range(n)]
+
+
+def test_an_idle_engine_answers_at_once_and_the_monitor_sees_it_in_order_later(
+    tmp_path: Path,
+) -> None:
+    """predict_now commits before it returns; the monitor's pass waits for a batch (or the
+    tick), and any piece of work in order runs after it, so records batched in later are seen
+    after the predictions, in index order, none skipped."""
+    e = serving_engine(tmp_path / "e")
+    try:
+        answered = [e.predict_now(r, None, NOW) for r in (rows(1, i) for i in range(5))]
+        assert all(a is not None for a in answered)
+        with e.store.reader() as db:  # committed before the answer
+            assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 5
+        assert e.monitor_index == 0  # 5 < MONITOR_BATCH: not yet
+        e.monitor_soon()
+        assert e.monitor_index == 0
+        records: list[Record] = [{"features": f} for f in rows(3, 9)]
+        e.run(e.add_records, records, "records", NOW)  # in order: the predictions go first
+        assert e.monitor_index == 8
+        same = serving_engine(tmp_path / "same")  # the same traffic, monitored as it comes
+        try:
+            for i in range(5):
+                same.predict(rows(1, i), None, NOW)
+            same.add_records(records, "records", NOW)
+            assert e.detector_states() == same.detector_states()  # none skipped
+        finally:
+            same.close()
+        for i in range(MONITOR_BATCH):
+            assert e.predict_now(rows(1, 100 + i), None, NOW) is not None
+        e.monitor_soon()  # a batch is waiting: passed here
+        assert e.monitor_index == 8 + MONITOR_BATCH
+        assert e.predict_now(rows(1, 999), None, NOW) is not None
+        e.monitor_soon(batch=1)  # the tick's call
+        assert e.monitor_index == 9 + MONITOR_BATCH
+    finally:
+        e.close()
+
+
+def test_a_busy_engine_leaves_a_prediction_to_the_worker(tmp_path: Path) -> None:
+    """While work waits for the worker, or the request is large, predict_now declines and the
+    group path answers, still in arrival order."""
+    e = serving_engine(tmp_path / "e")
+    release = threading.Event()
+    try:
+        blocker = e.submit(release.wait)
+        assert e.predict_now(rows(1, 1), None, NOW) is None  # the worker holds the lock
+        later = e.submit_predict(rows(1, 2), None, NOW)
+        release.set()
+        blocker.result(timeout=10)
+        assert later.result(timeout=10).ids
+        assert e.predict_now(rows(INLINE_INSTANCES + 1, 3), None, NOW) is None
+        answer = e.predict_now(rows(INLINE_INSTANCES, 4), None, NOW)
+        assert answer is not None
+        assert len(answer.predictions) == INLINE_INSTANCES
+        assert e.run(lambda: e.monitor_index) == 1 + INLINE_INSTANCES
+    finally:
+        e.close()
+
+
+def test_a_swap_rebaselines_after_the_predictions_of_the_model_before(tmp_path: Path) -> None:
+    """Predictions answered but not yet monitored belong to the old model: the swap's
+    rebaseline, run in order, comes after the monitor has seen them."""
+    e = serving_engine(tmp_path / "e")
+    try:
+        for i in range(3):
+            assert e.predict_now(rows(1, i), None, NOW) is not None
+        e.run(e.rebaseline)
+        status = e.monitor.status()
+        assert status["baseline_index"] == 3  # not 0: the detectors saw records 1-3 first
+        assert status["records"] == 4  # the next index it expects
+    finally:
+        e.close()
+
+
+def test_a_shifted_stream_answered_at_once_still_raises_its_alarm(tmp_path: Path) -> None:
+    """The monitor after the answer is still the monitor: a shift in one feature, predicted one
+    record at a time, alarms as it does when the records are batched in."""
+    e = serving_engine(tmp_path / "e")
+    alarms: list[MonitorEvent] = []
+    e.subscribe(on_alarm=alarms.append, on_joined=lambda _: None)
+    try:
+        stream = rows(3000, 1) + rows(1500, 2, shift=2.0)
+        for r in stream:
+            assert e.predict_now([r], None, NOW) is not None
+            e.monitor_soon()
+        e.monitor_soon(batch=1)
+        assert e.monitor_index == len(stream)
+        assert alarms, "the shift in x0 raised an alarm"
+        assert alarms[0].index > 3000
+    finally:
+        e.close()
+
+
+def test_predictions_monitored_together_are_seen_as_if_one_at_a_time(tmp_path: Path) -> None:
+    """The monitor's pass over several answered requests at once, re-sent ids among them (a
+    request of duplicates only, and one with some), leaves the detectors, the estimate and
+    the indices as monitoring each request as it came does."""
+    batched, one_by_one = serving_engine(tmp_path / "b"), serving_engine(tmp_path / "o")
+    rng = random.Random(5)
+    requests = []
+    for k in range(60):
+        n = rng.randint(1, 4)
+        ids = [f"q{k}-{j}" for j in range(n)]
+        if k % 7 == 3:  # re-send the request before, whole
+            requests.append(requests[-1])
+            continue
+        if k % 11 == 5:  # one id of the request before again
+            ids[0] = requests[-1][1][0]
+        requests.append((rows(n, 1000 + k, shift=k / 20), ids))
+    try:
+        for instances, ids in requests:
+            assert batched.predict_now(instances, ids, NOW) is not None
+            one_by_one.predict(instances, ids, NOW)
+        batched.run(lambda: None)  # any work in order: the monitor's pass goes first
+        assert batched.monitor_index == one_by_one.monitor_index
+        assert batched.detector_states() == one_by_one.detector_states()
+        assert batched.estimated_scores == one_by_one.estimated_scores
+    finally:
+        batched.close()
+        one_by_one.close()
+
+
+def test_a_model_slow_on_the_event_loop_is_left_to_the_worker_until_the_next_swap(
+    tmp_path: Path,
+) -> None:
+    """Once an inline prediction's smoothed cost passes INLINE_SECONDS, the serving version's
+    requests go to the worker (the loop stays free); the next version gets a new try."""
+    ticks = iter(range(10**6))
+    step = 5 * INLINE_SECONDS  # every prediction takes five times the budget
+    e = serving_engine(tmp_path / "e", timer=lambda: next(ticks) * step)
+    try:
+        answered = 0
+        while e.predict_now(rows(1, answered), None, NOW) is not None:
+            answered += 1
+            assert answered < 10, "a slow model stays on the event loop"
+        assert answered == 3  # smoothed: 0.5, 0.95, 1.36 budgets
+        assert e.submit_predict(rows(1, 99), None, NOW).result(timeout=10).ids
+        live = e.serving.current
+        assert live is not None
+        e.run(lambda: e.serving.swap(dataclasses.replace(live, version=2)))
+        assert e.predict_now(rows(1, 100), None, NOW) is not None
+    finally:
+        e.close()

@@ -198,7 +198,7 @@ class Retrainer:
         return decision
 
     def on_alarm(self, event: MonitorEvent) -> None:
-        """A monitor alarm (called on the ingest worker): open a drift regime, and stop the
+        """A monitor alarm (called in order with traffic): open a drift regime, and stop the
         job that holds the training process (a challenger, a schedule, an older regime's
         growth retrain) at its next step, so that this drift's retrain need not wait for it.
         A regime's first retrain is short and an operator's request was asked for: neither is
@@ -619,7 +619,7 @@ class Retrainer:
         return {"version": target, "previous": from_version, "reason": reason}
 
     def on_joined(self, joined: list[Joined]) -> None:
-        """Labels that met their predictions (on the ingest worker): feed the post-deploy guard,
+        """Labels that met their predictions (in order with traffic): feed the post-deploy guard,
         and once it has its records, score the previous champion on them and act on the verdict:
         a drift opens a regime (unless one is open), a better previous champion is rolled back to.
         """
@@ -651,7 +651,7 @@ class Retrainer:
             X = matrix(self.schema, rows.numeric, rows.categorical)
             return dict(zip(rows.idx.tolist(), previous.predict(X), strict=True))
         except Exception:
-            # This runs on the ingest worker after the labels were committed: a previous model
+            # This runs in order with traffic after the labels were committed: a previous model
             # that cannot predict (or a read that fails) must not turn that write into a 500.
             # The guard then judges on the new champion's own score alone.
             log.exception("the previous champion could not be scored in shadow")

@@ -57,10 +57,12 @@ def create_app(
     auth: Authorizer,
     open_probes: bool,
     lifespan: Any = None,
+    in_flight: Callable[[], int] = lambda: 1,
 ) -> FastAPI:
     """The application over ``parts`` (the daemon's, once started). With tokens in ``auth``,
     every route needs its scope; the probes (health, readiness, metrics) stay open while
-    ``open_probes``."""
+    ``open_probes``. ``in_flight`` counts the requests the server is working on (a prediction
+    with none beside it is answered without the worker)."""
     docs = Validators(schema)  # uncapped: the documented schema leaves the cap to the 413
     app = FastAPI(
         title="driftd",
@@ -72,7 +74,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.api = routes.Api(Bodies(schema, server), metrics, parts)
+    app.state.api = routes.Api(Bodies(schema, server), metrics, parts, in_flight)
     _refusals(app, metrics)
     _routes(_Registrar(app, auth), docs, probes=None if open_probes else "read")
     app.openapi = lambda: _openapi(app, docs, secured=auth.enabled)  # type: ignore[method-assign]

@@ -301,6 +301,7 @@ class Daemon:
                 auth=Authorizer(cfg.scope_tokens()),  # token files are read here, at start-up
                 open_probes=cfg.auth.open_probes,
                 lifespan=self.lifespan,
+                in_flight=self._in_flight,
             ),
             host=cfg.server.host,
             port=cfg.server.port,
@@ -325,6 +326,10 @@ class Daemon:
         if not self.server.started:
             return 1
         return 0
+
+    def _in_flight(self) -> int:
+        """Requests the server has read and not answered yet."""
+        return len(self.server.server_state.tasks) if self.server is not None else 0
 
     @property
     def port(self) -> int | None:
@@ -351,10 +356,12 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
+        if self.parts is not None:
+            self.parts.engine.monitor_soon(batch=1)  # predictions answered since the last tick
         if self.parts is None or not self.parts.role.leading:
             return  # a standby leaves training and the chores to its model's leader
         if self.parts.role.shared and (self._follow is None or self._follow.done()):
-            self._follow = self.parts.engine.executor.submit(self._follow_store, self.parts)
+            self._follow = self.parts.engine.submit(self._follow_store, self.parts)
         try:  # the bootstrap's and the policy's questions read the store
             self._start_training(self.parts)
         except StoreUnavailable as exc:  # the next tick asks again; the daemon lives on

@@ -1,10 +1,11 @@
 """The engine: what happens to traffic, independent of HTTP and of the process.
 
-Everything that touches the store's writer or the monitor runs on one worker thread, in arrival
-order, so that a record's index, its storage and its pass through the detectors agree: a
-prediction, a batch of records, a batch of labels, and a model swap (which the lifecycle runs
-here through :meth:`Engine.run`, so that the detectors rebaseline at the record the new model
-starts at). The HTTP routes, the demo source and replay all call the same methods. The engine
+Everything that touches the store's writer or the monitor runs one at a time, in arrival order,
+so that a record's index, its storage and its pass through the detectors agree: a prediction, a
+batch of records, a batch of labels, and a model swap (which the lifecycle runs in order through
+:meth:`Engine.run`, so that the detectors rebaseline at the record the new model starts at).
+That work goes to one worker thread (:meth:`Engine.submit`), which holds the engine's lock for
+each piece. The HTTP routes, the demo source and replay all call the same methods. The engine
 owns the monitor and its checkpoint; which model serves is the lifecycle's
 (:mod:`driftd.models.lifecycle`), read here once per request.
 
@@ -12,11 +13,19 @@ A prediction's class probabilities are stored raw, as the model gave them, and t
 fed them calibrated by the serving version: the stored rows stay what the model said whatever a
 version's calibration was, so that a later calibrator can be fitted on them and their labels.
 
-Predictions from the HTTP API are committed in groups (:meth:`Engine.submit_predict`): the
-worker takes every prediction request waiting, answers them from one model call, stores them in
-one transaction and runs the monitor over them once, in order, then answers each. A request is
-still answered only once it is committed, and concurrent clients share one commit and one pass
-through sklearn's input checks instead of queueing for one each.
+A prediction from the HTTP API is answered once it is committed, and passes through the monitor
+in order just after its answer is sent (:meth:`Engine.monitor_soon`): the monitor's alarms do
+not need to be ahead of the answer, and the client should not wait for them. Every other piece
+of work passes what is committed through the monitor first, so the detectors still see every
+record in index order and a swap rebaselines them at the right one.
+
+* An idle engine on a store that commits quickly (:meth:`Engine.predict_now`): the event loop
+  takes the lock and predicts and commits the request itself. A hop to the worker and back
+  costs more than a small prediction does, and nothing is waiting that it could jump ahead of.
+* Otherwise the requests are committed in groups (:meth:`Engine.submit_predict`): the worker
+  takes every prediction request waiting, answers them from one model call and stores them in
+  one transaction, then answers each. Concurrent clients share one commit and one pass through
+  sklearn's input checks instead of queueing for one each.
 
 On a store that several daemons of the model share (``shared``), a record's pass through the
 monitor is not part of its write: whichever daemon stored it, the leader's engine reads it back
@@ -38,6 +47,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from driftd.config import StoreConfig
 from driftd.ingest.batch import Batch
 from driftd.ingest.columns import Columns
@@ -56,7 +68,7 @@ from driftd.monitor import (
 from driftd.monitor.estimated import Estimate
 from driftd.store import Blob, IngestResult, Joined, RecordStore
 
-__all__ = ["Engine", "NoModel", "PredictResult"]
+__all__ = ["INLINE_INSTANCES", "MONITOR_BATCH", "Engine", "NoModel", "PredictResult"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +76,21 @@ T = TypeVar("T")
 CHECKPOINT = "monitor.ckpt"
 LABEL_TYPE = "label_type"  # the store's state key for the class type the first label fixed
 FOLLOWED = "monitor_followed"  # the store's state key for how far the leader's monitor got
+# The largest request the event loop predicts itself (predict_now): the loop serves nothing else
+# meanwhile, so larger ones go to the worker, where the loop stays free to read other requests.
+INLINE_INSTANCES = 128
+# Nor does it for a model whose requests took longer than this there, smoothed over the last
+# ten or so (a 30 ms boosted model would hold up health checks and scrapes; the worker leaves
+# the loop free while the model's C code runs without the GIL). A swap gives a model a new try.
+INLINE_SECONDS = 0.002
+# How many committed predictions wait for the monitor before a response sends them there
+# (monitor_soon): a pass over one record costs about 55 us of fixed work and 4 us a record, so
+# passing 16 at once costs each a tenth of passing it alone, and leaves one response in 16 to
+# wait for it. The daemon's tick passes the rest (so none waits more than about 0.1 s).
+MONITOR_BATCH = 16
+# The most committed records the event loop passes through the monitor itself (about 1 ms);
+# a longer backlog goes to the worker.
+INLINE_MONITOR = 256
 
 
 class NoModel(RuntimeError):
@@ -76,6 +103,19 @@ class PredictResult:
     ids: list[str]
     version: int
     duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A committed batch as the monitor is to see it: its records from index ``start`` on."""
+
+    start: int
+    features: Sequence[Mapping[str, float | str]]
+    predictions: Sequence[Label | None] | None
+    numeric: npt.NDArray[np.float64] | None
+    probas: Sequence[Mapping[str, float] | None] | None
+    joined: list[Joined]
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +132,9 @@ class _Asked:
 class Engine:
     """One daemon's traffic path. :meth:`open` before use, :meth:`close` after.
 
-    ``on_alarm`` and ``on_joined`` (see :meth:`subscribe`) are called on the worker with each
-    monitor alarm and each batch of labels that met their predictions.
+    ``on_alarm`` and ``on_joined`` (see :meth:`subscribe`) are called in order with traffic
+    (holding the engine's lock, on the worker or the event loop) with each monitor alarm and
+    each batch of labels that met their predictions.
     """
 
     def __init__(
@@ -108,6 +149,7 @@ class Engine:
         checkpoint: Blob,
         shared: bool = False,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.schema = schema
         self.store = store
@@ -118,6 +160,8 @@ class Engine:
         self.checkpoint_blob = checkpoint
         self.shared = shared
         self.clock = clock
+        self.timer = timer  # what an inline prediction took (see INLINE_SECONDS)
+        self._inline_cost = (0, 0.0)  # the serving version's, smoothed
         self.monitor = Monitor(schema, monitor)
         self.monitor_index = 0
         self.monitor_join = 0  # the last join the monitor has seen, by the store's numbering
@@ -128,8 +172,13 @@ class Engine:
         self._store_records = 0
         self._label_type: LabelType | None = schema.label_type
         self._asked: list[_Asked] = []  # predictions waiting for the worker, in arrival order
-        self._asked_lock = threading.Lock()
+        self._asked_lock = threading.Lock()  # guards _asked and the counts of queued work
         self._drain_queued = False
+        self._lock = threading.Lock()  # held by whoever runs traffic: the worker or predict_now
+        self._queued = 0  # pieces of work submitted to the worker and not finished
+        self._unmonitored: list[_Stored] = []  # committed, not yet monitored, in order
+        self._unmonitored_rows = 0
+        self._monitor_queued = False
         self._checkpoint_due = False
         self._stale = False  # the monitor is past the last committed followed round
 
@@ -140,7 +189,7 @@ class Engine:
         on_alarm: Callable[[MonitorEvent], None],
         on_joined: Callable[[list[Joined]], None],
     ) -> None:
-        """Where alarms and joined labels go (the retrainer); called on the worker."""
+        """Where alarms and joined labels go (the retrainer); called in order with traffic."""
         self._on_alarm, self._on_joined = on_alarm, on_joined
 
     def open(self, *, monitor: bool = True) -> None:
@@ -187,15 +236,35 @@ class Engine:
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the worker and wait for it (from any thread but the worker)."""
-        return self._worker.submit(fn, *args).result()
+        return self.submit(fn, *args).result()
 
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        """The worker, for ``loop.run_in_executor``."""
-        return self._worker
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn`` on the worker, in order with traffic, once the monitor has seen every
+        record committed before it (from any thread but the worker)."""
+        return self._submit(fn, *args, monitor_first=True)
+
+    def _submit(self, fn: Callable[..., T], *args: Any, monitor_first: bool) -> Future[T]:
+        with self._asked_lock:
+            self._queued += 1
+        try:
+            return self._worker.submit(self._ordered, fn, args, monitor_first)
+        except BaseException:
+            with self._asked_lock:
+                self._queued -= 1
+            raise
+
+    def _ordered(self, fn: Callable[..., T], args: tuple[Any, ...], monitor_first: bool) -> T:
+        with self._lock:
+            try:
+                if monitor_first:
+                    self._monitor_pending()
+                return fn(*args)
+            finally:
+                with self._asked_lock:  # still holding the lock: idle means nothing is waiting
+                    self._queued -= 1
 
     def rebaseline(self) -> None:
-        """A new model serves from the next record: the detectors start over (on the worker).
+        """A new model serves from the next record: the detectors start over (in order).
         On a shared store the checkpoint is due at once, so that a leader taking over after
         this deploy starts from the reset detectors, not from before them."""
         self.monitor.rebaseline(self.monitor_index)
@@ -206,15 +275,47 @@ class Engine:
         """A checkpoint should be written now, not at the next interval (see rebaseline)."""
         return self._checkpoint_due
 
-    # -- traffic (on the worker) -----------------------------------------------------------
+    # -- traffic (in order: on the worker, or on the event loop holding the lock) ---------
     def predict(
         self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
     ) -> PredictResult:
-        """One request's predictions, stored and monitored before they return (on the worker)."""
+        """One request's predictions, stored and monitored before they return (in order: on
+        the worker, or in a process that has no other traffic, such as replay)."""
         asked = _Asked(instances, ids, now)
         live = self._live()
         preds, probas = self._answers(live, [asked])
-        return self._commit(live, [asked], preds, probas)[0]
+        result = self._commit(live, [asked], preds, probas)[0]
+        self._monitor_pending()
+        return result
+
+    def predict_now(
+        self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
+    ) -> PredictResult | None:
+        """One request's predictions, committed here and now (on the event loop), or ``None``
+        when the engine is not idle, the request is large or the store's commit may wait: then
+        :meth:`submit_predict` it, as for a model that is slow here (see
+        :data:`INLINE_SECONDS`). The monitor sees them at :meth:`monitor_soon`."""
+        if len(instances) > INLINE_INSTANCES or not self.store.quick_commit:
+            return None
+        current, (version, cost) = self.serving.current, self._inline_cost
+        if current is not None and current.version == version and cost > INLINE_SECONDS:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            with self._asked_lock:
+                if self._queued or self._closed:  # work that arrived first is waiting
+                    return None
+            start = self.timer()
+            asked = _Asked(instances, ids, now)
+            live = self._live()  # read holding the lock: a swap is in order with traffic
+            preds, probas = self._answers(live, [asked])
+            result = self._commit(live, [asked], preds, probas)[0]
+            before = cost if live.version == version else 0.0
+            self._inline_cost = (live.version, 0.9 * before + 0.1 * (self.timer() - start))
+            return result
+        finally:
+            self._lock.release()
 
     def submit_predict(
         self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
@@ -226,8 +327,43 @@ class Engine:
             self._asked.append(asked)
             queued, self._drain_queued = self._drain_queued, True
         if not queued:
-            self._worker.submit(self._drain)
+            self._submit(self._drain, monitor_first=False)  # answers before the monitor
         return asked.answer
+
+    def monitor_soon(self, *, batch: int = MONITOR_BATCH) -> None:
+        """Pass the committed predictions the monitor has not seen yet through it, once there
+        are ``batch`` of them: here (the event loop, after it sent their answers) when the
+        engine is idle and they are few, else on the worker. The daemon's tick calls it with
+        ``batch=1``, so that none waits long."""
+        if self._unmonitored_rows < max(batch, 1):
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                with self._asked_lock:
+                    idle = not self._queued
+                if idle and self._unmonitored_rows <= INLINE_MONITOR:
+                    self._monitor_pending()
+                    return
+            finally:
+                self._lock.release()
+        with self._asked_lock:
+            queued, self._monitor_queued = self._monitor_queued, True
+        if not queued:
+            self.submit(_nothing)  # which passes them through the monitor first
+
+    def _monitor_pending(self) -> None:
+        """The monitor's pass over what was committed without it, in commit order (holding the
+        lock). A failure is logged and the pass goes on: the records are stored, and the
+        traffic behind them must not stop."""
+        with self._asked_lock:
+            self._monitor_queued = False
+        while self._unmonitored:
+            pending, self._unmonitored = self._unmonitored, []
+            self._unmonitored_rows = 0
+            try:
+                self._monitor(pending)
+            except Exception:
+                log.exception("the monitor could not pass over %d committed batches", len(pending))
 
     def _drain(self) -> None:
         """Answer every prediction waiting (on the worker). The ones that arrive meanwhile
@@ -310,9 +446,11 @@ class Engine:
         )
         result = self.store.add_records(batch, source="predict", received=now)
         self.metrics.predictions.inc(len(instances))
-        self._after_ingest(
-            result, batch, "predict", now, None if probas is None else probas.calibrated
-        )
+        self._stored(result, "predict")
+        stored = self._kept(result, batch, now, None if probas is None else probas.calibrated)
+        if stored is not None:
+            self._unmonitored.append(stored)
+            self._unmonitored_rows += len(stored.features)
         return _split(group, preds, result, live.version)
 
     def add_records(
@@ -327,47 +465,63 @@ class Engine:
         result = self.store.add_records(batch, source=source, received=now)
         if fixes is not None:
             self._fix_label_type(fixes)
-        self._after_ingest(result, batch, source, now, batch.probas)
+        self._stored(result, source)
+        stored = self._kept(result, batch, now, batch.probas)
+        if stored is not None:
+            self._monitor([stored])
         return result
 
-    def _after_ingest(
-        self,
-        result: IngestResult,
-        batch: Batch,
-        source: str,
-        now: float,
-        probas: Sequence[Mapping[str, float] | None] | None,
-    ) -> None:
-        """Count the stored records and pass the new ones through the monitor, with ``probas``
-        (the calibrated probabilities of a prediction, where the store keeps the raw ones)."""
+    def _stored(self, result: IngestResult, source: str) -> None:
         self.metrics.records.labels(source).inc(result.accepted)
         self._store_records += result.accepted
         if result.duplicates:
             self.metrics.duplicates.inc(len(result.duplicates))
-        if self.shared:  # the leader's monitor reads them back (follow)
-            return
-        if result.accepted:
-            features, predictions = batch.features, batch.predictions
-            if result.inserted is not None:  # leave out the re-sent records
-                kept = result.inserted
-                features = [f for f, k in zip(features, kept, strict=True) if k]
-                if predictions is not None:
-                    predictions = [p for p, k in zip(predictions, kept, strict=True) if k]
-                if probas is not None:
-                    probas = [p for p, k in zip(probas, kept, strict=True) if k]
-            if predictions is not None and all(p is None for p in predictions):
-                predictions = None
-            events = self.monitor.update(
-                result.inserted_idx[0],
-                features,
-                predictions,
-                now,
-                numeric=result.numeric,
-                probas=probas,
-            )
-            self.monitor_index = result.inserted_idx[-1]
-            self._record_events(events, now)
-        self._joined(result.joined, now)
+
+    def _kept(
+        self,
+        result: IngestResult,
+        batch: Batch,
+        now: float,
+        probas: Sequence[Mapping[str, float] | None] | None,
+    ) -> _Stored | None:
+        """What the monitor is to see of a stored batch: the records it kept (not the re-sent
+        ones), with ``probas`` (the calibrated probabilities of a prediction, where the store
+        keeps the raw ones), and the labels that met them. ``None`` on a shared store, whose
+        leader reads them back (:meth:`follow`)."""
+        if self.shared:
+            return None
+        features, predictions = batch.features, batch.predictions
+        if result.inserted is not None:
+            kept = result.inserted
+            features = [f for f, k in zip(features, kept, strict=True) if k]
+            if predictions is not None:
+                predictions = [p for p, k in zip(predictions, kept, strict=True) if k]
+            if probas is not None:
+                probas = [p for p, k in zip(probas, kept, strict=True) if k]
+        if predictions is not None and all(p is None for p in predictions):
+            predictions = None
+        start = result.inserted_idx[0] if result.inserted_idx else self.monitor_index + 1
+        return _Stored(start, features, predictions, result.numeric, probas, result.joined, now)
+
+    def _monitor(self, stored: list[_Stored]) -> None:
+        """Pass stored batches through the monitor, consecutive ones in one call (its fixed
+        cost is most of a small batch's), and the labels that met them through the outcome
+        detectors."""
+        for run in _runs(stored):
+            last = run[-1]
+            if last.features:
+                events = self.monitor.update(
+                    run[0].start,
+                    [f for b in run for f in b.features],
+                    _joined_column(run, lambda b: b.predictions),
+                    last.now,
+                    numeric=_numeric(run),
+                    probas=_joined_column(run, lambda b: b.probas),
+                )
+                self.monitor_index = last.start + len(last.features) - 1
+                self._record_events(events, last.now)
+            for b in run:
+                self._joined(b.joined, b.now)
 
     def add_labels(self, labels: Sequence[LabelRecord], now: float) -> dict[str, Any]:
         fixes = self._check_label_types(label=[lb["label"] for lb in labels])
@@ -697,3 +851,33 @@ def _batch(records: Sequence[Record], now: float) -> Batch:
         labels=[r.get("label") for r in records] if "label" in given else None,
         probas=[r.get("proba") for r in records] if "proba" in given else None,
     )
+
+
+def _nothing() -> None:
+    """A piece of work whose only use is the monitor's pass that goes first (see submit)."""
+
+
+def _runs(stored: list[_Stored]) -> list[list[_Stored]]:
+    """``stored`` cut where the indices do not follow on (a batch of re-sent records only)."""
+    runs: list[list[_Stored]] = []
+    for b in stored:
+        if runs and runs[-1][-1].start + len(runs[-1][-1].features) == b.start and b.features:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
+def _joined_column(run: list[_Stored], column: Callable[[_Stored], Sequence[Any] | None]) -> Any:
+    """One column of a run's batches end to end, ``None`` where a batch lacks it, or ``None``
+    when every batch does."""
+    if len(run) == 1 or all(column(b) is None for b in run):
+        return column(run[0]) if len(run) == 1 else None
+    return [v for b in run for v in (column(b) or [None] * len(b.features))]
+
+
+def _numeric(run: list[_Stored]) -> npt.NDArray[np.float64] | None:
+    blocks = [b.numeric for b in run if b.features]
+    if any(x is None for x in blocks):
+        return None
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)  # type: ignore[arg-type]

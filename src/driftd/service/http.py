@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 from driftd.ingest.validation import FieldError
 
@@ -59,12 +60,19 @@ def error_body(code: str, message: str, errors: Sequence[FieldError] = ()) -> by
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    data: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    background: BackgroundTask | None = None,
+) -> Response:
+    """``data`` as JSON; ``background`` runs once the response is sent."""
     return Response(
         json.dumps(data, allow_nan=False, separators=(",", ":")),
         status_code=status,
         media_type="application/json",
         headers=headers,
+        background=background,
     )
 
 

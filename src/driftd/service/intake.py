@@ -44,7 +44,7 @@ class Intake:
         answer, once committed; raise :class:`ApiError` for input HTTP would refuse (4xx),
         anything else for a failure to store it this time."""
         media = self._media(kind, body, headers or {})
-        work = self.engine.executor.submit(self._ingest, kind, body, media, now)
+        work = self.engine.submit(self._ingest, kind, body, media, now)
         return await asyncio.wrap_future(work)
 
     def _media(self, kind: str, body: bytes, headers: Mapping[str, str]) -> str:

@@ -20,6 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from driftd.errors import IntegrityError
 from driftd.ingest.validation import FieldError, Validators
@@ -56,6 +57,8 @@ class Api:
     bodies: Bodies
     metrics: Metrics
     parts: Callable[[], Parts | None]
+    #: How many requests the server has read and not answered yet (this one included).
+    in_flight: Callable[[], int] = lambda: 1
 
 
 def _api(request: Request) -> Api:
@@ -71,7 +74,7 @@ def _parts(api: Api) -> Parts:
 
 
 async def _on_worker(parts: Parts, fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(parts.engine.executor, fn, *args)
+    return await asyncio.wrap_future(parts.engine.submit(fn, *args))
 
 
 # -- traffic -----------------------------------------------------------------------------------
@@ -92,9 +95,14 @@ async def predict(request: Request) -> Response:
             [FieldError(None, "ids", got, "length")],
         )
     parts = _parts(api)
+    engine, now = parts.engine, time.time()
     try:
-        # Answered once committed, with the other requests waiting then (group commit).
-        result = await asyncio.wrap_future(parts.engine.submit_predict(instances, ids, time.time()))
+        # Answered once committed: here when the engine is idle, else on the worker with the
+        # other requests waiting then (group commit). The monitor sees them after the answer.
+        # Alone: no other request could share a group, and nothing waits behind this one.
+        result = engine.predict_now(instances, ids, now) if api.in_flight() <= 1 else None
+        if result is None:
+            result = await asyncio.wrap_future(engine.submit_predict(instances, ids, now))
     except NoModel:
         raise ApiError(
             503, "no_model", parts.no_model_reason(), headers={"Retry-After": "5"}
@@ -106,8 +114,15 @@ async def predict(request: Request) -> Response:
             "ids": result.ids,
             "model_version": result.version,
             "duplicates": result.duplicates,
-        }
+        },
+        background=BackgroundTask(_monitor_soon, engine),
     )
+
+
+async def _monitor_soon(engine: Engine) -> None:
+    """After the answer is sent, on the event loop itself: a plain function in a
+    ``BackgroundTask`` would go to a thread pool."""
+    engine.monitor_soon()
 
 
 async def records(request: Request) -> Response:

@@ -39,6 +39,12 @@ class RecordStore(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def quick_commit(self) -> bool:
+        """A small write commits without waiting on a disk flush or the network (so that the
+        event loop may make one itself instead of waiting for the worker)."""
+        ...
+
     # -- writes ----------------------------------------------------------------------------
     def add_records(self, batch: Batch, *, source: str, received: float) -> IngestResult:
         """Store a batch in one transaction; re-sent ids are duplicates; waiting labels join."""

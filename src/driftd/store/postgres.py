@@ -263,6 +263,11 @@ class PostgresStore:
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         return conn
 
+    @property
+    def quick_commit(self) -> bool:
+        """Never: every commit is a round trip to the server, which may be slow or gone."""
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:

@@ -210,6 +210,12 @@ class SQLiteStore:
                     self._db = None
 
     @property
+    def quick_commit(self) -> bool:
+        """In WAL mode with ``synchronous=NORMAL`` a commit appends to the WAL and returns; the
+        flush waits for the next checkpoint. With ``FULL`` every commit waits for the disk."""
+        return self.synchronous == "normal"
+
+    @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("the store is not open")
@@ -233,9 +239,11 @@ class SQLiteStore:
         ids = Ids(batch.ids, self._id_prefix, start, n)
         block = batch.numeric if batch.numeric is not None else self._writer.pack(batch.features)
         with self._lock, _tx(self.db) as db:
-            inserted = self._writer.insert(db, batch, ids, source, received, block=block)
+            written = self._writer.insert(db, batch, ids, source, received, block=block)
+            inserted = None if isinstance(written, int) else written
             accepted = n if inserted is None else sum(inserted)
-            first = self._next_idx(db) - accepted
+            last = written if isinstance(written, int) else self._next_idx(db) - 1
+            first = last + 1 - accepted
             result = IngestResult(first_idx=first, accepted=accepted, ids=ids, inserted=inserted)
             numeric = np.frombuffer(block, dtype=np.float64).reshape(n, len(self._numeric))
             result.numeric = numeric if inserted is None else numeric[np.asarray(inserted, bool)]
