@@ -68,7 +68,13 @@ from driftd.monitor import (
 from driftd.monitor.estimated import Estimate
 from driftd.store import Blob, IngestResult, Joined, RecordStore
 
-__all__ = ["INLINE_INSTANCES", "MONITOR_BATCH", "Engine", "NoModel", "PredictResult"]
+__all__ = [
+    "INLINE_INSTANCES",
+    "MONITOR_BATCH",
+    "Engine",
+    "NoModel",
+    "PredictResult",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,9 +90,11 @@ INLINE_INSTANCES = 128
 # the loop free while the model's C code runs without the GIL). A swap gives a model a new try.
 INLINE_SECONDS = 0.002
 # How many committed predictions wait for the monitor before a response sends them there
-# (monitor_soon): a pass over one record costs about 55 us of fixed work and 4 us a record, so
-# passing 16 at once costs each a tenth of passing it alone, and leaves one response in 16 to
-# wait for it. The daemon's tick passes the rest (so none waits more than about 0.1 s).
+# (monitor_soon). A pass costs about 55 us of fixed work and 4 us a record, and the requests
+# that arrive meanwhile wait for it: 16 at a time cost each a tenth of a pass of its own and
+# leave one response in 16 to wait about 0.1 ms. Measured against 1 and 4: the same latency
+# with one client, 0.82 against 0.68 of a bare endpoint's throughput with eight. The daemon's
+# tick passes the rest, so that none waits more than about 0.1 s.
 MONITOR_BATCH = 16
 # The most committed records the event loop passes through the monitor itself (about 1 ms);
 # a longer backlog goes to the worker.
@@ -330,18 +338,19 @@ class Engine:
             self._submit(self._drain, monitor_first=False)  # answers before the monitor
         return asked.answer
 
-    def monitor_soon(self, *, batch: int = MONITOR_BATCH) -> None:
+    def monitor_soon(self, batch: int = MONITOR_BATCH) -> None:
         """Pass the committed predictions the monitor has not seen yet through it, once there
-        are ``batch`` of them: here (the event loop, after it sent their answers) when the
-        engine is idle and they are few, else on the worker. The daemon's tick calls it with
-        ``batch=1``, so that none waits long."""
-        if self._unmonitored_rows < max(batch, 1):
+        are ``batch`` of them (see :data:`MONITOR_BATCH`): here, on the event loop after it
+        sent their answers, when the engine is idle and they are few, else on the worker. The
+        daemon's tick calls it with ``batch=1``, so that none waits long."""
+        rows = self._unmonitored_rows
+        if rows < max(batch, 1):
             return
         if self._lock.acquire(blocking=False):
             try:
                 with self._asked_lock:
                     idle = not self._queued
-                if idle and self._unmonitored_rows <= INLINE_MONITOR:
+                if idle and rows <= INLINE_MONITOR:
                     self._monitor_pending()
                     return
             finally:
