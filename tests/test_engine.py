@@ -293,14 +293,25 @@ def test_predictions_monitored_together_are_seen_as_if_one_at_a_time(tmp_path: P
         one_by_one.close()
 
 
-def test_a_model_slow_on_the_event_loop_is_left_to_the_worker_until_the_next_swap(
+class SteppingTimer:
+    """A timer that moves ``step`` seconds every time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_model_slow_on_the_event_loop_is_left_to_the_worker_while_it_stays_slow(
     tmp_path: Path,
 ) -> None:
-    """Once an inline prediction's smoothed cost passes INLINE_SECONDS, the serving version's
-    requests go to the worker (the loop stays free); the next version gets a new try."""
-    ticks = iter(range(10**6))
-    step = 5 * INLINE_SECONDS  # every prediction takes five times the budget
-    e = serving_engine(tmp_path / "e", timer=lambda: next(ticks) * step)
+    """Once a request's smoothed cost passes INLINE_SECONDS, the serving version's requests go
+    to the worker (the loop stays free); measured there, a model back under it returns to the
+    loop, and a new version gets a new try at once."""
+    timer = SteppingTimer(5 * INLINE_SECONDS)  # every prediction takes five times the budget
+    e = serving_engine(tmp_path / "e", timer=timer)
     try:
         answered = 0
         while e.predict_now(rows(1, answered), None, NOW) is not None:
@@ -308,9 +319,17 @@ def test_a_model_slow_on_the_event_loop_is_left_to_the_worker_until_the_next_swa
             assert answered < 10, "a slow model stays on the event loop"
         assert answered == 3  # smoothed: 0.5, 0.95, 1.36 budgets
         assert e.submit_predict(rows(1, 99), None, NOW).result(timeout=10).ids
+        assert e.predict_now(rows(1, 98), None, NOW) is None  # still slow on the worker
+        timer.step = 0.0  # fast again
+        for k in range(6):  # from 1.72 budgets, 0.9 of it each time: 0.91 after six
+            assert e.submit_predict(rows(1, 200 + k), None, NOW).result(timeout=10).ids
+        assert e.predict_now(rows(1, 100), None, NOW) is not None
+        timer.step = 5 * INLINE_SECONDS
+        while e.predict_now(rows(1, answered), None, NOW) is not None:
+            answered += 1
         live = e.serving.current
         assert live is not None
         e.run(lambda: e.serving.swap(dataclasses.replace(live, version=2)))
-        assert e.predict_now(rows(1, 100), None, NOW) is not None
+        assert e.predict_now(rows(1, 300), None, NOW) is not None
     finally:
         e.close()

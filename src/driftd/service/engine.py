@@ -83,11 +83,13 @@ CHECKPOINT = "monitor.ckpt"
 LABEL_TYPE = "label_type"  # the store's state key for the class type the first label fixed
 FOLLOWED = "monitor_followed"  # the store's state key for how far the leader's monitor got
 # The largest request the event loop predicts itself (predict_now): the loop serves nothing else
-# meanwhile, so larger ones go to the worker, where the loop stays free to read other requests.
-INLINE_INSTANCES = 128
-# Nor does it for a model whose requests took longer than this there, smoothed over the last
-# ten or so (a 30 ms boosted model would hold up health checks and scrapes; the worker leaves
-# the loop free while the model's C code runs without the GIL). A swap gives a model a new try.
+# meanwhile, so larger ones go to the worker, where the loop stays free to read other requests
+# (and where concurrent ones share a commit).
+INLINE_INSTANCES = 16
+# Nor does it for a model whose requests of one group take longer than this, smoothed over the
+# last ten or so, on the loop or the worker alike (a 30 ms boosted model would hold up health
+# checks and scrapes; the worker leaves the loop free while the model's C code runs without
+# the GIL). Measured on the worker too, a model back under it returns to the loop.
 INLINE_SECONDS = 0.002
 # How many committed predictions wait for the monitor before a response sends them there
 # (monitor_soon). A pass costs about 55 us of fixed work and 4 us a record, and the requests
@@ -319,8 +321,7 @@ class Engine:
             live = self._live()  # read holding the lock: a swap is in order with traffic
             preds, probas = self._answers(live, [asked])
             result = self._commit(live, [asked], preds, probas)[0]
-            before = cost if live.version == version else 0.0
-            self._inline_cost = (live.version, 0.9 * before + 0.1 * (self.timer() - start))
+            self._took(live.version, self.timer() - start)
             return result
         finally:
             self._lock.release()
@@ -387,6 +388,7 @@ class Engine:
         request it belongs to; one after it reaches every request of the transaction."""
         if not group:
             return
+        start = self.timer()
         try:
             live = self._live()
             preds, probas = self._answers(live, group)
@@ -403,8 +405,15 @@ class Engine:
             for asked in group:
                 asked.answer.set_exception(exc)
             return
+        if len(group) == 1 and len(group[0].instances) <= INLINE_INSTANCES:
+            self._took(live.version, self.timer() - start)  # what it would cost the loop
         for asked, result in zip(group, results, strict=True):
             asked.answer.set_result(result)
+
+    def _took(self, version: int, seconds: float) -> None:
+        """A request that could have been predicted on the event loop took ``seconds``."""
+        last, cost = self._inline_cost
+        self._inline_cost = (version, 0.9 * (cost if last == version else 0.0) + 0.1 * seconds)
 
     def _live(self) -> LiveModel:
         live = self.serving.current  # read once: these requests use this model to the end
