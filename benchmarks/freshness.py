@@ -250,12 +250,24 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
             reached = (TOTAL - BOOT) / (time.monotonic() - start)
             done = c.get("/v1/events", params={"kind": "retrain_finished", "limit": 1000}).json()
     fits = [e["seconds"] for e in done["events"] if e.get("seconds") is not None]
+    # Where a drift retrain that deployed spent its wall time (the audit log's ``stages``).
+    drift = [
+        e["stages"]
+        for e in done["events"]
+        if "drift" in e.get("reasons", ()) and e.get("outcome") == "deployed" and "stages" in e
+    ]
+    names = ("snapshot", "fit", "judge", "deploy")
     return {
         "accuracy": hits / (TOTAL - BOOT),
         "rate_reached": reached,
         "retrains": len(fits),
         "fit_seconds_median": statistics.median(fits) if fits else None,
         "fit_seconds_max": max(fits) if fits else None,
+        "drift_deploy_stages_median": {
+            k: statistics.median(d.get(k, 0.0) for d in drift) for k in names
+        }
+        if drift
+        else None,
     }
 
 
@@ -451,6 +463,12 @@ def show(res: dict[str, Any]) -> None:
                 f"{'-' if fitmax is None else f'{fitmax:.2f}':>10}"
                 + ("" if diff >= -0.01 else "  MISS")
             )
+        print("\nA drift retrain that deployed, median seconds by stage (the audit log's stages):")
+        for c in cells:
+            stages = c["driftd"].get("drift_deploy_stages_median")
+            if stages:
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                print(f"{c['stream']:<16}{c['rate']:>6.0f}  {parts}")
 
 
 def main() -> None:

@@ -20,7 +20,13 @@ from driftd.ingest.schema import Feature, LabelRecord, Record, Schema
 from driftd.metrics import Metrics
 from driftd.models.serving import LiveModel, Serving
 from driftd.monitor import MonitorConfig, MonitorEvent
-from driftd.service.engine import INLINE_INSTANCES, INLINE_SECONDS, MONITOR_BATCH, Engine
+from driftd.service.engine import (
+    INLINE_GROUP,
+    INLINE_SECONDS,
+    MONITOR_BATCH,
+    Engine,
+    PredictResult,
+)
 from driftd.store import SQLiteStore
 from driftd.store.sqlite import SCHEMA_VERSION
 
@@ -167,6 +173,17 @@ def serving_engine(base: Path, timer: Callable[[], float] = lambda: 0.0) -> Engi
     return e
 
 
+def here(
+    e: Engine, instances: list[dict[str, float | str]], ids: list[str] | None = None
+) -> PredictResult | None:
+    """A request as the event loop makes it: its answer when settled on the caller's thread,
+    ``None`` when the worker took it (answered all the same)."""
+    answer = e.submit_predict(instances, ids, NOW, here=True)
+    settled = e.settle_here()
+    result = answer.result(timeout=10)
+    return result if settled else None
+
+
 def rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, float | str]]:
     rng = random.Random(seed)
     return [{"x0": rng.gauss(shift, 1), "x1": rng.gauss(0, 1)} for _ in range(n)]
@@ -175,12 +192,12 @@ def rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, float | str]]:
 def test_an_idle_engine_answers_at_once_and_the_monitor_sees_it_in_order_later(
     tmp_path: Path,
 ) -> None:
-    """predict_now commits before it returns; the monitor's pass waits for a batch (or the
+    """settle_here commits before it returns; the monitor's pass waits for a batch (or the
     tick), and any piece of work in order runs after it, so records batched in later are seen
     after the predictions, in index order, none skipped."""
     e = serving_engine(tmp_path / "e")
     try:
-        answered = [e.predict_now(r, None, NOW) for r in (rows(1, i) for i in range(5))]
+        answered = [here(e, r) for r in (rows(1, i) for i in range(5))]
         assert all(a is not None for a in answered)
         with e.store.reader() as db:  # committed before the answer
             assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 5
@@ -199,33 +216,46 @@ def test_an_idle_engine_answers_at_once_and_the_monitor_sees_it_in_order_later(
         finally:
             same.close()
         for i in range(MONITOR_BATCH):
-            assert e.predict_now(rows(1, 100 + i), None, NOW) is not None
+            assert here(e, rows(1, 100 + i)) is not None
         e.monitor_soon()  # a batch is waiting: passed here
         assert e.monitor_index == 8 + MONITOR_BATCH
-        assert e.predict_now(rows(1, 999), None, NOW) is not None
+        assert here(e, rows(1, 999)) is not None
         e.monitor_soon(batch=1)  # the tick's call
         assert e.monitor_index == 9 + MONITOR_BATCH
     finally:
         e.close()
 
 
-def test_a_busy_engine_leaves_a_prediction_to_the_worker(tmp_path: Path) -> None:
-    """While work waits for the worker, or the request is large, predict_now declines and the
-    group path answers, still in arrival order."""
+def test_a_busy_engine_leaves_predictions_to_the_worker(tmp_path: Path) -> None:
+    """While work waits for the worker, or the group is large, settle_here declines and the
+    worker answers, in arrival order; requests that arrived together are settled together."""
     e = serving_engine(tmp_path / "e")
     release = threading.Event()
     try:
         blocker = e.submit(release.wait)
-        assert e.predict_now(rows(1, 1), None, NOW) is None  # the worker holds the lock
-        later = e.submit_predict(rows(1, 2), None, NOW)
+        first = e.submit_predict(rows(1, 1), ["first"], NOW, here=True)
+        assert not e.settle_here()  # the worker holds the lock: it takes them once free
+        assert not first.done()
         release.set()
         blocker.result(timeout=10)
-        assert later.result(timeout=10).ids
-        assert e.predict_now(rows(INLINE_INSTANCES + 1, 3), None, NOW) is None
-        answer = e.predict_now(rows(INLINE_INSTANCES, 4), None, NOW)
-        assert answer is not None
-        assert len(answer.predictions) == INLINE_INSTANCES
-        assert e.run(lambda: e.monitor_index) == 1 + INLINE_INSTANCES
+        assert first.result(timeout=10).ids == ["first"]
+        large = [
+            e.submit_predict(rows(INLINE_GROUP // 2 + 1, k), None, NOW, here=True) for k in (2, 3)
+        ]
+        assert not e.settle_here()
+        assert [len(a.result(timeout=10).predictions) for a in large] == [INLINE_GROUP // 2 + 1] * 2
+        together = [
+            e.submit_predict(rows(2, k), [f"t{k}-0", f"t{k}-1"], NOW, here=True) for k in range(4)
+        ]
+        assert e.settle_here()  # all four, one model call and one commit
+        assert all(a.done() for a in together)
+        assert [a.result().ids for a in together] == [[f"t{k}-0", f"t{k}-1"] for k in range(4)]
+        n = 1 + 2 * (INLINE_GROUP // 2 + 1) + 8
+        assert e.run(lambda: e.monitor_index) == n
+        with e.store.reader() as db:
+            stored = db.execute("SELECT rid FROM records ORDER BY idx").fetchall()
+        assert stored[0] == ("first",)
+        assert [r for (r,) in stored[-8:]] == [f"t{k}-{j}" for k in range(4) for j in range(2)]
     finally:
         e.close()
 
@@ -236,7 +266,7 @@ def test_a_swap_rebaselines_after_the_predictions_of_the_model_before(tmp_path: 
     e = serving_engine(tmp_path / "e")
     try:
         for i in range(3):
-            assert e.predict_now(rows(1, i), None, NOW) is not None
+            assert here(e, rows(1, i)) is not None
         e.run(e.rebaseline)
         status = e.monitor.status()
         assert status["baseline_index"] == 3  # not 0: the detectors saw records 1-3 first
@@ -254,7 +284,7 @@ def test_a_shifted_stream_answered_at_once_still_raises_its_alarm(tmp_path: Path
     try:
         stream = rows(3000, 1) + rows(1500, 2, shift=2.0)
         for r in stream:
-            assert e.predict_now([r], None, NOW) is not None
+            assert here(e, [r]) is not None
             e.monitor_soon()
         e.monitor_soon(batch=1)
         assert e.monitor_index == len(stream)
@@ -282,7 +312,7 @@ def test_predictions_monitored_together_are_seen_as_if_one_at_a_time(tmp_path: P
         requests.append((rows(n, 1000 + k, shift=k / 20), ids))
     try:
         for instances, ids in requests:
-            assert batched.predict_now(instances, ids, NOW) is not None
+            assert here(batched, instances, ids) is not None
             one_by_one.predict(instances, ids, NOW)
         batched.run(lambda: None)  # any work in order: the monitor's pass goes first
         assert batched.monitor_index == one_by_one.monitor_index
@@ -314,22 +344,24 @@ def test_a_model_slow_on_the_event_loop_is_left_to_the_worker_while_it_stays_slo
     e = serving_engine(tmp_path / "e", timer=timer)
     try:
         answered = 0
-        while e.predict_now(rows(1, answered), None, NOW) is not None:
+        while here(e, rows(1, answered)) is not None:
             answered += 1
             assert answered < 10, "a slow model stays on the event loop"
         assert answered == 3  # smoothed: 0.5, 0.95, 1.36 budgets
         assert e.submit_predict(rows(1, 99), None, NOW).result(timeout=10).ids
-        assert e.predict_now(rows(1, 98), None, NOW) is None  # still slow on the worker
+        assert here(e, rows(1, 98)) is None  # still slow on the worker
         timer.step = 0.0  # fast again
-        for k in range(6):  # from 1.72 budgets, 0.9 of it each time: 0.91 after six
-            assert e.submit_predict(rows(1, 200 + k), None, NOW).result(timeout=10).ids
-        assert e.predict_now(rows(1, 100), None, NOW) is not None
+        on_worker = 0  # each takes 0.9 of the smoothed cost: under the budget within a dozen
+        while here(e, rows(1, 200 + on_worker)) is None:
+            on_worker += 1
+            assert on_worker < 12, "a model fast again stays on the worker"
+        assert on_worker >= 5
         timer.step = 5 * INLINE_SECONDS
-        while e.predict_now(rows(1, answered), None, NOW) is not None:
+        while here(e, rows(1, answered)) is not None:
             answered += 1
         live = e.serving.current
         assert live is not None
         e.run(lambda: e.serving.swap(dataclasses.replace(live, version=2)))
-        assert e.predict_now(rows(1, 300), None, NOW) is not None
+        assert here(e, rows(1, 300)) is not None
     finally:
         e.close()

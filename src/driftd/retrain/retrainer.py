@@ -354,6 +354,7 @@ class Retrainer:
         recent ``window_rows`` labelled rows; a drift job's holdout is the newest slice of the
         rows after its change point, so that every candidate is judged on the new regime."""
         cfg = self.settings
+        started = time.monotonic()
         since = self.clock() - cfg.retrain.max_age_seconds if cfg.retrain.max_age_seconds else None
         snap = self.store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
         after = (
@@ -379,6 +380,7 @@ class Retrainer:
             trained_until=int(snap.idx[-1]) if len(snap) else 0,
             members=tuple((m.name, m.rows) for m in members),
             online=None if fast else self._online(train.idx, hold.idx),
+            snapshot_seconds=time.monotonic() - started,
         )
 
     def _online(self, train_idx: Any, hold_idx: Any) -> OnlineFit | None:
@@ -430,13 +432,21 @@ class Retrainer:
         trained_until: int = 0,
         members: tuple[tuple[str, int], ...] = (),
         online: OnlineFit | None = None,
+        snapshot_seconds: float = 0.0,
     ) -> tuple[Outcome, dict[str, Any]]:
         """Fit the pool (one model on every row when ``members`` is empty and ``online`` is
-        ``None``), score, gate, and deploy or reject. Shared by retrains and the bootstrap."""
+        ``None``), score, gate, and deploy or reject. Shared by retrains and the bootstrap.
+
+        The record's ``stages`` say where the job's wall time went, in seconds: reading the
+        rows (``snapshot``), the training process's fit and evaluation as this process waited
+        for them (``fit``; ``fit_seconds`` is the training process's own count), the gate's
+        scoring of the champion (``judge``) and the deploy (``deploy``)."""
         cfg = self.settings
         live_metric = self.schema.live_metric
+        stages = {"snapshot": round(snapshot_seconds, 3)}
         base: dict[str, Any] = {
             "rows": len(y_train) + len(y_hold),
+            "stages": stages,
             "window": window,
             "trained_until": trained_until,
         }
@@ -461,7 +471,9 @@ class Retrainer:
             tie_margin=cfg.gate.tie_margin,
             refit=bool(members or online) and cfg.pool.refit,
         )
+        mark = time.monotonic()
         result = self.fit(fit_job)
+        stages["fit"] = round(time.monotonic() - mark, 3)
         base["fit_seconds"] = round(result.seconds, 3)
         if result.pool:
             base["pool"] = result.pool
@@ -483,7 +495,9 @@ class Retrainer:
             return outcome, {**base, "error": result.error, "traceback": result.traceback}
         assert result.evaluation is not None  # the job had a holdout
         challenger = job.reasons == ["challenger"]
+        mark = time.monotonic()
         verdict, scores = self._judge(result.evaluation, X_hold, y_hold, challenger=challenger)
+        stages["judge"] = round(time.monotonic() - mark, 3)
         base.update(verdict=verdict.as_dict(), scores=scores)
         if not verdict.passed:
             self._keep_rejected(job, result.artifact, verdict, base)
@@ -513,6 +527,7 @@ class Retrainer:
         champion = self.models.current
         previous = champion.version if champion is not None else None
         calibrator = None if calibration is None else calibration.calibrator
+        mark = time.monotonic()
         version = self.models.deploy(
             result.artifact,
             manifest,
@@ -520,6 +535,7 @@ class Retrainer:
             model=result.evaluation.model(),
             calibration=None if calibrator is None else calibrator.dumps(),
         )
+        stages["deploy"] = round(time.monotonic() - mark, 3)
         expected = scores["candidate"].get(live_metric, math.nan)
         if cfg.guard.records > 0 and previous is not None and math.isfinite(expected):
             self.guard = Guard(

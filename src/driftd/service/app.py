@@ -57,12 +57,10 @@ def create_app(
     auth: Authorizer,
     open_probes: bool,
     lifespan: Any = None,
-    in_flight: Callable[[], int] = lambda: 1,
 ) -> FastAPI:
     """The application over ``parts`` (the daemon's, once started). With tokens in ``auth``,
     every route needs its scope; the probes (health, readiness, metrics) stay open while
-    ``open_probes``. ``in_flight`` counts the requests the server is working on (a prediction
-    with none beside it is answered without the worker)."""
+    ``open_probes``."""
     docs = Validators(schema)  # uncapped: the documented schema leaves the cap to the 413
     app = FastAPI(
         title="driftd",
@@ -74,7 +72,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.api = routes.Api(Bodies(schema, server), metrics, parts, in_flight)
+    app.state.api = routes.Api(Bodies(schema, server), metrics, parts)
     _refusals(app, metrics)
     _routes(_Registrar(app, auth), docs, probes=None if open_probes else "read")
     app.openapi = lambda: _openapi(app, docs, secured=auth.enabled)  # type: ignore[method-assign]

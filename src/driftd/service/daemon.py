@@ -301,7 +301,6 @@ class Daemon:
                 auth=Authorizer(cfg.scope_tokens()),  # token files are read here, at start-up
                 open_probes=cfg.auth.open_probes,
                 lifespan=self.lifespan,
-                in_flight=self._in_flight,
             ),
             host=cfg.server.host,
             port=cfg.server.port,
@@ -326,10 +325,6 @@ class Daemon:
         if not self.server.started:
             return 1
         return 0
-
-    def _in_flight(self) -> int:
-        """Requests the server has read and not answered yet."""
-        return len(self.server.server_state.tasks) if self.server is not None else 0
 
     @property
     def port(self) -> int | None:

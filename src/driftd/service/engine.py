@@ -19,13 +19,16 @@ not need to be ahead of the answer, and the client should not wait for them. Eve
 of work passes what is committed through the monitor first, so the detectors still see every
 record in index order and a swap rebaselines them at the right one.
 
-* An idle engine on a store that commits quickly (:meth:`Engine.predict_now`): the event loop
-  takes the lock and predicts and commits the request itself. A hop to the worker and back
-  costs more than a small prediction does, and nothing is waiting that it could jump ahead of.
-* Otherwise the requests are committed in groups (:meth:`Engine.submit_predict`): the worker
-  takes every prediction request waiting, answers them from one model call and stores them in
-  one transaction, then answers each. Concurrent clients share one commit and one pass through
-  sklearn's input checks instead of queueing for one each.
+Predictions are committed in groups (:meth:`Engine.submit_predict`): whoever takes them takes
+every request waiting, answers them from one model call and stores them in one transaction,
+then answers each. Concurrent clients share one commit and one pass through sklearn's input
+checks instead of queueing for one each.
+
+* An idle engine on a store that commits quickly (:meth:`Engine.settle_here`): the event loop,
+  having read the requests that arrived together, takes the lock and settles them itself. A
+  hop to the worker and back costs more than a small prediction does, and nothing is waiting
+  that they could jump ahead of.
+* Otherwise (large requests, a slow model or commit, other work waiting) the worker does.
 
 On a store that several daemons of the model share (``shared``), a record's pass through the
 monitor is not part of its write: whichever daemon stored it, the leader's engine reads it back
@@ -69,6 +72,7 @@ from driftd.monitor.estimated import Estimate
 from driftd.store import Blob, IngestResult, Joined, RecordStore
 
 __all__ = [
+    "INLINE_GROUP",
     "INLINE_INSTANCES",
     "MONITOR_BATCH",
     "Engine",
@@ -82,10 +86,11 @@ T = TypeVar("T")
 CHECKPOINT = "monitor.ckpt"
 LABEL_TYPE = "label_type"  # the store's state key for the class type the first label fixed
 FOLLOWED = "monitor_followed"  # the store's state key for how far the leader's monitor got
-# The largest request the event loop predicts itself (predict_now): the loop serves nothing else
-# meanwhile, so larger ones go to the worker, where the loop stays free to read other requests
-# (and where concurrent ones share a commit).
+# The largest request the event loop predicts itself (settle_here), and the most instances of
+# a group of requests it does: the loop serves nothing else meanwhile, so larger ones go to
+# the worker, where the loop stays free to read other requests.
 INLINE_INSTANCES = 16
+INLINE_GROUP = 64
 # Nor does it for a model whose requests of one group take longer than this, smoothed over the
 # last ten or so, on the loop or the worker alike (a 30 ms boosted model would hold up health
 # checks and scrapes; the worker leaves the loop free while the model's C code runs without
@@ -184,7 +189,7 @@ class Engine:
         self._asked: list[_Asked] = []  # predictions waiting for the worker, in arrival order
         self._asked_lock = threading.Lock()  # guards _asked and the counts of queued work
         self._drain_queued = False
-        self._lock = threading.Lock()  # held by whoever runs traffic: the worker or predict_now
+        self._lock = threading.Lock()  # held by whoever runs traffic: the worker or settle_here
         self._queued = 0  # pieces of work submitted to the worker and not finished
         self._unmonitored: list[_Stored] = []  # committed, not yet monitored, in order
         self._unmonitored_rows = 0
@@ -298,46 +303,61 @@ class Engine:
         self._monitor_pending()
         return result
 
-    def predict_now(
-        self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
-    ) -> PredictResult | None:
-        """One request's predictions, committed here and now (on the event loop), or ``None``
-        when the engine is not idle, the request is large or the store's commit may wait: then
-        :meth:`submit_predict` it, as for a model that is slow here (see
-        :data:`INLINE_SECONDS`). The monitor sees them at :meth:`monitor_soon`."""
-        if len(instances) > INLINE_INSTANCES or not self.store.quick_commit:
-            return None
-        current, (version, cost) = self.serving.current, self._inline_cost
-        if current is not None and current.version == version and cost > INLINE_SECONDS:
-            return None
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            with self._asked_lock:
-                if self._queued or self._closed:  # work that arrived first is waiting
-                    return None
-            start = self.timer()
-            asked = _Asked(instances, ids, now)
-            live = self._live()  # read holding the lock: a swap is in order with traffic
-            preds, probas = self._answers(live, [asked])
-            result = self._commit(live, [asked], preds, probas)[0]
-            self._took(live.version, self.timer() - start)
-            return result
-        finally:
-            self._lock.release()
-
     def submit_predict(
-        self, instances: list[dict[str, float | str]], ids: list[str] | None, now: float
+        self,
+        instances: list[dict[str, float | str]],
+        ids: list[str] | None,
+        now: float,
+        *,
+        here: bool = False,
     ) -> Future[PredictResult]:
-        """Queue a prediction request for the worker (from any thread); its answer comes once it
-        is committed, together with every other request waiting when the worker takes them."""
+        """Queue a prediction request (from any thread); its answer comes once it is committed,
+        together with every other request waiting when they are taken: by the worker, or with
+        ``here`` by the caller's next :meth:`settle_here` when it can (the event loop)."""
         asked = _Asked(instances, ids, now)
         with self._asked_lock:
             self._asked.append(asked)
-            queued, self._drain_queued = self._drain_queued, True
-        if not queued:
+            queue = not here and not self._drain_queued
+            self._drain_queued = self._drain_queued or queue
+        if queue:
             self._submit(self._drain, monitor_first=False)  # answers before the monitor
         return asked.answer
+
+    def settle_here(self) -> bool:
+        """Predict, commit and answer the requests waiting, here and now (on the event loop,
+        after it read the requests that arrived together), when nothing else waits for the
+        engine, they are few (:data:`INLINE_GROUP`), the store's commit does not wait
+        (``RecordStore.quick_commit``) and the model is quick (:data:`INLINE_SECONDS`): no hop
+        to the worker and back. Otherwise the worker takes them. Returns whether they were
+        settled here. The monitor sees them at :meth:`monitor_soon`."""
+        if self._settled_here():
+            return True
+        with self._asked_lock:
+            queue = bool(self._asked) and not self._drain_queued
+            self._drain_queued = self._drain_queued or queue
+        if queue:
+            self._submit(self._drain, monitor_first=False)
+        return False
+
+    def _settled_here(self) -> bool:
+        if not self.store.quick_commit:
+            return False
+        current, (version, cost) = self.serving.current, self._inline_cost
+        if current is not None and current.version == version and cost > INLINE_SECONDS:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            with self._asked_lock:
+                if self._queued or self._closed:  # work that arrived first is waiting
+                    return False
+                if sum(len(a.instances) for a in self._asked) > INLINE_GROUP:
+                    return False
+                group, self._asked = self._asked, []
+            self._settle([a for a in group if a.answer.set_running_or_notify_cancel()])
+            return True
+        finally:
+            self._lock.release()
 
     def monitor_soon(self, batch: int = MONITOR_BATCH) -> None:
         """Pass the committed predictions the monitor has not seen yet through it, once there
@@ -388,7 +408,7 @@ class Engine:
         request it belongs to; one after it reaches every request of the transaction."""
         if not group:
             return
-        start = self.timer()
+        start = self.timer()  # what a group the loop could take costs (see INLINE_SECONDS)
         try:
             live = self._live()
             preds, probas = self._answers(live, group)
@@ -405,8 +425,8 @@ class Engine:
             for asked in group:
                 asked.answer.set_exception(exc)
             return
-        if len(group) == 1 and len(group[0].instances) <= INLINE_INSTANCES:
-            self._took(live.version, self.timer() - start)  # what it would cost the loop
+        if sum(len(a.instances) for a in group) <= INLINE_GROUP:
+            self._took(live.version, self.timer() - start)  # what it costs the loop
         for asked, result in zip(group, results, strict=True):
             asked.answer.set_result(result)
 

@@ -27,7 +27,7 @@ from driftd.ingest.validation import FieldError, Validators
 from driftd.metrics import Metrics
 from driftd.models.serving import WarmupError
 from driftd.service.body import Bodies
-from driftd.service.engine import Engine, NoModel
+from driftd.service.engine import INLINE_INSTANCES, Engine, NoModel
 from driftd.service.http import ApiError, RollbackRequest, error_response, json_response
 from driftd.service.parts import Parts
 
@@ -57,8 +57,6 @@ class Api:
     bodies: Bodies
     metrics: Metrics
     parts: Callable[[], Parts | None]
-    #: How many requests the server has read and not answered yet (this one included).
-    in_flight: Callable[[], int] = lambda: 1
 
 
 def _api(request: Request) -> Api:
@@ -96,13 +94,18 @@ async def predict(request: Request) -> Response:
         )
     parts = _parts(api)
     engine, now = parts.engine, time.time()
+    here = len(instances) <= INLINE_INSTANCES
     try:
-        # Answered once committed: here when the engine is idle, else on the worker with the
-        # other requests waiting then (group commit). The monitor sees them after the answer.
-        # Alone: no other request could share a group, and nothing waits behind this one.
-        result = engine.predict_now(instances, ids, now) if api.in_flight() <= 1 else None
-        if result is None:
-            result = await asyncio.wrap_future(engine.submit_predict(instances, ids, now))
+        # Answered once committed, in a group with the requests waiting then: here, after
+        # the loop has read the ones that arrived together, when the engine is idle; else on
+        # the worker. The monitor sees them after the answer.
+        answer = engine.submit_predict(instances, ids, now, here=here)
+        if here:
+            try:
+                await asyncio.sleep(0)  # the requests read with this one join its group
+            finally:  # cancelled or not, the group is taken (here or by the worker)
+                engine.settle_here()
+        result = answer.result() if answer.done() else await asyncio.wrap_future(answer)
     except NoModel:
         raise ApiError(
             503, "no_model", parts.no_model_reason(), headers={"Retry-After": "5"}
