@@ -570,7 +570,7 @@ def _finite(value: Any) -> float | None:
 
 
 # -- the result document's parts ---------------------------------------------------------------
-_WALL_KEYS = ("seconds", "fit_seconds")
+_WALL_KEYS = ("seconds", "fit_seconds", "stages")
 
 
 @dataclass(slots=True)
