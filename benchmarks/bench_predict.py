@@ -326,7 +326,7 @@ def _ratios(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]
 # -- where the time goes -----------------------------------------------------------------------
 def profile(n: int = 3000) -> dict[str, Any]:
     """One single-instance prediction inside the daemon's own parts (no HTTP), as one client's
-    request is served: predicted and committed by the caller (``Engine.predict_now``, as the
+    request is served: predicted and committed by the caller (``Engine.settle_here``, as the
     event loop does), then passed to the monitor (``Engine.monitor_soon``, as after the
     answer: a pass every 16 predictions). Its median time in microseconds, the monitor's
     share included, split by stage in the shares cProfile finds under the model calls, the
@@ -352,8 +352,10 @@ def profile(n: int = 3000) -> dict[str, Any]:
             one = instances(1, 7)
 
             def served() -> None:
-                if engine.predict_now(one, None, time.time()) is None:
+                answer = engine.submit_predict(one, None, time.time(), here=True)
+                if not engine.settle_here():
                     raise RuntimeError("the engine did not answer on the caller's thread")
+                answer.result()
                 engine.monitor_soon()
 
             total: list[float] = []
