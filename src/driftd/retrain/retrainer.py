@@ -54,7 +54,7 @@ from driftd.retrain.gate import Gate, Verdict
 from driftd.retrain.guard import Guard
 from driftd.retrain.policy import Decision, Job, Outcome, RetrainPolicy
 from driftd.retrain.pool import online_estimator, plan
-from driftd.store import Blob, Joined, RecordStore
+from driftd.store import Blob, Joined, RecordStore, Snapshot
 
 __all__ = ["ONLINE_KEY", "POLICY_KEY", "Fit", "Retrainer"]
 
@@ -356,7 +356,10 @@ class Retrainer:
         cfg = self.settings
         started = time.monotonic()
         since = self.clock() - cfg.retrain.max_age_seconds if cfg.retrain.max_age_seconds else None
-        snap = self.store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
+        first = _first_drift(job)
+        snap = self._since_change(job, since) if first and cfg.pool.fast_first else None
+        if snap is None:
+            snap = self.store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
         after = (
             None if job.drift_point is None else int(np.count_nonzero(snap.idx >= job.drift_point))
         )
@@ -367,7 +370,6 @@ class Retrainer:
         X_train = matrix(self.schema, train.numeric, train.categorical)
         X_hold = matrix(self.schema, hold.numeric, hold.categorical)
         since_change = None if after is None else max(0, after - len(hold))
-        first = _first_drift(job)
         members = plan(cfg.pool, train_rows=len(train), since_change=since_change, first=first)
         fast = first and cfg.pool.fast_first and [m.name for m in members] == ["since_change"]
         return self.evaluate_and_deploy(
@@ -382,6 +384,26 @@ class Retrainer:
             online=None if fast else self._online(train.idx, hold.idx),
             snapshot_seconds=time.monotonic() - started,
         )
+
+    def _since_change(self, job: Job, since: float | None) -> Snapshot | None:
+        """A drift regime's first retrain reads the rows since its change point alone: the
+        fast fit (:func:`plan`) fits nothing else, and reading the whole window cost it 0.15 s
+        of about 0.8 at 2,000 records/s. ``None`` (read the whole window and plan as before)
+        when they would not make that fit: fewer than the pool's ``min_rows`` beside the
+        holdout, or one class."""
+        if job.drift_point is None:
+            return None
+        cfg = self.settings
+        snap = self.store.snapshot(
+            limit=cfg.retrain.window_rows, since_idx=job.drift_point - 1, since_ts=since
+        )
+        hold = self.holdout_size(len(snap))
+        if len(snap) - hold < max(cfg.pool.min_rows, hold // 2 + 1, 10):
+            return None
+        train, _ = snap.split(hold)
+        if self.schema.task == "classification" and len(set(train.labels)) < 2:
+            return None
+        return snap
 
     def _online(self, train_idx: Any, hold_idx: Any) -> OnlineFit | None:
         """The online learner's part of the job: its saved state, if it is of the configured
