@@ -286,6 +286,24 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert {"since_change", "window", "online"} <= {c["name"] for c in finished(parts)["pool"]}
 
 
+def test_a_first_drift_retrain_with_too_few_rows_since_the_change_reads_the_whole_window(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """Fewer rows since the change point than the pool's min_rows would not make the fast fit:
+    the first retrain reads the whole window and plans its pool from it, as it always did."""
+    parts = build(pool="min_rows = 5000")
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "old", clock)
+    play(parts, make_rows(600, seed=3, flip=True), "new", clock)
+    job = parts.retrainer.poll()
+    assert job is not None and job.reasons == ["drift"]
+    parts.retrainer.run(job)
+    record = finished(parts)
+    assert job.drift_point is not None
+    assert record["window"]["first_index"] < job.drift_point
+    assert len(fits.jobs[-1].y) > record["window"]["rows_since_change"]
+
+
 def test_a_drift_alarm_preempts_a_running_challenger_but_not_a_first_drift_retrain(
     build: Callable[..., Parts], clock: Clock, fits: Fits
 ) -> None:
