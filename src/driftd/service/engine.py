@@ -403,9 +403,10 @@ class Engine:
         self._settle([a for a in group if a.answer.set_running_or_notify_cancel()])
 
     def _settle(self, group: list[_Asked]) -> None:
-        """Predict, store and monitor ``group`` as one batch and answer each request. A failure
-        before the store write is retried a request at a time, so that it reaches only the
-        request it belongs to; one after it reaches every request of the transaction."""
+        """Predict and store ``group`` as one batch, leave it to the monitor's next pass and
+        answer each request. A failure before the store write is retried a request at a time,
+        so that it reaches only the request it belongs to; one after it reaches every request
+        of the transaction."""
         if not group:
             return
         start = self.timer()  # what a group the loop could take costs (see INLINE_SECONDS)
