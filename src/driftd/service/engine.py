@@ -317,10 +317,8 @@ class Engine:
         asked = _Asked(instances, ids, now)
         with self._asked_lock:
             self._asked.append(asked)
-            queue = not here and not self._drain_queued
-            self._drain_queued = self._drain_queued or queue
-        if queue:
-            self._submit(self._drain, monitor_first=False)  # answers before the monitor
+        if not here:
+            self._queue_drain()
         return asked.answer
 
     def settle_here(self) -> bool:
@@ -332,12 +330,16 @@ class Engine:
         settled here. The monitor sees them at :meth:`monitor_soon`."""
         if self._settled_here():
             return True
+        self._queue_drain()
+        return False
+
+    def _queue_drain(self) -> None:
+        """Have the worker take the requests waiting, unless it is about to already."""
         with self._asked_lock:
             queue = bool(self._asked) and not self._drain_queued
             self._drain_queued = self._drain_queued or queue
         if queue:
-            self._submit(self._drain, monitor_first=False)
-        return False
+            self._submit(self._drain, monitor_first=False)  # answers before the monitor
 
     def _settled_here(self) -> bool:
         if not self.store.quick_commit:
@@ -910,9 +912,12 @@ def _runs(stored: list[_Stored]) -> list[list[_Stored]]:
 def _joined_column(run: list[_Stored], column: Callable[[_Stored], Sequence[Any] | None]) -> Any:
     """One column of a run's batches end to end, ``None`` where a batch lacks it, or ``None``
     when every batch does."""
-    if len(run) == 1 or all(column(b) is None for b in run):
-        return column(run[0]) if len(run) == 1 else None
-    return [v for b in run for v in (column(b) or [None] * len(b.features))]
+    columns = [column(b) for b in run]
+    if all(c is None for c in columns):
+        return None
+    if len(columns) == 1:
+        return columns[0]
+    return [v for b, c in zip(run, columns, strict=True) for v in (c or [None] * len(b.features))]
 
 
 def _numeric(run: list[_Stored]) -> npt.NDArray[np.float64] | None:
