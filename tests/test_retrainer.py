@@ -268,6 +268,9 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert set(pool) == {"since_change"} and pool["since_change"]["rows"] < 600
     assert trained.online is None
     assert all(i >= point for i in parts.store.snapshot(limit=len(trained.holdout[1])).idx)
+    # where its wall time went, for the audit log
+    assert set(record["stages"]) == {"snapshot", "fit", "judge", "deploy"}
+    assert all(v >= 0 for v in record["stages"].values())
     # it read the rows since the change point alone: all it fits, and its holdout
     assert record["window"]["first_index"] >= point
     assert len(trained.y) == pool["since_change"]["rows"]
