@@ -19,9 +19,11 @@ from driftd.models.calibration import (
     Calibrator,
     Correctness,
     IsotonicMap,
+    Rows,
     calibrate,
     expected_calibration_error,
 )
+from driftd.retrain.fit import out_of_fold
 from tests.streams import logistic, redundant
 
 
@@ -173,7 +175,8 @@ def test_a_correctness_model_follows_a_shift_toward_where_the_model_is_wrong() -
         decision = calibrate(raw, y_hold, raw.argmax(axis=1), ["0", "1"], numeric=X_hold)
         calibrator = decision.calibrator
         assert calibrator is not None and calibrator.correctness is not None
-        assert decision.record()["correctness"] == {"applied": True, "inputs": 2, "degree": 2}
+        correctness = {"applied": True, "inputs": 2, "degree": 2, "cross_fitted": 0}
+        assert decision.record()["correctness"] == correctness
         X_new, y_new = subgroup(rng, 20_000, 0.7)
         realized = float((model.predict(X_new) == y_new).mean())
         mapped = Calibrator(("0", "1"), calibrator.maps) if calibrator.maps else None
@@ -183,6 +186,41 @@ def test_a_correctness_model_follows_a_shift_toward_where_the_model_is_wrong() -
     assert all(e < r for e, r in zip(errors, raw_errors, strict=True)), (errors, raw_errors)
     assert np.median(errors) < 0.02 < min(raw_errors), (errors, raw_errors)
     assert np.median(errors) < np.median(mapped_errors), (errors, mapped_errors)
+
+
+def onto_boundary(rng: np.random.Generator, n: int, centre: float) -> tuple[np.ndarray, ...]:
+    """Logistic classes around x0 + x1 = 0, the inputs ``centre`` off it on either side."""
+    x = rng.choice((-1.0, 1.0), size=(n, 1)) * centre + rng.normal(0, 1, size=(n, 2))
+    y = (rng.random(n) < 1 / (1 + np.exp(-2 * (x[:, 0] + x[:, 1])))).astype(int)
+    return x, y
+
+
+def test_a_small_holdouts_correctness_model_learns_from_the_training_rows_out_of_fold() -> None:
+    """A first model's 1,000-row holdout, far from the boundary, holds about 25 mistakes: a
+    correctness model of them alone misjudges the inputs moving onto the boundary. Lent the
+    4,000 training rows, each predicted by a model fitted without its fold, its estimate is
+    within 0.015 of the realized accuracy in every seed (alone: up to 0.047), and its mean
+    error less than half of the holdout's alone."""
+    alone, lent = [], []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        X, y = onto_boundary(rng, 5000, 1.6)
+        model = LogisticRegression().fit(X[:4000], y[:4000])
+        raw = model.predict_proba(X[4000:])
+        top = raw.argmax(axis=1)
+        confidence, right = out_of_fold(LogisticRegression, X[:4000], y[:4000])
+        assert confidence.shape == right.shape == (4000,) and set(right) == {0.0, 1.0}
+        decided = {
+            name: calibrate(raw, y[4000:], top, ["0", "1"], numeric=X[4000:], also=also)
+            for name, also in (("alone", None), ("lent", Rows(X[:4000], confidence, right)))
+        }
+        assert decided["lent"].record()["correctness"]["cross_fitted"] == 4000
+        X_new, y_new = onto_boundary(rng, 20_000, 0.4)
+        realized = float((model.predict(X_new) == y_new).mean())
+        alone.append(abs(estimate(decided["alone"].calibrator, model, X_new) - realized))
+        lent.append(abs(estimate(decided["lent"].calibrator, model, X_new) - realized))
+    assert max(lent) < 0.015 < max(alone), (lent, alone)
+    assert np.mean(lent) < np.mean(alone) / 2, (lent, alone)
 
 
 @pytest.mark.parametrize("seed", range(5))

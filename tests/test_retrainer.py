@@ -252,6 +252,7 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     whole pool."""
     parts = build()
     parts.bootstrap.run()
+    assert fits.jobs[-1].cross_fit  # not in a race: its small holdout is lent the rows
     play(parts, make_rows(1000, seed=2), "old", clock)
     assert parts.retrainer.poll() is None
     play(parts, make_rows(600, seed=3, flip=True), "new", clock)
@@ -266,7 +267,7 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert record["window"]["since_drift_point"] == point
     pool = {c["name"]: c for c in record["pool"]}
     assert set(pool) == {"since_change"} and pool["since_change"]["rows"] < 600
-    assert trained.online is None
+    assert trained.online is None and not trained.cross_fit
     assert all(i >= point for i in parts.store.snapshot(limit=len(trained.holdout[1])).idx)
     # where its wall time went, for the audit log
     assert set(record["stages"]) == {"snapshot", "fit", "judge", "deploy"}
@@ -287,6 +288,7 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert growth is not None and growth.reasons == ["drift_growth"]
     parts.retrainer.run(growth)
     assert {"since_change", "window", "online"} <= {c["name"] for c in finished(parts)["pool"]}
+    assert not fits.jobs[-1].cross_fit
 
 
 def test_a_first_drift_retrain_with_too_few_rows_since_the_change_reads_the_whole_window(

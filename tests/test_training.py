@@ -237,7 +237,12 @@ def test_the_training_process_calibrates_an_overconfident_candidate_on_its_holdo
     record = calibration.record()
     assert record["applied"] and record["rows"] == 1000 and record["folds"] == 5
     assert record["ece_before"] > 0.15 and record["ece_after"] < record["ece_before"] / 3
-    assert record["correctness"] == {"applied": True, "inputs": 8, "degree": 2}
+    assert record["correctness"] == {
+        "applied": True,
+        "inputs": 8,
+        "degree": 2,
+        "cross_fitted": 0,
+    }
 
     lr = candidate(
         "sklearn.linear_model.LogisticRegression",
@@ -249,6 +254,28 @@ def test_the_training_process_calibrates_an_overconfident_candidate_on_its_holdo
     calibrator = evaluation.calibration.calibrator
     assert calibrator is not None and calibrator.maps == () and calibrator.correctness is not None
     assert evaluation.calibration.record()["applied"] is False
+
+
+def test_a_small_holdout_is_lent_the_chosen_candidates_rows_out_of_fold() -> None:
+    """A job that cross-fits lends its holdout's correctness model the out-of-fold
+    predictions of the rows the chosen candidate fitted; a job that does not (a drift
+    regime's), nothing."""
+    job = candidate(
+        "sklearn.linear_model.LogisticRegression",
+        *logistic(np.random.default_rng(2), 2400),
+        task="classification",
+    )
+    job = dataclasses.replace(job, members=(("window", 1200), ("recent", 600)))
+
+    def lent(job: FitJob) -> tuple[int, int]:
+        result = fit_and_dump(job)
+        assert result.evaluation is not None and result.evaluation.calibration is not None
+        rows = dict(job.members)[result.chosen or ""]
+        return rows, result.evaluation.calibration.record()["correctness"]["cross_fitted"]
+
+    rows, cross_fitted = lent(dataclasses.replace(job, cross_fit=True))
+    assert cross_fitted == rows
+    assert lent(job)[1] == 0
 
 
 def test_a_regressor_has_no_calibration() -> None:

@@ -33,12 +33,15 @@ inputs can only say "wrong on one side"). It is fitted on every holdout of
 holdout's own mixture, where a calibrated confidence is right on average too (measured: the
 one-standard-error rule on the out-of-fold Brier score, and on the ECE over k-means regions of
 the inputs, never kept it, in any seed of the benchmark's scenarios, including those where it
-halves the error under shift). Its price is the holdout's sampling error, which its estimate
-inherits (a logistic regression's mean prediction is its training rows' mean): about
-``sqrt(a (1 - a) / rows)`` for an accuracy ``a``, 0.013 at 1,000 rows and 0.82, 0.006 at
-4,000. It sets each row's probability of the predicted class, the others scaled to the
-rest. Under covariate shift, where the chance of being right given the inputs stays
-put, its estimate follows the inputs; a map of the confidence cannot.
+halves the error under shift). Its price is the sampling error of the rows it learns from,
+which its estimate inherits (a logistic regression's mean prediction is its training rows'
+mean): about ``sqrt(a (1 - a) / rows)`` for an accuracy ``a``, 0.013 at 1,000 rows and 0.82,
+0.006 at 4,000. So a small holdout is lent more rows (:class:`Rows`): the training rows, each
+predicted by a model of the same family fitted without it (out of fold), whose mistakes are
+the family's as the holdout's are (:func:`driftd.retrain.fit.out_of_fold`). It sets each
+row's probability of the predicted class, the others scaled to the rest. Under covariate
+shift, where the chance of being right given the inputs stays put, its estimate follows the
+inputs; a map of the confidence cannot.
 
 This module never reads a file: the registry stores and verifies the bytes.
 
@@ -68,6 +71,7 @@ __all__ = [
     "Calibrator",
     "Correctness",
     "IsotonicMap",
+    "Rows",
     "calibrate",
     "expected_calibration_error",
 ]
@@ -255,13 +259,28 @@ class Calibrator:
 
 
 @dataclass(frozen=True, slots=True)
+class Rows:
+    """More rows for the correctness model than the holdout's: the ``numeric`` inputs of
+    rows the model did not learn from, the probability of the class predicted for each
+    (``confidence``) and whether that class was right (``right``, 1.0 or 0.0)."""
+
+    numeric: Floats
+    confidence: Floats
+    right: Floats
+
+    def __len__(self) -> int:
+        return len(self.right)
+
+
+@dataclass(frozen=True, slots=True)
 class Calibration:
     """What a deploy's holdout decided: the calibrator (``None`` when its maps did not help
     and no correctness model was fitted), the ECE of the raw and of the out-of-fold calibrated
     probabilities (means over the folds) and the standard error of the gain; ``ece_after``
     and ``ece_se`` are ``None``, and ``folds`` 0, when the holdout had fewer than
     :data:`MIN_ROWS` rows. ``correctness`` says whether a correctness model was fitted, on how
-    many inputs and of which degree (``None`` when there were no numeric inputs)."""
+    many inputs, of which degree, and on how many rows beyond the holdout's
+    (``cross_fitted``; ``None`` when there were no numeric inputs)."""
 
     calibrator: Calibrator | None
     ece_before: float
@@ -303,6 +322,7 @@ def calibrate(
     classes: Sequence[str],
     *,
     numeric: Floats | None = None,
+    also: Rows | None = None,
     folds: int = FOLDS,
     seed: int = 0,
 ) -> Calibration:
@@ -312,7 +332,8 @@ def calibrate(
     ``predicted`` the class indices of the true labels (-1 for a class the model does not
     know) and of the model's predictions. The ECE is that of the predicted class's
     probability, the one the estimate averages. With the holdout's ``numeric`` inputs (the
-    model's numeric columns), a correctness model is fitted too."""
+    model's numeric columns), a correctness model is fitted too, on ``also``'s rows as
+    well as the holdout's; the maps are the holdout's alone."""
     from sklearn.model_selection import KFold
 
     if len(labels) < MIN_ROWS:
@@ -328,13 +349,18 @@ def calibrate(
     kept = _fit(proba, labels, classes) if gains.mean() > se else None
     correctness, account = None, None
     if numeric is not None and numeric.shape[1] > 0:
-        rows = np.arange(len(labels))
         right = (labels == predicted).astype(np.float64)
-        correctness = _fit_correctness(numeric, proba[rows, predicted], right)
+        confidence = proba[np.arange(len(labels)), predicted]
+        if also is not None and len(also):
+            numeric = np.vstack([numeric, also.numeric])
+            confidence = np.concatenate([confidence, also.confidence])
+            right = np.concatenate([right, also.right])
+        correctness = _fit_correctness(numeric, confidence, right)
         account = {
             "applied": correctness is not None,
             "inputs": numeric.shape[1],
             "degree": None if correctness is None else correctness.degree,
+            "cross_fitted": 0 if also is None else len(also),
         }
     calibrator = None
     if kept is not None or correctness is not None:

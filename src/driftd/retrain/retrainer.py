@@ -492,6 +492,7 @@ class Retrainer:
             online=online,
             tie_margin=cfg.gate.tie_margin,
             refit=bool(members or online) and cfg.pool.refit,
+            cross_fit=job.drift_point is None,
         )
         mark = time.monotonic()
         result = self.fit(fit_job)
