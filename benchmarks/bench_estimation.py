@@ -150,6 +150,8 @@ def run(scenario: Scenario, seed: int, delay: int, reference: int) -> dict[str, 
     default = runs["default"]
     estimated, labelled = default["estimated"], default["labelled"]
     return {
+        "series": default["series"],
+        "alarms": (estimated, labelled),
         "mae": default["mae"],
         "mae_confidence": runs["confidence"]["mae"],
         "mae_holdout": runs["holdout"]["mae"] if "holdout" in runs else default["mae"],
@@ -178,6 +180,7 @@ def stream(
     the records at which its two alarms fired."""
     monitor = Monitor(schema, MonitorConfig())
     errors: list[float] = []
+    series: list[tuple[int, float, float]] = []  # record, estimated, realized
     alarms: dict[str, int] = {}
     for start in range(0, N, BATCH):
         stop = start + BATCH
@@ -194,9 +197,12 @@ def stream(
         if stop % EVERY == 0 and stop >= WINDOW:
             est = monitor.estimated_scores.get("accuracy")
             if est is not None:
-                errors.append(abs(est.value - float(right[stop - WINDOW : stop].mean())))
+                realized = float(right[stop - WINDOW : stop].mean())
+                errors.append(abs(est.value - realized))
+                series.append((stop, est.value, realized))
     return {
         "mae": statistics.fmean(errors),
+        "series": series,
         "estimated": alarms.get("performance_drop_estimated"),
         "labelled": alarms.get("concept_drift"),
     }
@@ -256,6 +262,36 @@ def median(values: list[float | None]) -> str:
     return text + (f" ({missing} none)" if missing and got else "")
 
 
+def figure(path: Path, delay: int) -> None:
+    """Estimated and realized accuracy of seed 0, first model (5,000 reference rows): a
+    covariate shift the estimate follows and a concept drift it cannot see."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [SCENARIOS[1], SCENARIOS[-1]]
+    fig, axes = plt.subplots(1, len(shown), figsize=(12, 4), sharey=True)
+    for ax, sc in zip(axes, shown, strict=True):
+        r = run(sc, 0, delay, REFERENCES[0])
+        x, est, real = zip(*r["series"], strict=True)
+        ax.plot(x, real, color="#1f5fbf", lw=1.6, label="realized (labels)")
+        ax.plot(x, est, color="#e69f00", lw=1.4, ls="--", label="estimated (before labels)")
+        ax.axvline(SHIFT, color="black", ls=":", lw=1.2, label="shift")
+        for at, colour, name in zip(
+            r["alarms"], ("#e69f00", "#d62728"), ("estimated alarm", "label alarm"), strict=True
+        ):
+            if at is not None:
+                ax.axvline(at, color=colour, lw=1.2, label=name)
+        ax.set(title=sc.name, xlabel="record", ylim=(0.4, 1.0))
+    axes[0].set_ylabel(f"accuracy of the last {WINDOW:,} predictions")
+    axes[0].legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"figure: {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20)
@@ -264,7 +300,10 @@ def main() -> None:
         "--references", type=int, nargs="+", default=list(REFERENCES), help="reference rows"
     )
     ap.add_argument("--stationary", type=int, default=1_000_000, help="records, per seed")
+    ap.add_argument("--png", type=Path, default=None, help="draw seed 0's series here")
     args = ap.parse_args()
+    if args.png is not None:
+        figure(args.png, args.delay)
     print(machine())
     print(f"{args.seeds} seeds; shift at record {SHIFT:,}; labels {args.delay:,} records late\n")
     print(
