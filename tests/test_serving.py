@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from driftd.models.calibration import calibrate
-from driftd.models.serving import ARGMAX_OF_PROBA, LiveModel, top_class
+from driftd.models.serving import ARGMAX_OF_PROBA, LOGISTIC, LiveModel, top_class
 
 
 def _data(classes: int, seed: int = 0) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -94,6 +94,35 @@ def test_the_known_names_are_the_classes_scikit_learn_has() -> None:
     """A scikit-learn release that moves one of these classes is noticed, not silently slower."""
     for est in ESTIMATORS:
         assert f"{type(est).__module__}.{type(est).__qualname__}" in ARGMAX_OF_PROBA
+    assert f"{LogisticRegression.__module__}.{LogisticRegression.__qualname__}" == LOGISTIC
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_logistic_regression_answers_what_its_checks_would_and_fails_as_they_do(
+    classes: int,
+) -> None:
+    """A logistic regression's probabilities are computed without scikit-learn's input
+    checks, to the bit what ``predict_proba`` gives, far out in the tails too; what those
+    checks are for still meets them: a missing value is refused with scikit-learn's own
+    error, and another dtype is converted as ``predict_proba`` converts it."""
+    X, y = _data(classes)
+    model = LogisticRegression().fit(X, y)
+    live = LiveModel(1, model, {}, 0.0)
+    tails = np.random.default_rng(2).normal(size=(200, 5)) * 40
+    for probe in (X, tails, X.astype(np.float32), np.rint(X).astype(np.int64)):
+        preds, probas = live.answer(probe, probabilities=True)
+        assert probas is not None
+        want = model.predict_proba(probe)
+        got = np.array([[row[str(c)] for c in model.classes_] for row in probas.raw])
+        assert np.array_equal(got, want)
+        assert preds == model.predict(probe).tolist()
+    holed = X[:3].copy()
+    holed[1, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN") as ours:
+        live.answer(holed, probabilities=True)
+    with pytest.raises(ValueError, match="Input X contains NaN") as theirs:
+        model.predict_proba(holed)
+    assert str(ours.value) == str(theirs.value)
 
 
 @pytest.mark.parametrize("classes", [2, 3])

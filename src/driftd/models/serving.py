@@ -46,6 +46,7 @@ ARGMAX_OF_PROBA = frozenset(
     }
 )
 PIPELINE = "sklearn.pipeline.Pipeline"
+LOGISTIC = "sklearn.linear_model._logistic.LogisticRegression"
 # Far above the rounding of an expit or a softmax (a few units in the last place of 1.0), far
 # below any difference between two classes' probabilities that decides a prediction.
 TIE = 1e-9
@@ -180,7 +181,7 @@ def _derived(model: Any, X: npt.NDArray[Any]) -> tuple[list[Label], npt.NDArray[
     scorer = _scorer(model)
     if scorer is None:
         return None
-    proba = np.asarray(scorer.predict_proba(X), dtype=np.float64)
+    proba = np.asarray(_predict_proba(scorer, X), dtype=np.float64)
     classes = np.asarray(scorer.classes_)
     if not _usable(proba, classes):
         return None
@@ -189,6 +190,35 @@ def _derived(model: Any, X: npt.NDArray[Any]) -> tuple[list[Label], npt.NDArray[
     if tied.any():
         preds[tied] = scorer.predict(X[tied])
     return _labels(preds), proba
+
+
+def _predict_proba(scorer: Any, X: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """``scorer.predict_proba(X)``. For a logistic regression given what it was fitted on (a
+    finite float64 matrix of its width, no column names), the same arithmetic, to the bit,
+    without scikit-learn's input checks, which are 85 us of its 88 on a single row of 20
+    inputs: the scores ``X @ coef_.T + intercept_``, then for two classes the expit of the one
+    column beside its complement, for more their softmax (scikit-learn 1.9's
+    ``predict_proba``). Anything else, a missing value among it, goes through
+    ``predict_proba``, its checks and its errors."""
+    if (
+        _name(scorer) == LOGISTIC
+        and X.dtype == np.float64
+        and X.ndim == 2
+        and X.shape[1] == getattr(scorer, "n_features_in_", -1)
+        and not hasattr(scorer, "feature_names_in_")
+        and np.isfinite(X).all()
+    ):
+        scores = X @ scorer.coef_.T + scorer.intercept_
+        if len(scorer.classes_) <= 2:
+            from scipy.special import expit
+
+            positive = expit(scores[:, 0])
+            return np.stack([1 - positive, positive], axis=1)
+        scores -= scores.max(axis=1).reshape(-1, 1)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1).reshape(-1, 1)
+        return np.asarray(scores)
+    return np.asarray(scorer.predict_proba(X), dtype=np.float64)
 
 
 def _scorer(model: Any) -> Any:
