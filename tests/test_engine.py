@@ -197,19 +197,20 @@ def test_an_idle_engine_answers_at_once_and_the_monitor_sees_it_in_order_later(
     after the predictions, in index order, none skipped."""
     e = serving_engine(tmp_path / "e")
     try:
-        answered = [here(e, r) for r in (rows(1, i) for i in range(5))]
+        few = MONITOR_BATCH - 1
+        answered = [here(e, r) for r in (rows(1, i) for i in range(few))]
         assert all(a is not None for a in answered)
         with e.store.reader() as db:  # committed before the answer
-            assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 5
-        assert e.monitor_index == 0  # 5 < MONITOR_BATCH: not yet
+            assert db.execute("SELECT count(*) FROM records").fetchone()[0] == few
+        assert e.monitor_index == 0  # fewer than MONITOR_BATCH: not yet
         e.monitor_soon()
         assert e.monitor_index == 0
         records: list[Record] = [{"features": f} for f in rows(3, 9)]
         e.run(e.add_records, records, "records", NOW)  # in order: the predictions go first
-        assert e.monitor_index == 8
+        assert e.monitor_index == few + 3
         same = serving_engine(tmp_path / "same")  # the same traffic, monitored as it comes
         try:
-            for i in range(5):
+            for i in range(few):
                 same.predict(rows(1, i), None, NOW)
             same.add_records(records, "records", NOW)
             assert e.detector_states() == same.detector_states()  # none skipped
@@ -218,10 +219,10 @@ def test_an_idle_engine_answers_at_once_and_the_monitor_sees_it_in_order_later(
         for i in range(MONITOR_BATCH):
             assert here(e, rows(1, 100 + i)) is not None
         e.monitor_soon()  # a batch is waiting: passed here
-        assert e.monitor_index == 8 + MONITOR_BATCH
+        assert e.monitor_index == few + 3 + MONITOR_BATCH
         assert here(e, rows(1, 999)) is not None
         e.monitor_soon(batch=1)  # the tick's call
-        assert e.monitor_index == 9 + MONITOR_BATCH
+        assert e.monitor_index == few + 4 + MONITOR_BATCH
     finally:
         e.close()
 

@@ -97,12 +97,13 @@ INLINE_GROUP = 64
 # the GIL). Measured on the worker too, a model back under it returns to the loop.
 INLINE_SECONDS = 0.002
 # How many committed predictions wait for the monitor before a response sends them there
-# (monitor_soon). A pass costs about 55 us of fixed work and 4 us a record, and the requests
-# that arrive meanwhile wait for it: 16 at a time cost each a tenth of a pass of its own and
-# leave one response in 16 to wait about 0.1 ms. Measured against 1 and 4: the same latency
-# with one client, 0.82 against 0.68 of a bare endpoint's throughput with eight. The daemon's
-# tick passes the rest, so that none waits more than about 0.1 s.
-MONITOR_BATCH = 16
+# (monitor_soon). A pass costs about 55 us of fixed work and 4 us a record (20 inputs), and
+# a request that arrives meanwhile waits for it. A pass of 4 fits in the time one client
+# takes to read an answer and send its next request; one of 16 (about 0.2 ms) did not, and
+# was one client's p99 (1.54 -> 1.29 of a bare endpoint's, A/B in one run). Passes of 1 cost
+# eight clients their throughput (1.20 against 1.28 of the bare endpoint's for 4, 1.29 for
+# 16). The daemon's tick passes the rest, so that none waits more than about 0.1 s.
+MONITOR_BATCH = 4
 # The most committed records the event loop passes through the monitor itself (about 1 ms);
 # a longer backlog goes to the worker.
 INLINE_MONITOR = 256
