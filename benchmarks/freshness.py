@@ -207,6 +207,10 @@ def run_driftd(rows: list[Row], delay: int, rate: float, seed: int) -> dict[str,
             chosen[name] = chosen.get(name, 0) + 1
     return {
         "accuracy": doc["score"]["overall"],
+        "timeline": {
+            "alarms": [a["index"] for a in doc["alarms"]],
+            "served": [(d["index"], d.get("version")) for d in doc["deploys"]],
+        },
         "alarms": len(doc["alarms"]),
         "retrains": len(doc["retrains"]),
         "deploys": len(doc["deploys"]),
@@ -232,9 +236,12 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
             hits, interval, start = 0, 100 / rate, time.monotonic()
             waiting: deque[dict[str, Any]] = deque()
             next_at = start
+            served: list[tuple[int, int]] = []  # (position, version) where a version began
             for i in range(BOOT, TOTAL, 100):
                 part = rows[i : i + 100]
                 body = c.post("/v1/predict", json={"instances": [x for x, _ in part]}).json()
+                if not served or served[-1][1] != body["model_version"]:
+                    served.append((i - BOOT, body["model_version"]))
                 waiting.extend(
                     {"id": k, "label": _sent(y)}
                     for k, (_, y) in zip(body["ids"], part, strict=True)
@@ -249,6 +256,7 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
                 time.sleep(max(0.0, next_at - time.monotonic()))
             reached = (TOTAL - BOOT) / (time.monotonic() - start)
             done = c.get("/v1/events", params={"kind": "retrain_finished", "limit": 1000}).json()
+            alarms = c.get("/v1/events", params={"kind": "drift_alarm", "limit": 1000}).json()
     fits = [e["seconds"] for e in done["events"] if e.get("seconds") is not None]
     # Where a drift retrain that deployed spent its wall time (the audit log's ``stages``).
     drift = [
@@ -259,6 +267,10 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
     names = ("snapshot", "fit", "judge", "deploy")
     return {
         "accuracy": hits / (TOTAL - BOOT),
+        "timeline": {  # positions in the stream after the bootstrap, as replay's
+            "alarms": sorted(int(e["index"]) - 1 for e in alarms["events"]),
+            "served": served[1:],
+        },
         "rate_reached": reached,
         "retrains": len(fits),
         "fit_seconds_median": statistics.median(fits) if fits else None,
@@ -397,6 +409,7 @@ def run_matrix(
                     if http:  # the same cell over HTTP, beside its replay
                         live = run_http(rows, rate, delay)
                         live["replay"] = ours["accuracy"]
+                        live["replay_timeline"] = ours["timeline"]
                         ours = {**live, "chosen": ours.get("chosen")}
                     cell = {
                         "stream": name,
@@ -463,6 +476,16 @@ def show(res: dict[str, Any]) -> None:
                 f"{'-' if fitmax is None else f'{fitmax:.2f}':>10}"
                 + ("" if diff >= -0.01 else "  MISS")
             )
+        print(
+            "\nAlarms, and where each new version began to serve (positions after the bootstrap):"
+        )
+        for c in cells:
+            for mode, key in (("http", "timeline"), ("replay", "replay_timeline")):
+                t = c["driftd"].get(key)
+                if t:
+                    served = ", ".join(f"v{v}@{i:,}" for i, v in t["served"])
+                    alarms = ", ".join(f"{i:,}" for i in t["alarms"])
+                    print(f"{c['stream']:<16}{mode:>7}  alarms {alarms}\n{'':<23}  served {served}")
         print("\nA drift retrain that deployed, median seconds by stage (the audit log's stages):")
         for c in cells:
             stages = c["driftd"].get("drift_deploy_stages_median")
