@@ -210,6 +210,15 @@ def run_driftd(rows: list[Row], delay: int, rate: float, seed: int) -> dict[str,
         "timeline": {
             "alarms": [a["index"] for a in doc["alarms"]],
             "served": [(d["index"], d.get("version")) for d in doc["deploys"]],
+            "jobs": [
+                (
+                    r.get("index", -1),
+                    r.get("reason") or "+".join(r.get("reasons", ())),
+                    r.get("outcome"),
+                    None,
+                )
+                for r in doc["retrains"]
+            ],
         },
         "alarms": len(doc["alarms"]),
         "retrains": len(doc["retrains"]),
@@ -237,11 +246,13 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
             waiting: deque[dict[str, Any]] = deque()
             next_at = start
             served: list[tuple[int, int]] = []  # (position, version) where a version began
+            clock: list[float] = []  # when each batch of 100 was answered, for the events
             for i in range(BOOT, TOTAL, 100):
                 part = rows[i : i + 100]
                 body = c.post("/v1/predict", json={"instances": [x for x, _ in part]}).json()
                 if not served or served[-1][1] != body["model_version"]:
                     served.append((i - BOOT, body["model_version"]))
+                clock.append(time.time())
                 waiting.extend(
                     {"id": k, "label": _sent(y)}
                     for k, (_, y) in zip(body["ids"], part, strict=True)
@@ -257,6 +268,17 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
             reached = (TOTAL - BOOT) / (time.monotonic() - start)
             done = c.get("/v1/events", params={"kind": "retrain_finished", "limit": 1000}).json()
             alarms = c.get("/v1/events", params={"kind": "drift_alarm", "limit": 1000}).json()
+            asked = [
+                e
+                for kind in ("retrain_requested", "retrain_deferred")
+                for e in c.get("/v1/events", params={"kind": kind, "limit": 1000}).json()["events"]
+            ]
+
+    def position(ts: float) -> int:  # the stream's position when the daemon wrote an event
+        import bisect
+
+        return 100 * bisect.bisect_left(clock, ts)
+
     fits = [e["seconds"] for e in done["events"] if e.get("seconds") is not None]
     # Where a drift retrain that deployed spent its wall time (the audit log's ``stages``).
     drift = [
@@ -270,6 +292,19 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
         "timeline": {  # positions in the stream after the bootstrap, as replay's
             "alarms": sorted(int(e["index"]) - 1 for e in alarms["events"]),
             "served": served[1:],
+            "jobs": sorted(
+                [
+                    (
+                        position(e["time"]),
+                        "+".join(e.get("reasons", ())),
+                        e.get("outcome"),
+                        e.get("seconds"),
+                    )
+                    for e in done["events"]
+                    if "bootstrap" not in e.get("reasons", ())
+                ]
+                + [(position(e["time"]), e.get("reason", ""), e["kind"], None) for e in asked]
+            ),
         },
         "rate_reached": reached,
         "retrains": len(fits),
@@ -485,7 +520,12 @@ def show(res: dict[str, Any]) -> None:
                 if t:
                     served = ", ".join(f"v{v}@{i:,}" for i, v in t["served"])
                     alarms = ", ".join(f"{i:,}" for i in t["alarms"])
+                    jobs = ", ".join(
+                        f"{r}/{o}@{i:,}" + ("" if sec is None else f" ({sec:.1f} s)")
+                        for i, r, o, sec in t.get("jobs", ())
+                    )
                     print(f"{c['stream']:<16}{mode:>7}  alarms {alarms}\n{'':<23}  served {served}")
+                    print(f"{'':<23}  jobs ended {jobs}")
         print("\nA drift retrain that deployed, median seconds by stage (the audit log's stages):")
         for c in cells:
             stages = c["driftd"].get("drift_deploy_stages_median")
