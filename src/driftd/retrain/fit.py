@@ -274,9 +274,10 @@ def fit_and_dump(job: FitJob, stop: Callable[[], bool] | None = None) -> FitResu
             pool = _fit_pool(job, stop or _never)
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
         artifact = sio.dumps(pool.model)
-        evaluation = (
-            evaluate(job, artifact, pool.scored, pool.rows) if job.holdout is not None else None
-        )
+        evaluation = None
+        if job.holdout is not None:
+            with threadpool_limits(job.threads):  # its out-of-fold fits are fits too
+                evaluation = evaluate(job, artifact, pool.scored, pool.rows)
         return FitResult(
             True,
             artifact,
