@@ -278,6 +278,26 @@ def test_a_small_holdout_is_lent_the_chosen_candidates_rows_out_of_fold() -> Non
     assert lent(job)[1] == 0
 
 
+def test_the_out_of_fold_fits_warnings_go_to_the_jobs_logs_not_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The evaluation's out-of-fold fits are fits too: a model that does not converge says
+    so in the job's logs, as its fit does, and nothing reaches the daemon's stderr."""
+    job = candidate(
+        "sklearn.linear_model.LogisticRegression",
+        *logistic(np.random.default_rng(3), 1200),
+        task="classification",
+    )
+    job = dataclasses.replace(job, model=ModelConfig(job.model.estimator, {"max_iter": 1}))
+    result = fit_and_dump(dataclasses.replace(job, cross_fit=True))
+    assert result.ok and result.evaluation is not None, result.error
+    calibration = result.evaluation.calibration
+    assert calibration is not None and calibration.record()["correctness"]["cross_fitted"] == 600
+    warned = [line for line in result.logs if "ConvergenceWarning" in line]
+    assert len(warned) > 1  # the fit's and the folds'
+    assert "ConvergenceWarning" not in capfd.readouterr().err
+
+
 def test_a_regressor_has_no_calibration() -> None:
     X_all, _ = logistic(np.random.default_rng(1), 400)
     regression = candidate(

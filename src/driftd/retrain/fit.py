@@ -272,12 +272,11 @@ def fit_and_dump(job: FitJob, stop: Callable[[], bool] | None = None) -> FitResu
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(job.threads):
             warnings.simplefilter("always")
             pool = _fit_pool(job, stop or _never)
-        logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
-        artifact = sio.dumps(pool.model)
-        evaluation = None
-        if job.holdout is not None:
-            with threadpool_limits(job.threads):  # its out-of-fold fits are fits too
+            artifact = sio.dumps(pool.model)
+            evaluation = None  # its out-of-fold fits are fits too: their threads and warnings
+            if job.holdout is not None:
                 evaluation = evaluate(job, artifact, pool.scored, pool.rows)
+        logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
         return FitResult(
             True,
             artifact,
