@@ -181,7 +181,7 @@ def _derived(model: Any, X: npt.NDArray[Any]) -> tuple[list[Label], npt.NDArray[
     scorer = _scorer(model)
     if scorer is None:
         return None
-    proba = np.asarray(_predict_proba(scorer, X), dtype=np.float64)
+    proba = _predict_proba(scorer, X)
     classes = np.asarray(scorer.classes_)
     if not _usable(proba, classes):
         return None

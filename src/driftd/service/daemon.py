@@ -373,22 +373,20 @@ class Daemon:
         rows at every tick while a drift regime is open, 0.3 ms on a large store), which on the
         event loop held up the requests behind it."""
         try:
-            if parts.bootstrap.due():
-                self._bootstrap(parts)
-                return
-            if parts.models.current is None:
-                return
-            job = parts.retrainer.poll()
-        except StoreUnavailable as exc:  # the next tick asks again; the daemon lives on
-            if not self._poll_failing:
-                log.warning("could not check whether to train: %s", exc)
+            due = parts.bootstrap.due()
+            job = None if due or parts.models.current is None else parts.retrainer.poll()
+        except Exception as exc:  # the next tick asks again; the daemon lives on
+            if not self._poll_failing:  # said once, not ten times a second
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("could not check whether to train: %s", exc)
+                else:
+                    log.exception("could not check whether to train")
             self._poll_failing = True
             return
-        except Exception:
-            log.exception("could not check whether to train")
-            return
         self._poll_failing = False
-        if job is not None:
+        if due:
+            self._bootstrap(parts)
+        elif job is not None:
             self.notifier.status(f"{self.status_line()}; retraining ({', '.join(job.reasons)})")
             self._retrain(parts, job)
 
