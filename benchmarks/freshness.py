@@ -280,6 +280,16 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
         return 100 * bisect.bisect_left(clock, ts)
 
     fits = [e["seconds"] for e in done["events"] if e.get("seconds") is not None]
+    # Each job that fitted a pool: where in the stream it ended, its whole fit, and its members'.
+    pools = [
+        (
+            position(e["time"]),
+            e.get("fit_seconds"),
+            [(m["name"], m.get("rows"), m.get("seconds")) for m in e["pool"]],
+        )
+        for e in done["events"]
+        if e.get("pool")
+    ]
     # Where a drift retrain that deployed spent its wall time (the audit log's ``stages``).
     drift = [
         e["stages"]
@@ -307,6 +317,7 @@ def run_http(rows: list[Row], rate: float, delay: int) -> dict[str, Any]:
             ),
         },
         "rate_reached": reached,
+        "pools": sorted(pools, key=lambda p: p[0]),
         "retrains": len(fits),
         "fit_seconds_median": statistics.median(fits) if fits else None,
         "fit_seconds_max": max(fits) if fits else None,
@@ -526,6 +537,9 @@ def show(res: dict[str, Any]) -> None:
                     )
                     print(f"{c['stream']:<16}{mode:>7}  alarms {alarms}\n{'':<23}  served {served}")
                     print(f"{'':<23}  jobs ended {jobs}")
+            for at, whole, members in c["driftd"].get("pools", ()):
+                parts = ", ".join(f"{n} {r} rows {s:.1f} s" for n, r, s in members if s is not None)
+                print(f"{'':<23}  job ended @{at:,}: fit {whole:.1f} s; {parts}")
         print("\nA drift retrain that deployed, median seconds by stage (the audit log's stages):")
         for c in cells:
             stages = c["driftd"].get("drift_deploy_stages_median")
