@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -357,6 +358,91 @@ def test_a_refit_that_would_answer_for_other_classes_is_not_deployed() -> None:
         )
     )
     assert result.ok and not result.refitted, result.error
+
+
+def test_a_stop_is_honoured_at_every_step_of_a_job_through_its_evaluation() -> None:
+    """A drift alarm must get the training process within one step, wherever the running job
+    is: the pool's candidates, the online learner's chunks of rows (the training rows and the
+    holdout), the refit, the dump, and the evaluation's scoring and out-of-fold fits. A stop
+    at any one of the questions a job asks ends it there, preempted; the out-of-fold fits ask
+    one each."""
+    X_all, y_all = logistic(np.random.default_rng(5), 2400)
+    base = dataclasses.replace(
+        candidate("sklearn.linear_model.LogisticRegression", X_all, y_all, task="classification"),
+        members=(("window", 1200), ("recent", 600)),
+        online=OnlineFit("river.tree.HoeffdingTreeClassifier", {}, None, max_rows=1000),
+        refit=True,
+    )
+
+    def questions(job: FitJob) -> int:
+        asked = 0
+
+        def never() -> bool:
+            nonlocal asked
+            asked += 1
+            return False
+
+        assert fit_and_dump(job, stop=never).ok
+        return asked
+
+    plain, crossed = questions(base), questions(dataclasses.replace(base, cross_fit=True))
+    # two members, 1,200 training rows and 1,000 of the holdout in chunks of 200, the refit,
+    # the dump, the evaluation's scoring and calibration: more than one question a step
+    assert plain > 2 + 6 + 5 + 4
+    assert crossed - plain == 5  # one before each out-of-fold fit
+    for k in range(1, crossed + 1):
+        asked = 0
+
+        def at_k(k: int = k) -> bool:
+            nonlocal asked
+            asked += 1
+            return asked >= k
+
+        result = fit_and_dump(dataclasses.replace(base, cross_fit=True), stop=at_k)
+        assert result.preempted and not result.ok, (k, result.error)
+        assert asked == k  # it ended at the question that said stop
+
+
+def test_the_next_job_goes_on_with_the_learner_its_state_restores() -> None:
+    """The training process keeps the online learner its last job left and goes on with it
+    when the next job brings that job's state, rather than unpickling it: the learner and the
+    state it restores must be the same model. A job preempted half way through the learner's
+    rows leaves nothing half-taught for the next one."""
+    X_all, y_all = logistic(np.random.default_rng(6), 3600)
+    online = OnlineFit("river.tree.HoeffdingTreeClassifier", {}, None, max_rows=1000)
+
+    def job(lo: int, state: bytes | None) -> FitJob:
+        return dataclasses.replace(
+            candidate(
+                "sklearn.linear_model.LogisticRegression",
+                X_all[lo : lo + 2400],
+                y_all[lo : lo + 2400],
+                task="classification",
+            ),
+            members=(("window", 1200),),
+            online=dataclasses.replace(online, state=state),
+        )
+
+    def taught(result: FitResult) -> list[object]:
+        assert result.ok and result.online_state is not None, result.error
+        learner = pickle.loads(result.online_state)  # noqa: S301 - pickled just above
+        return [*learner.predict(X_all[-400:]), *(m["score"] for m in result.pool)]
+
+    first = fit_and_dump(job(0, None))
+    going_on = taught(fit_and_dump(job(1200, first.online_state)))  # the kept learner
+    restored = taught(fit_and_dump(job(1200, first.online_state)))  # kept: another state's
+    assert going_on == restored
+
+    first = fit_and_dump(job(0, None))
+    asked = 0
+
+    def third_chunk() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked == 4  # the member, then the learner's third chunk of rows
+
+    assert fit_and_dump(job(1200, first.online_state), stop=third_chunk).preempted
+    assert taught(fit_and_dump(job(1200, first.online_state))) == restored
 
 
 def test_a_preempted_fit_ends_at_its_next_step_and_the_worker_stays_warm() -> None:

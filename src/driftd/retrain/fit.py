@@ -19,6 +19,7 @@ evaluated; every candidate's score goes back for the audit log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import pickle
@@ -249,12 +250,21 @@ class Preempted(Exception):
     """Raised between two steps of a fit whose ``stop`` said so."""
 
 
+def _go_on(stop: Callable[[], bool]) -> None:
+    """Raise :class:`Preempted` if ``stop`` says so: asked between every two steps of a job
+    that take more than a few milliseconds, so that a drift alarm gets the training process
+    within one step (one candidate's fit, one chunk of the online learner's rows)."""
+    if stop():
+        raise Preempted
+
+
 def fit_and_dump(job: FitJob, stop: Callable[[], bool] | None = None) -> FitResult:
     """Build, fit and serialise with skops, in this process; every failure becomes a result.
 
     The one fitting code path: the warm worker, the one-shot child and replay's inline fit all
-    call it, so a model is the same whichever ran it. ``stop`` is asked between the pool's
-    candidates and every few hundred rows of the online learner; when it says so, the fit ends
+    call it, so a model is the same whichever ran it. ``stop`` is asked between every two steps
+    (the pool's candidates, every few hundred rows of the online learner, the refit, the dump,
+    and the evaluation's load, scoring and out-of-fold fits); when it says so, the fit ends
     there with a ``preempted`` result (a drift alarm wants the training process).
     """
     import warnings
@@ -271,11 +281,14 @@ def fit_and_dump(job: FitJob, stop: Callable[[], bool] | None = None) -> FitResu
 
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(job.threads):
             warnings.simplefilter("always")
-            pool = _fit_pool(job, stop or _never)
+            stop = stop or _never
+            pool = _fit_pool(job, stop)
+            _go_on(stop)
             artifact = sio.dumps(pool.model)
             evaluation = None  # its out-of-fold fits are fits too: their threads and warnings
             if job.holdout is not None:
-                evaluation = evaluate(job, artifact, pool.scored, pool.rows)
+                _go_on(stop)
+                evaluation = evaluate(job, artifact, pool.scored, pool.rows, stop=stop)
         logs.extend(f"WARNING {w.category.__name__}: {w.message}" for w in caught[:50])
         return FitResult(
             True,
@@ -324,15 +337,57 @@ def _fit_pool(job: FitJob, stop: Callable[[], bool]) -> _Pool:
     y = np.asarray(job.y)
     if job.holdout is None:
         return _Pool(build_pipeline(job.model, job.schema).fit(job.X, y), [], rows=len(y))
-    X_hold, y_hold = job.holdout
     metric = job.metrics[0] if job.metrics else "accuracy"
+    models, entries, record, failed = _fit_members(job, metric, stop)
+    learner: RiverModel | None = None
+    if job.online is not None:
+        t = time.monotonic()
+        try:
+            learner, value = _learn_online(job, metric, stop)
+        except Preempted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing learner leaves the batch candidates
+            record.append({"name": "online", "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            models.append(learner)
+            entries.append(Entry("online", learner.learned, value))
+            record.append(_entry("online", learner.learned, value, time.monotonic() - t))
+    if not entries and failed is not None:
+        raise failed
+    pick = choose(entries, metric, tie_margin=job.tie_margin)
+    chosen = models[pick.index]
+    online_state = None
+    if learner is not None:
+        t = time.monotonic()
+        if chosen is learner:  # judged as it stood: a copy, since it goes on learning
+            _go_on(stop)
+            chosen = _unpickled(pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL))
+        online_state = _learn_holdout(job, learner, stop)
+        record[-1]["seconds"] = round(record[-1]["seconds"] + time.monotonic() - t, 3)
+    name, rows = entries[pick.index].name, entries[pick.index].rows
+    _go_on(stop)
+    refit = _refit(job, name, rows, chosen, learner) if job.refit else None
+    trained = None if name == "online" else rows
+    if refit is None:
+        return _Pool(chosen, record, name, pick.why, online_state, rows=trained)
+    return _Pool(refit, record, name, pick.why, online_state, scored=chosen, rows=trained)
+
+
+def _fit_members(
+    job: FitJob, metric: str, stop: Callable[[], bool]
+) -> tuple[list[Any], list[Entry], list[dict[str, Any]], Exception | None]:
+    """The batch candidates, each fitted and scored on the holdout: the models, their entries
+    for the choice, their records (a member that failed leaves its error there), and the
+    first failure (raised when nothing else fits)."""
+    assert job.holdout is not None
+    X_hold, y_hold = job.holdout
+    y = np.asarray(job.y)
     models: list[Any] = []
     entries: list[Entry] = []
     record: list[dict[str, Any]] = []
     first_error: Exception | None = None
     for name, rows in job.members or (("window", len(y)),):
-        if stop():
-            raise Preempted
+        _go_on(stop)
         t = time.monotonic()
         try:
             model = build_pipeline(job.model, job.schema).fit(job.X[-rows:], y[-rows:])
@@ -345,34 +400,10 @@ def _fit_pool(job: FitJob, stop: Callable[[], bool]) -> _Pool:
         models.append(model)
         entries.append(Entry(name, rows, value))
         record.append(_entry(name, rows, value, time.monotonic() - t))
-    online_state = None
-    if job.online is not None:
-        t = time.monotonic()
-        try:
-            snapshot, online_state, learned, value = _learn_online(job, metric, stop)
-        except Preempted:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failing learner leaves the batch candidates
-            record.append({"name": "online", "error": f"{type(exc).__name__}: {exc}"})
-        else:
-            models.append(snapshot)
-            entries.append(Entry("online", learned, value))
-            record.append(_entry("online", learned, value, time.monotonic() - t))
-    if not entries and first_error is not None:
-        raise first_error
-    pick = choose(entries, metric, tie_margin=job.tie_margin)
-    chosen = models[pick.index]
-    if isinstance(chosen, bytes):  # the online learner's snapshot, pickled just above
-        chosen = _unpickled(chosen)
-    name, rows = entries[pick.index].name, entries[pick.index].rows
-    refit = _refit(job, name, rows, chosen, online_state) if job.refit else None
-    trained = None if name == "online" else rows
-    if refit is None:
-        return _Pool(chosen, record, name, pick.why, online_state, rows=trained)
-    return _Pool(refit, record, name, pick.why, online_state, scored=chosen, rows=trained)
+    return models, entries, record, first_error
 
 
-def _refit(job: FitJob, name: str, rows: int, chosen: Any, online: bytes | None) -> Any:
+def _refit(job: FitJob, name: str, rows: int, chosen: Any, online: RiverModel | None) -> Any:
     """The chosen candidate brought up to the newest row: a batch candidate fitted again on
     its number of rows ending at the holdout's end, the online learner as it stands after
     learning the holdout. The holdout's rows are the most recent there are, and a fit held
@@ -384,7 +415,7 @@ def _refit(job: FitJob, name: str, rows: int, chosen: Any, online: bytes | None)
     if name == "online":
         if online is None:
             return None
-        refit = _unpickled(online)
+        refit = online
     else:
         X = np.concatenate([job.X, X_hold])[-rows:]
         y = np.asarray([*job.y, *y_hold])[-rows:]
@@ -397,29 +428,39 @@ def _refit(job: FitJob, name: str, rows: int, chosen: Any, online: bytes | None)
     return refit
 
 
-def _learn_online(
-    job: FitJob, metric: str, stop: Callable[[], bool]
-) -> tuple[bytes, bytes, int, float]:
-    """Teach the job's online learner the training rows new to it: its snapshot as it stands
-    before the holdout, its state after learning the holdout too (for the next job), how many
-    rows the snapshot learned from, and its score on the holdout. :class:`Preempted` when
-    ``stop`` says so between two chunks of rows."""
+def _learn_online(job: FitJob, metric: str, stop: Callable[[], bool]) -> tuple[RiverModel, float]:
+    """The job's online learner taught the training rows new to it, and its score on the
+    holdout. :class:`Preempted` when ``stop`` says so between two chunks of rows."""
     assert job.online is not None
     assert job.holdout is not None
     learner = _learner(job)
-    for start in range(job.online.learn_from, len(job.y), ONLINE_CHUNK):
-        if stop():
-            raise Preempted
-        stop_at = start + ONLINE_CHUNK
-        learner.learn(job.X[start:stop_at], job.y[start:stop_at])
+    _learn_chunks(learner, job.X[job.online.learn_from :], job.y[job.online.learn_from :], stop)
     X_hold, y_hold = job.holdout
-    learned = learner.learned
-    value = score(metric, learner, X_hold, y_hold) if learned else math.nan
-    snapshot = pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)
+    _go_on(stop)
+    return learner, score(metric, learner, X_hold, y_hold) if learner.learned else math.nan
+
+
+def _learn_holdout(job: FitJob, learner: RiverModel, stop: Callable[[], bool]) -> bytes:
+    """Teach the learner the holdout's newest ``max_rows`` rows too, and pickle it for the
+    next job (kept in this process as well: :data:`_KEPT`)."""
+    assert job.online is not None
+    assert job.holdout is not None
+    X_hold, y_hold = job.holdout
     tail = -job.online.max_rows if job.online.max_rows else 0
-    learner.learn(X_hold[tail:], y_hold[tail:])
+    _learn_chunks(learner, X_hold[tail:], y_hold[tail:], stop)
+    _go_on(stop)
     state = pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)
-    return snapshot, state, learned, value
+    _KEPT.keep(state, learner)
+    return state
+
+
+def _learn_chunks(
+    learner: RiverModel, X: npt.NDArray[Any], y: Sequence[Label], stop: Callable[[], bool]
+) -> None:
+    """Teach ``learner`` the rows in order, asking ``stop`` before each chunk of them."""
+    for start in range(0, len(y), ONLINE_CHUNK):
+        _go_on(stop)
+        learner.learn(X[start : start + ONLINE_CHUNK], y[start : start + ONLINE_CHUNK])
 
 
 def _unpickled(data: bytes) -> Any:
@@ -427,11 +468,35 @@ def _unpickled(data: bytes) -> Any:
     return restricted_loads(data, ("river.", "driftd.models.online"))
 
 
+class _Kept:
+    """The online learner the last job of this (training) process left, beside the digest of
+    the state it was pickled to: the next job that brings that same state goes on with the
+    object rather than unpickling it (ARF after 20,000 rows: 15 MB, 0.3 s). Taken, not
+    shared: a job that fails or is preempted half way leaves nothing kept."""
+
+    def __init__(self) -> None:
+        self._digest = b""
+        self._learner: RiverModel | None = None
+
+    def keep(self, state: bytes, learner: RiverModel) -> None:
+        self._digest, self._learner = hashlib.blake2b(state).digest(), learner
+
+    def take(self, state: bytes) -> RiverModel | None:
+        learner, self._learner = self._learner, None
+        if learner is None or hashlib.blake2b(state).digest() != self._digest:
+            return None
+        return learner
+
+
+_KEPT = _Kept()
+
+
 def _learner(job: FitJob) -> RiverModel:
-    """The job's online learner: its state from the last job, or a new one of its family."""
+    """The job's online learner: its state from the last job (the object itself when this
+    process pickled it, :data:`_KEPT`), or a new one of its family."""
     assert job.online is not None
     if job.online.state is not None:
-        learner = _unpickled(job.online.state)
+        learner = _KEPT.take(job.online.state) or _unpickled(job.online.state)
         if isinstance(learner, RiverModel):
             return learner
     family = import_object(job.online.estimator)(**job.online.params)
@@ -448,13 +513,19 @@ def _entry(name: str, rows: int, value: float, seconds: float) -> dict[str, Any]
 
 
 def evaluate(
-    job: FitJob, artifact: bytes, judged: Any = None, trained: int | None = None
+    job: FitJob,
+    artifact: bytes,
+    judged: Any = None,
+    trained: int | None = None,
+    *,
+    stop: Callable[[], bool] = _never,
 ) -> Evaluation:
     """Load ``artifact`` as the serving process would, warm it up and score it on the job's
     holdout (see :class:`FitJob`); with ``judged``, the artifact is that model's refit on the
     holdout too (:func:`_refit`), and the scores and the calibration are the judged one's.
     ``trained``: the most recent training rows the judged model fitted, which a job that
-    ``cross_fit`` s lends its calibration (``None``: an online learner's, lent nothing)."""
+    ``cross_fit`` s lends its calibration (``None``: an online learner's, lent nothing).
+    :class:`Preempted` when ``stop`` says so between two of its steps."""
     assert job.holdout is not None
     X_hold, y_hold = job.holdout
     try:
@@ -464,9 +535,11 @@ def evaluate(
     except (IntegrityError, WarmupError) as exc:
         return Evaluation(False, str(exc))
     judge = model if judged is None else judged
+    _go_on(stop)
     scores = {metric: score(metric, judge, X_hold, y_hold) for metric in job.metrics}
+    _go_on(stop)
     calibration = (
-        _calibration(LiveModel(0, judge, {}, 0.0), job, trained)
+        _calibration(LiveModel(0, judge, {}, 0.0), job, trained, stop)
         if job.schema.task == "classification"
         else None
     )
@@ -477,7 +550,9 @@ def evaluate(
     return Evaluation(True, None, 1000 * latency, scores, pickled, calibration)
 
 
-def _calibration(live: LiveModel, job: FitJob, trained: int | None) -> Calibration | None:
+def _calibration(
+    live: LiveModel, job: FitJob, trained: int | None, stop: Callable[[], bool] = _never
+) -> Calibration | None:
     """The holdout's calibration of ``live``'s probabilities, by class index, and its
     correctness model of the schema's numeric (first) columns, lent the out-of-fold
     predictions of the ``trained`` rows when the job ``cross_fit`` s and its holdout is
@@ -500,8 +575,10 @@ def _calibration(live: LiveModel, job: FitJob, trained: int | None) -> Calibrati
         X_lent, y_lent = job.X[-rows:], job.y[-rows:]
         try:
             confidence, right = out_of_fold(
-                lambda: build_pipeline(job.model, job.schema), X_lent, y_lent
+                lambda: build_pipeline(job.model, job.schema), X_lent, y_lent, stop=stop
             )
+        except Preempted:
+            raise
         except Exception as exc:  # noqa: BLE001 - a fold the family cannot fit lends nothing
             log.warning("no out-of-fold rows for the correctness model: %s", exc)
         else:
@@ -511,7 +588,12 @@ def _calibration(live: LiveModel, job: FitJob, trained: int | None) -> Calibrati
 
 
 def out_of_fold(
-    build: Callable[[], Any], X: npt.NDArray[Any], y: Sequence[Label], folds: int = FOLDS
+    build: Callable[[], Any],
+    X: npt.NDArray[Any],
+    y: Sequence[Label],
+    folds: int = FOLDS,
+    *,
+    stop: Callable[[], bool] = _never,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Each row of ``X`` predicted by a model of ``build`` fitted on the other ``folds - 1``
     contiguous folds: the probability of its predicted class, and whether that class is
@@ -530,6 +612,7 @@ def out_of_fold(
     confidence = np.empty(len(labels))
     right = np.empty(len(labels))
     for fit_rows, rows in KFold(folds).split(X):
+        _go_on(stop)
         model = build().fit(X[fit_rows], labels[fit_rows])
         proba = np.asarray(model.predict_proba(X[rows]), dtype=np.float64)
         top = proba.argmax(axis=1)
