@@ -291,6 +291,37 @@ def test_a_drift_alarm_retrains_on_the_rows_since_its_change_point(
     assert not fits.jobs[-1].cross_fit
 
 
+def test_a_young_regimes_growth_retrains_stay_fast_and_a_grown_one_fits_the_pool(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """While the rows since the change are under ``fast_until`` of the window (a quarter of
+    8,000 here), a growth retrain fits them alone, with no online learner, as the first does:
+    a whole pool took 4 to 5 s at 2,000 records/s. Past it, the growth retrain fits the pool."""
+    parts = build(retrain="cooldown_labels = 200\nmin_rows_after_drift = 300\nwindow_rows = 8000")
+    parts.bootstrap.run()
+    play(parts, make_rows(1000, seed=2), "old", clock)
+    play(parts, make_rows(600, seed=3, flip=True), "new", clock)
+    first = parts.retrainer.poll()
+    assert first is not None and first.reasons == ["drift"] and first.drift_point is not None
+    assert parts.retrainer.run(first) == "deployed"
+
+    def grow(rows: int, seed: int) -> tuple[set[str], FitJob]:
+        play(parts, make_rows(rows, seed=seed, flip=True), f"more{seed}", clock)
+        growth = parts.retrainer.poll()
+        assert growth is not None and growth.reasons == ["drift_growth"]
+        parts.retrainer.run(growth)
+        record = finished(parts)
+        assert growth.drift_point is not None
+        young = record["window"]["first_index"] >= growth.drift_point
+        assert young == (record["window"]["rows_since_change"] < 2000)
+        return {c["name"] for c in record["pool"]}, fits.jobs[-1]
+
+    names, job = grow(600, 5)  # about 1,200 rows since the change
+    assert names == {"since_change"} and job.online is None
+    names, job = grow(1800, 6)  # about 3,000
+    assert {"since_change", "window", "online"} <= names and job.online is not None
+
+
 def test_a_first_drift_retrain_with_too_few_rows_since_the_change_reads_the_whole_window(
     build: Callable[..., Parts], clock: Clock, fits: Fits
 ) -> None:

@@ -356,10 +356,13 @@ class Retrainer:
         cfg = self.settings
         started = time.monotonic()
         since = self.clock() - cfg.retrain.max_age_seconds if cfg.retrain.max_age_seconds else None
-        first = _first_drift(job)
-        snap = self._since_change(job, since) if first and cfg.pool.fast_first else None
-        if snap is None:
-            snap = self.store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
+        young = self._since_change(job, since) if self._fast(job) else None
+        first = young is not None  # a fast fit, planned as a regime's first retrain
+        snap = (
+            young
+            if young is not None
+            else self.store.snapshot(limit=cfg.retrain.window_rows, since_ts=since)
+        )
         after = (
             None if job.drift_point is None else int(np.count_nonzero(snap.idx >= job.drift_point))
         )
@@ -371,7 +374,7 @@ class Retrainer:
         X_hold = matrix(self.schema, hold.numeric, hold.categorical)
         since_change = None if after is None else max(0, after - len(hold))
         members = plan(cfg.pool, train_rows=len(train), since_change=since_change, first=first)
-        fast = first and cfg.pool.fast_first and [m.name for m in members] == ["since_change"]
+        fast = first and [m.name for m in members] == ["since_change"]
         return self.evaluate_and_deploy(
             job,
             X_train,
@@ -385,13 +388,25 @@ class Retrainer:
             snapshot_seconds=time.monotonic() - started,
         )
 
+    def _fast(self, job: Job) -> bool:
+        """Whether a drift job fits the rows since its change point alone (:func:`plan`): a
+        regime's first retrain, and its growth retrains while those rows are fewer than
+        ``[pool] fast_until`` of the window (an indexed count)."""
+        pool = self.settings.pool
+        if not pool.fast_first or job.drift_point is None:
+            return False
+        if _first_drift(job):
+            return True
+        young = pool.fast_until * self.settings.retrain.window_rows
+        return bool(young) and self.store.labelled_count(since_idx=job.drift_point - 1) < young
+
     def _since_change(self, job: Job, since: float | None) -> Snapshot | None:
-        """A drift regime's first retrain reads the rows since its change point alone: the
-        fast fit (:func:`plan`) fits nothing else, and reading the whole window cost it 0.15 s
-        of about 0.8 at 2,000 records/s. ``None`` (read the whole window and plan as before)
-        when they would not make that fit: fewer than the pool's ``min_rows`` beside the
-        holdout, or one class."""
-        if job.drift_point is None:
+        """The rows since a drift job's change point alone, for a fast fit (:func:`plan`),
+        which fits nothing else: reading the whole window cost a first retrain 0.15 s of about
+        0.8 at 2,000 records/s. ``None`` (read the whole window and plan as before) for a job
+        of no regime or an operator's, or when they would not make that fit: fewer than the
+        pool's ``min_rows`` beside the holdout, or one class."""
+        if job.drift_point is None or "operator" in job.reasons:
             return None
         cfg = self.settings
         snap = self.store.snapshot(
