@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -320,6 +321,18 @@ def test_a_young_regimes_growth_retrains_stay_fast_and_a_grown_one_fits_the_pool
     assert names == {"since_change"} and job.online is None
     names, job = grow(1800, 6)  # about 3,000
     assert {"since_change", "window", "online"} <= names and job.online is not None
+
+
+def test_a_fit_leaves_a_core_to_serving_unless_its_threads_are_set(
+    build: Callable[..., Parts], fits: Fits
+) -> None:
+    """Unset, ``[training] threads`` is one fewer than the cores the daemon may run on (at
+    least one): a fit's OpenMP threads otherwise wait at every barrier on the core serving
+    holds. Set, it is what the job gets."""
+    build().bootstrap.run()
+    assert fits.jobs[-1].threads == max(1, len(os.sched_getaffinity(0)) - 1)
+    build(training="threads = 3").bootstrap.run()
+    assert fits.jobs[-1].threads == 3
 
 
 def test_a_first_drift_retrain_with_too_few_rows_since_the_change_reads_the_whole_window(

@@ -6,6 +6,7 @@ the first model, and the post-deploy guard (``[model]``, ``[training]``, ``[retr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +59,22 @@ class BootstrapConfig:
 
 @dataclass(frozen=True, slots=True)
 class TrainingConfig:
+    """``[training]``: the training process's limits. ``threads`` caps a fit's OpenMP and BLAS
+    threads; unset, it is one fewer than the cores this process may run on (at least one), so
+    that a fit leaves a core to serving. On 2 cores under 2,000 records/s a fit's second
+    thread waited on a core that serving held, at every barrier: a boosted model of 400 rows
+    fits in 0.06 s on one thread and 0.10 s on two even on an idle machine."""
+
     timeout_seconds: float = field(default=600.0, metadata={"min": 1})
     memory_limit_mb: int | None = field(default=4096, metadata={"min": 64})
     threads: int | None = field(default=None, metadata={"min": 1, "max": 1024})
     nice: int = field(default=10, metadata={"min": 0, "max": 19})
+
+    def fit_threads(self) -> int:
+        """``threads``, or one fewer than the cores available (at least one)."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -499,7 +499,7 @@ class Retrainer:
             X_train,
             list(y_train),
             mem,
-            cfg.training.threads,
+            cfg.training.fit_threads(),
             holdout=(X_hold, list(y_hold)),
             warmup=warm,
             metrics=tuple(dict.fromkeys((cfg.model.metric, live_metric))),
