@@ -45,17 +45,15 @@ class Fits:
         self.fail: str | None = None
         self.cancel = False
         self.shuffle = False
-        self.stops = 0  # asked by preempt(); the next fit sees it at its first step
+        self.stops = 0  # asked by preempt()
 
     def preempt(self) -> bool:
+        """No fit is ever in flight here (they run when called): the job must stop itself."""
         self.stops += 1
-        return True
+        return False
 
     def __call__(self, job: FitJob) -> FitResult:
         self.jobs.append(job)
-        if self.stops:
-            self.stops = 0
-            return fit_and_dump(job, stop=lambda: True)
         if self.cancel:
             return FitResult(
                 False, error="training cancelled: the daemon is stopping", cancelled=True
@@ -358,17 +356,20 @@ def test_a_drift_alarm_preempts_a_running_challenger_but_not_a_first_drift_retra
 ) -> None:
     """A drift alarm that finds the training process busy with a job that can wait (here a
     challenger) asks it to stop; the stopped job ends skipped (``preempted``), with no
-    backoff, and the drift's own retrain starts next. A regime's first retrain, which is
-    short, is not stopped by the next alarm."""
+    backoff, and the drift's own retrain starts next. A job the alarm finds still reading its
+    rows, its fit not yet handed to the training process, stops before handing it over. A
+    regime's first retrain, which is short, is not stopped by the next alarm."""
     parts = build(preempt=fits.preempt)
     parts.bootstrap.run()
     play(parts, make_rows(1000, seed=2), "old", clock)
     parts.retrainer.request("challenger")
     challenger = parts.retrainer.poll()
     assert challenger is not None and challenger.reasons == ["challenger"]
-    play(parts, make_rows(600, seed=3, flip=True), "new", clock)  # alarms while it runs
+    play(parts, make_rows(600, seed=3, flip=True), "new", clock)  # alarms while it starts
     assert fits.stops == 1
+    fitted = len(fits.jobs)
     assert parts.retrainer.run(challenger) == "skipped"
+    assert len(fits.jobs) == fitted  # its fit was never handed over
     assert finished(parts)["skipped"] == "preempted"
     assert parts.retrainer.status()["consecutive_rejections"] == 0
     drift = parts.retrainer.poll()
@@ -377,7 +378,8 @@ def test_a_drift_alarm_preempts_a_running_challenger_but_not_a_first_drift_retra
     parts.retrainer.on_alarm(  # the next change, while the first drift's retrain runs
         MonitorEvent("alarm", "concept_drift", "errors", None, last, clock(), last - 50, {})
     )
-    assert fits.stops == 0
+    assert fits.stops == 1  # not asked again
+    assert parts.retrainer.run(drift) == "deployed"
 
 
 def test_a_candidate_that_loses_to_the_champion_is_rejected_kept_and_backs_off(

@@ -128,6 +128,7 @@ class Retrainer:
         self.policy = RetrainPolicy(settings.retrain.policy())
         self.guard: Guard | None = None
         self.last_job: dict[str, Any] | None = None
+        self._stop_asked: str | None = None  # the running job a drift alarm asked to stop
         self._export_threshold()
         if not standby:
             self.take_over()
@@ -201,20 +202,22 @@ class Retrainer:
         """A monitor alarm (called in order with traffic): open a drift regime, and stop the
         job that holds the training process (a challenger, a schedule, an older regime's
         growth retrain) at its next step, so that this drift's retrain need not wait for it.
-        A regime's first retrain is short and an operator's request was asked for: neither is
-        stopped."""
+        A job still reading its rows stops before it hands its fit over. A regime's first
+        retrain is short and an operator's request was asked for: neither is stopped."""
         with self.lock:
             self.policy.on_drift(event.change_point, self.clock())
             self._persist()
             running = self.policy.running
-        if (
-            self.preempt is not None
-            and running is not None
-            and not _first_drift(running)
-            and "operator" not in running.reasons
-            and self.preempt()
-        ):
-            log.info("retrain %s (%s) preempted by a drift alarm", running.id, running.reasons)
+            if (
+                self.preempt is None
+                or running is None
+                or _first_drift(running)
+                or "operator" in running.reasons
+            ):
+                return
+            self._stop_asked = running.id
+        self.preempt()
+        log.info("retrain %s (%s) preempted by a drift alarm", running.id, running.reasons)
 
     def poll(self) -> Job | None:
         """Called from the main loop's tick: request a drift retrain when its rows are in (or,
@@ -509,6 +512,8 @@ class Retrainer:
             refit=bool(members or online) and cfg.pool.refit,
             cross_fit=job.drift_point is None,
         )
+        if self._stop_asked == job.id:  # before its fit was handed over: nothing to stop
+            return "skipped", {**base, "skipped": "preempted"}
         mark = time.monotonic()
         result = self.fit(fit_job)
         stages["fit"] = round(time.monotonic() - mark, 3)
