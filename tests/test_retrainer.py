@@ -321,6 +321,39 @@ def test_a_young_regimes_growth_retrains_stay_fast_and_a_grown_one_fits_the_pool
     assert {"since_change", "window", "online"} <= names and job.online is not None
 
 
+def test_an_online_learner_that_keeps_losing_sits_jobs_out_until_its_turn(
+    build: Callable[..., Parts], clock: Clock, fits: Fits
+) -> None:
+    """After ``online_patience`` jobs lost in a row the online learner enters one job in
+    ``online_patience + 1``: its learning is most of a job's wall time where it never wins.
+    A job it sits out says so in the audit log. (A learner of the class prior loses every
+    job here; with a real one, a win resets the count.)"""
+    parts = build(
+        pool='online_patience = 2\nonline_estimator = "river.dummy.PriorClassifier"\n'
+        "online_params = {}"
+    )
+    parts.bootstrap.run()
+    lost = sat_out = 0
+    entered = []
+    for k in range(7):
+        play(parts, make_rows(300, seed=10 + k), f"b{k}", clock)
+        parts.retrainer.request("operator", operator=True)
+        job = parts.retrainer.poll()
+        assert job is not None
+        parts.retrainer.run(job)
+        record = finished(parts)
+        enters = fits.jobs[-1].online is not None
+        assert enters == (lost < 2 or sat_out >= 2), (k, lost, sat_out)
+        assert ("online_sat_out" in record) != enters
+        entered.append(enters)
+        if enters:
+            won = record["chosen"]["name"] == "online"
+            lost, sat_out = (0 if won else lost + 1), 0
+        else:
+            sat_out += 1
+    assert entered == [True, True, False, False, True, False, False]
+
+
 def test_a_fit_leaves_a_core_to_serving_unless_its_threads_are_set(
     build: Callable[..., Parts], fits: Fits
 ) -> None:

@@ -53,7 +53,7 @@ from driftd.retrain.fit import (
 from driftd.retrain.gate import Gate, Verdict
 from driftd.retrain.guard import Guard
 from driftd.retrain.policy import Decision, Job, Outcome, RetrainPolicy
-from driftd.retrain.pool import online_estimator, plan
+from driftd.retrain.pool import online_enters, online_estimator, plan
 from driftd.store import Blob, Joined, RecordStore, Snapshot
 
 __all__ = ["ONLINE_KEY", "POLICY_KEY", "Fit", "Retrainer"]
@@ -378,6 +378,7 @@ class Retrainer:
         since_change = None if after is None else max(0, after - len(hold))
         members = plan(cfg.pool, train_rows=len(train), since_change=since_change, first=first)
         fast = first and [m.name for m in members] == ["since_change"]
+        online, sat_out = (None, None) if fast else self._online(train.idx, hold.idx)
         return self.evaluate_and_deploy(
             job,
             X_train,
@@ -387,7 +388,8 @@ class Retrainer:
             window=window,
             trained_until=int(snap.idx[-1]) if len(snap) else 0,
             members=tuple((m.name, m.rows) for m in members),
-            online=None if fast else self._online(train.idx, hold.idx),
+            online=online,
+            online_sat_out=sat_out,
             snapshot_seconds=time.monotonic() - started,
         )
 
@@ -423,13 +425,14 @@ class Retrainer:
             return None
         return snap
 
-    def _online(self, train_idx: Any, hold_idx: Any) -> OnlineFit | None:
+    def _online(self, train_idx: Any, hold_idx: Any) -> tuple[OnlineFit | None, str | None]:
         """The online learner's part of the job: its saved state, if it is of the configured
         family, and where the rows new to it begin; ``None`` when it is off, has nothing to
-        learn from, or has already learned the holdout (a job right after another)."""
+        learn from, has already learned the holdout (a job right after another), or sits this
+        job out (:func:`online_enters`; then also why, for the audit log)."""
         pool = self.settings.pool
         if self.online is None or not pool.online or not len(hold_idx):
-            return None
+            return None, None
         family = online_estimator(pool, self.schema.task)
         saved = self.store.get_state(ONLINE_KEY) or {}
         state = None
@@ -437,23 +440,38 @@ class Retrainer:
         if saved.get("estimator") == family and saved.get("params") == pool.online_params:
             state = self.online.read()
             learned_through = int(saved.get("through", -1)) if state is not None else -1
+            lost, sat_out = int(saved.get("lost", 0)), int(saved.get("sat_out", 0))
+            if not online_enters(lost, sat_out, pool.online_patience):
+                self.store.put_state(ONLINE_KEY, {**saved, "sat_out": sat_out + 1})
+                return None, f"sat out: it lost its last {lost} jobs"
         if learned_through >= int(hold_idx[0]):
-            return None
+            return None, None
         start = int(np.searchsorted(train_idx, learned_through, side="right"))
         if pool.online_max_rows:  # the newest rows only: the rest would cost the job its time
             start = max(start, len(train_idx) - pool.online_max_rows)
-        return OnlineFit(
+        online = OnlineFit(
             family, dict(pool.online_params), state, learn_from=start, max_rows=pool.online_max_rows
         )
+        return online, None
 
     def _keep_online(self, result: FitResult, online: OnlineFit | None, through: int) -> None:
-        """Save what the online learner learned in this job, for the next one."""
+        """Save what the online learner learned in this job, for the next one, and whether it
+        won the pool (a run of losses has it sit jobs out: :func:`online_enters`)."""
         if self.online is None or online is None or result.online_state is None:
             return
+        saved = self.store.get_state(ONLINE_KEY) or {}
+        same = saved.get("estimator") == online.estimator and saved.get("params") == online.params
+        lost = 0 if result.chosen == "online" else int(saved.get("lost", 0)) * same + 1
         self.online.write(result.online_state)
         self.store.put_state(
             ONLINE_KEY,
-            {"estimator": online.estimator, "params": online.params, "through": through},
+            {
+                "estimator": online.estimator,
+                "params": online.params,
+                "through": through,
+                "lost": lost,
+                "sat_out": 0,
+            },
         )
 
     def holdout_size(self, n: int) -> int:
@@ -472,6 +490,7 @@ class Retrainer:
         trained_until: int = 0,
         members: tuple[tuple[str, int], ...] = (),
         online: OnlineFit | None = None,
+        online_sat_out: str | None = None,
         snapshot_seconds: float = 0.0,
     ) -> tuple[Outcome, dict[str, Any]]:
         """Fit the pool (one model on every row when ``members`` is empty and ``online`` is
@@ -489,6 +508,7 @@ class Retrainer:
             "stages": stages,
             "window": window,
             "trained_until": trained_until,
+            **({} if online_sat_out is None else {"online_sat_out": online_sat_out}),
         }
         if len(y_train) < max(10, len(y_hold) // 2) or len(y_hold) < cfg.gate.min_holdout:
             return "skipped", {**base, "skipped": "too_few_rows"}
