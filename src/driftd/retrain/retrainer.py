@@ -461,7 +461,8 @@ class Retrainer:
             return
         saved = self.store.get_state(ONLINE_KEY) or {}
         same = saved.get("estimator") == online.estimator and saved.get("params") == online.params
-        lost = 0 if result.chosen == "online" else int(saved.get("lost", 0)) * same + 1
+        before = int(saved.get("lost", 0)) if same else 0
+        lost = 0 if result.chosen == "online" else before + 1
         self.online.write(result.online_state)
         self.store.put_state(
             ONLINE_KEY,
