@@ -217,7 +217,7 @@ class Retrainer:
                 return
             self._stop_asked = running.id
         self.preempt()
-        log.info("retrain %s (%s) preempted by a drift alarm", running.id, running.reasons)
+        log.info("retrain %s (%s) asked to stop: a drift alarm", running.id, running.reasons)
 
     def poll(self) -> Job | None:
         """Called from the main loop's tick: request a drift retrain when its rows are in (or,
