@@ -438,12 +438,12 @@ class Retrainer:
         state = None
         learned_through = -1
         if saved.get("estimator") == family and saved.get("params") == pool.online_params:
-            state = self.online.read()
-            learned_through = int(saved.get("through", -1)) if state is not None else -1
             lost, sat_out = int(saved.get("lost", 0)), int(saved.get("sat_out", 0))
-            if not online_enters(lost, sat_out, pool.online_patience):
+            if not online_enters(lost, sat_out, pool.online_patience):  # before its state is read
                 self.store.put_state(ONLINE_KEY, {**saved, "sat_out": sat_out + 1})
                 return None, f"sat out: it lost its last {lost} jobs"
+            state = self.online.read()
+            learned_through = int(saved.get("through", -1)) if state is not None else -1
         if learned_through >= int(hold_idx[0]):
             return None, None
         start = int(np.searchsorted(train_idx, learned_through, side="right"))
