@@ -2,7 +2,7 @@
 
 Both sides see the same 100,000 records of 20 standard-normal features, in batches of 1,000
 (list of dicts, as the daemon hands them over), with the same ADWIN parameters (the
-monitor's Bonferroni-corrected delta). The bare loop is the simplest correct code:
+monitor's delta for 20 features). The bare loop is the simplest correct code:
 for each record, for each feature, ``detector.update(value)`` and a ``drift_detected`` check.
 Also printed: driftd's KSWIN against river's KSWIN on one stationary stream, with default
 parameters and in the worst case for driftd (alpha so small it never fires, fresh seed).

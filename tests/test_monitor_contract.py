@@ -27,7 +27,7 @@ MODULES = [
     "kswin",
     "live",
     "monitor",
-    "robust",
+    "scores",
     "watch",
 ]
 

@@ -39,9 +39,11 @@ class AlarmConfig:
     alarm (one by default: a drift confined to one feature alarms, and the per-feature
     confidence correction below keeps the family's false alarms within budget); a detector
     firing again within ``suppress`` records of its last reported firing is not reported, and
-    neither is an alarm of the same kind. ``correct_for_features`` divides
-    the per-feature detector confidence (ADWIN ``delta``, KSWIN ``alpha``) by the number of
-    features, Bonferroni-style, so the family-wise false-alarm rate stays put as features grow.
+    neither is an alarm of the same kind. ``correct_for_features`` shares the false-alarm
+    budget among the features, so the family-wise rate stays put as features grow: the mean
+    detectors' ``delta`` is derived from the run length for their number; a confidence set
+    by hand (ADWIN ``delta``, KSWIN ``alpha``), and the categories' ADWIN, are divided by the
+    number of features, Bonferroni-style.
     """
 
     features: int = field(default=1, metadata={"min": 1})
@@ -54,15 +56,17 @@ class AlarmConfig:
 class MonitorConfig:
     """Detectors per signal, their parameters, the live score window and the alarm policy.
 
-    ``robust_scale`` feeds ADWIN feature detectors each value in robust standard deviations
-    from the feature's median (fitted on the first ``robust_warmup`` values after a
-    rebaseline), clipped to +-4, so that a heavy-tailed feature does not fool them (see
-    :mod:`driftd.monitor.robust`). ``second_moments`` adds tests of each numeric feature's
+    ``robust_scale`` feeds ADWIN feature detectors each value's normal score, the standard
+    normal quantile of its rank among the first ``robust_warmup`` values after a
+    rebaseline, so that a skewed or heavy-tailed feature errs no more than a normal one (see
+    :mod:`driftd.monitor.scores`). ``second_moments`` adds tests of each numeric feature's
     variance and of each pair's correlation every ``moments_window`` records against the
     first ``moments_reference`` records after a rebaseline (pairs only up to
-    ``moments_pairs_max_features`` numeric features); their threshold keeps the whole
-    family at one false alarm per ``false_alarm_run`` records on average (see
-    :mod:`driftd.monitor.moments`). ``estimate_performance`` (classification) estimates the
+    ``moments_pairs_max_features`` numeric features; :mod:`driftd.monitor.moments`).
+    ``false_alarm_run`` is the records between false alarms of those feature tests, on
+    average: the mean detectors and the second-moment tests each take half of the rate, and
+    ADWIN's ``delta`` (unless set in ``detector_params``) and the tests' threshold are derived
+    from it. ``estimate_performance`` (classification) estimates the
     live score from the models' class probabilities before labels arrive and watches the
     expected error with ADWIN (:mod:`driftd.monitor.estimated`); with ``estimated_retrain``
     its alarm reaches the retrain trigger like a drift alarm.
@@ -85,7 +89,7 @@ class MonitorConfig:
     moments_window: int = field(default=250, metadata={"min": 50})
     moments_reference: int = field(default=1000, metadata={"min": 100})
     moments_pairs_max_features: int = field(default=32, metadata={"min": 0})
-    false_alarm_run: float = field(default=1e8, metadata={"min": 1000})
+    false_alarm_run: float = field(default=5e7, metadata={"min": 1000})
     estimate_performance: bool = True
     estimated_retrain: bool = True
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
@@ -134,6 +138,8 @@ class MonitorConfig:
             "correct_for_features": self.alarm.correct_for_features,
             "robust_scale": self.robust_scale,
             "robust_warmup": self.robust_warmup,
+            "feature_scores": "normal",
+            "false_alarm_run": self.false_alarm_run,
             "second_moments": self.second_moments,
             "moments_window": self.moments_window,
             "moments_reference": self.moments_reference,

@@ -28,7 +28,7 @@ from driftd.monitor.estimated import Estimate, EstimatedScore
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
 from driftd.monitor.moments import SecondMoments
-from driftd.monitor.robust import RobustScale
+from driftd.monitor.scores import SCALE, NormalScores, delta_for, error_delta_for
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 
 __all__ = ["Monitor"]
@@ -87,11 +87,19 @@ class Monitor:
         schema = self.schema
         n_features = len(schema.features)
         factor = n_features if cfg.alarm.correct_for_features else 1
-        self._numeric = {
-            name: Watch(kind, self._params(kind, factor))
-            for name in schema.numeric
-            for kind in [cfg.per_feature.get(name, cfg.numeric_detector)]
-        }
+        kinds = {name: cfg.per_feature.get(name, cfg.numeric_detector) for name in schema.numeric}
+        scored = cfg.robust_scale and "adwin" in kinds.values()
+        # The mean detectors and the second-moment tests share the features' false-alarm
+        # budget evenly: each family errs once per twice the run length.
+        family_run = 2.0 * cfg.false_alarm_run
+        tests = sum(kind == "adwin" for kind in kinds.values()) if factor > 1 else 1
+
+        def watch(kind: str) -> Watch:
+            if scored and kind == "adwin":
+                return Watch(kind, self._scored_params(family_run, tests, factor), scale=SCALE)
+            return Watch(kind, self._params(kind, factor))
+
+        self._numeric = {name: watch(kind) for name, kind in kinds.items()}
         self._categorical = {
             name: CategoryWatch(
                 cfg.top_categories, cfg.category_reference, self._params("adwin", factor)
@@ -107,12 +115,12 @@ class Monitor:
         else:
             self._prediction = Watch(cfg.numeric_detector, self._params(cfg.numeric_detector, 1))
             kind = cfg.regression_error_detector
-        self._error = Watch(kind, self._params(kind, 1))
-        scaled = [name for name, w in self._numeric.items() if w.kind == "adwin"]
-        self._robust = (
-            RobustScale(len(schema.numeric), warmup=cfg.robust_warmup)
-            if cfg.robust_scale and scaled
-            else None
+        error_params = self._params(kind, 1)
+        if schema.task == "classification" and kind == "adwin" and "delta" not in error_params:
+            error_params["delta"] = error_delta_for(cfg.false_alarm_run)
+        self._error = Watch(kind, error_params)
+        self._scores = (
+            NormalScores(len(schema.numeric), warmup=cfg.robust_warmup) if scored else None
         )
         self._moments: SecondMoments | None = None
         if cfg.second_moments and schema.numeric:
@@ -120,7 +128,7 @@ class Monitor:
                 list(schema.numeric),
                 window=cfg.moments_window,
                 reference=cfg.moments_reference,
-                run_length=cfg.false_alarm_run,
+                run_length=family_run,
                 pairs=len(schema.numeric) <= cfg.moments_pairs_max_features,
             )
         self._features_map = IndexMap()
@@ -159,6 +167,16 @@ class Monitor:
         self._numeric_order = {name: i for i, name in enumerate(self._numeric)}
         self._regime: dict[tuple[Signal, str | None], int] = {}
         self._rebaselined: dict[Signal, int] = {}
+
+    def _scored_params(self, run_length: float, tests: int, factor: int) -> dict[str, Any]:
+        """ADWIN's parameters for a feature fed normal scores: unset, ``delta`` is the one at
+        which ``tests`` such detectors together err once per ``run_length`` records; set by
+        hand, it is divided by ``factor`` as for any detector."""
+        params = dict(self.config.detector_params.get("adwin", {}))
+        if "delta" in params:
+            return self._params("adwin", factor)
+        params["delta"] = delta_for(run_length, tests)
+        return params
 
     def _params(self, kind: str, factor: int) -> dict[str, Any]:
         params = dict(self.config.detector_params.get(kind, {}))
@@ -215,15 +233,15 @@ class Monitor:
             numeric = np.array(columns, dtype=np.float64).T
         if numeric is not None:
             self._recent.extend(numeric)
-            raw_fed = self._robust is None or any(w.kind != "adwin" for w in self._numeric.values())
+            raw_fed = self._scores is None or any(w.kind != "adwin" for w in self._numeric.values())
             if columns is None and raw_fed:  # only a detector fed raw values needs the lists
                 columns = numeric.T.tolist()
-        robust = (
-            self._robust.feed(numeric) if self._robust is not None and numeric is not None else None
+        scored_block = (
+            self._scores.feed(numeric) if self._scores is not None and numeric is not None else None
         )
-        scaled = robust.T.tolist() if robust is not None else None
+        scaled = scored_block.T.tolist() if scored_block is not None else None
         for name, watch in self._numeric.items():
-            if self._robust is not None and watch.kind == "adwin":
+            if self._scores is not None and watch.kind == "adwin":
                 column = scaled[order] if scaled is not None else []  # [] during its warm-up
             else:
                 assert columns is not None
@@ -371,8 +389,8 @@ class Monitor:
             self._estimated_watch.reset()
         if self._moments is not None:
             self._moments.reset()
-        if self._robust is not None:
-            self._robust.reset()
+        if self._scores is not None:
+            self._scores.reset()
         self._live.reset()
         self._policy.reset()
         self._last_drift.clear()
@@ -618,6 +636,11 @@ class Monitor:
             "estimated_score": {m: e.as_dict() for m, e in self.estimated_scores.items()},
             "detectors": [s.as_dict() for s in self.detector_states()],
             "numeric_detectors": {name: w.kind for name, w in self._numeric.items()},
+            "numeric_confidence": {
+                name: w.params[CONFIDENCE[w.kind][0]]
+                for name, w in self._numeric.items()
+                if w.kind in CONFIDENCE and CONFIDENCE[w.kind][0] in w.params
+            },
             "error_detector": self._error.kind,
             "unseen_categories": self.unseen_categories,
             "unseen_examples": {n: list(c.unseen_examples) for n, c in self._categorical.items()},

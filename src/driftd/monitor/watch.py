@@ -69,6 +69,9 @@ class Watch:
         ``hddm_w`` or ``fhddm``.
     params
         Keyword arguments for the detector's constructor.
+    scale
+        The values arrive multiplied by this; means in stats and the estimate are divided
+        by it again.
 
     Examples
     --------
@@ -85,12 +88,18 @@ class Watch:
     """
 
     def __init__(
-        self, kind: str, params: Mapping[str, Any] | None = None, *, start: int = 0
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        start: int = 0,
+        scale: float = 1.0,
     ) -> None:
         if kind not in DETECTORS:
             raise ValueError(f"detector: got {kind!r}, expected one of {', '.join(DETECTORS)}")
         self.kind = kind
         self.params = dict(params or {})
+        self.scale = scale
         self.pos = start  # the stream position of the next value
         self._reset()
 
@@ -113,7 +122,7 @@ class Watch:
         kind = self.kind
         value: Any
         if kind == "adwin":
-            value = det.estimation
+            value = det.estimation / self.scale
         elif kind == "page_hinkley":
             value = det._x_mean.get()
         elif kind == "kswin":
@@ -173,8 +182,8 @@ class Watch:
             stats = {
                 "width": width,
                 "dropped": dropped,
-                "mean_before": (before - after) / dropped if dropped > 0 else None,
-                "mean_after": after / width if width else None,
+                "mean_before": (before - after) / dropped / self.scale if dropped > 0 else None,
+                "mean_after": after / width / self.scale if width else None,
                 "delta": det.delta,
             }
             hits.append(Hit(at, DRIFT, at - width + 1, stats))
