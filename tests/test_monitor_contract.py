@@ -232,7 +232,7 @@ def test_every_signal_fires_on_its_change_and_decides_the_same_whatever_the_batc
         ("estimated", None),
     } <= fired, fired
     assert fired & {("feature", "x2"), ("feature", "x3")}, fired  # the correlated pair
-    for batch in (250, 1000, 3000):
+    for batch in (4, 250, 1000, 3000):  # 4: a pass of served predictions
         assert (
             play_all(Monitor(SIGNALS_SCHEMA, MonitorConfig()), data, 0, 12_000, batch) == events
         ), batch

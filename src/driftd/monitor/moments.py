@@ -164,12 +164,13 @@ class SecondMoments:
         """Feed the next records (an ``(n, k)`` array); return the tests that fired.
 
         Records arriving a few at a time (single predictions) wait until :data:`CHUNK` have
-        come, so that each is not a dozen array operations of its own; a test that fires is
-        reported up to ``CHUNK - 1`` records late, at the position of its window's end."""
+        come, so that each is not a dozen array operations of its own, or until they complete
+        a test's window: a test is reported with its window's last record, whatever the
+        batches, so the alarm policy sees it in record order among the other signals."""
         if self._pending or len(block) < CHUNK:
             self._pending.append(np.array(block, dtype=np.float64))
             self._pending_n += len(block)
-            if self._pending_n < CHUNK:
+            if self._pending_n < min(CHUNK, self._to_next_test()):
                 return []
             block = np.concatenate(self._pending)
             self._pending, self._pending_n = [], 0
@@ -195,6 +196,12 @@ class SecondMoments:
                 hits += self._test(self.pos - 1)
                 self._acc = _Sums(len(self.names))
         return hits
+
+    def _to_next_test(self) -> int:
+        """Records still to come before the next test runs."""
+        if self._ready:
+            return self.window - self._acc.n
+        return self.reference - self._ref_n + self.window
 
     def _scores_of(self, block: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Normal scores: each value's cell on the reference's grid (values past its ends in the
