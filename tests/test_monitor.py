@@ -20,7 +20,7 @@ from driftd.monitor import (
     MonitorEvent,
 )
 from driftd.monitor.changepoint import RecentValues
-from driftd.monitor.scores import CALIBRATION, delta_for, error_delta_for
+from driftd.monitor.scores import CALIBRATION, delta_for
 from tests import streams
 
 CHANGE = 5000
@@ -112,21 +112,6 @@ def test_error_rate_jump_raises_a_concept_drift_alarm_within_600_labels(seed: in
     metric, value = monitor.live_score
     assert metric == "accuracy"
     assert value == pytest.approx(0.7, abs=0.05)
-
-
-def test_the_error_stream_runs_at_the_confidence_of_the_run_length() -> None:
-    """A classifier's error stream errs about once per ``false_alarm_run`` labels: its ADWIN
-    runs at the calibrated delta, smaller for a longer run; a delta set by hand wins."""
-
-    def drift_delta(**kw: Any) -> float:
-        monitor = Monitor(numeric_schema(), MonitorConfig(**kw))
-        predictions, labels = streams.error_bits(20_000, 10_000, 0, 0.1, 0.5)
-        events = monitor.update_outcomes(list(range(20_000)), predictions, labels, now=1.0)
-        return float(first(events, "detection", 10_000).stats["delta"])
-
-    assert drift_delta() == pytest.approx(error_delta_for(MonitorConfig().false_alarm_run))
-    assert drift_delta(false_alarm_run=5e8) == pytest.approx(drift_delta() / 10)
-    assert drift_delta(detector_params={"adwin": {"delta": 0.01}}) == 0.01
 
 
 def test_regression_error_stream_detects_a_larger_absolute_error() -> None:

@@ -28,7 +28,7 @@ from driftd.monitor.estimated import Estimate, EstimatedScore
 from driftd.monitor.events import AlarmKind, DetectorState, MonitorEvent, Signal
 from driftd.monitor.live import LiveScore
 from driftd.monitor.moments import SecondMoments
-from driftd.monitor.scores import SCALE, NormalScores, delta_for, error_delta_for
+from driftd.monitor.scores import SCALE, NormalScores, delta_for
 from driftd.monitor.watch import CONFIDENCE, DRIFT, Hit, Watch
 
 __all__ = ["Monitor"]
@@ -115,10 +115,7 @@ class Monitor:
         else:
             self._prediction = Watch(cfg.numeric_detector, self._params(cfg.numeric_detector, 1))
             kind = cfg.regression_error_detector
-        error_params = self._params(kind, 1)
-        if schema.task == "classification" and kind == "adwin" and "delta" not in error_params:
-            error_params["delta"] = error_delta_for(cfg.false_alarm_run)
-        self._error = Watch(kind, error_params)
+        self._error = Watch(kind, self._params(kind, 1))
         self._scores = (
             NormalScores(len(schema.numeric), warmup=cfg.robust_warmup) if scored else None
         )

@@ -38,14 +38,7 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
-__all__ = [
-    "CALIBRATION",
-    "ERROR_CALIBRATION",
-    "SCALE",
-    "NormalScores",
-    "delta_for",
-    "error_delta_for",
-]
+__all__ = ["CALIBRATION", "SCALE", "NormalScores", "delta_for"]
 
 #: Scores are fed to ADWIN at this multiple of their size (see the module's docstring).
 SCALE = 10.0
@@ -55,21 +48,6 @@ SCALE = 10.0
 #: Measured by ``benchmarks/calibrate_adwin.py``: 290 detections in 3 x 10⁸ records, 20 in
 #: 3.1 x 10⁸ and 16 in 2 x 10⁹.
 CALIBRATION: tuple[tuple[float, float], ...] = ((1e-3, 9.67e-7), (1e-4, 6.49e-8), (1e-5, 8.0e-9))
-
-
-#: ADWIN's ``delta`` on a classifier's 0/1 errors, and the labels between its false
-#: detections there (``benchmarks/calibrate_adwin.py --errors``: 3 and 4 in 2 x 10⁸ labels at
-#: error rates 0.1 and 0.3; 0 at 0.02, 8 at 0.5).
-ERROR_CALIBRATION: tuple[float, float] = (5e-4, 5e7)
-
-
-def error_delta_for(run_length: float) -> float:
-    """ADWIN's ``delta`` at which a classifier's error stream errs about once per
-    ``run_length`` labels: the calibrated one, scaled in proportion. ADWIN's rate falls a
-    little faster than its ``delta``, so a run longer than the calibration's is kept at least,
-    and a shorter one a little less."""
-    delta, measured = ERROR_CALIBRATION
-    return delta * measured / run_length
 
 
 def delta_for(run_length: float, tests: int) -> float:
