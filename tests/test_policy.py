@@ -161,6 +161,32 @@ def test_drift_regime_waits_for_rows_then_retrains_as_they_double() -> None:
     assert p.regime is None, "the regime ends once the window is full"
 
 
+def test_a_regime_closes_when_doubling_would_pass_the_window_and_challengers_resume() -> None:
+    """From 19,200 rows the next doubling needs 38,400, past the 20,000-row window: the regime
+    would stay open for good and hold the challengers back (on a slow drift no retrain came
+    in the last 11,200 records of the stream). It closes instead, and a challenger comes
+    every 5,000 labels again."""
+    p = RetrainPolicy(PolicyConfig())
+    p.on_drift(change_point=0, now=0)
+    due = {"now": 0.0, "new_labels": 5_000, "since_attempt": 5_000}
+    asked = []
+    for labelled in range(300, 40_000, 100):
+        want = p.drift_due(labelled, **due)
+        if want.reason is None:
+            continue
+        asked.append(labelled)
+        p.request(want.reason, now=0, new_labels=5_000, since_attempt=5_000, drift_point=0)
+        job = p.start(0, since_attempt=5_000, position=labelled)
+        assert job is not None
+        p.finish(job, "deployed", now=0, trained_rows=min(labelled, p.config.window_rows))
+        if p.regime is None:
+            break
+    assert asked == [300, 600, 1_200, 2_400, 4_800, 9_600, 19_200]
+    assert p.regime is None
+    assert not p.challenger_due(now=0, new_labels=4_999, since_attempt=4_999)
+    assert p.challenger_due(now=0, new_labels=5_000, since_attempt=5_000)
+
+
 def test_a_due_drift_retrain_held_by_the_cooldown_is_deferred_once_then_asked_for() -> None:
     """Never dropped: the first check that finds it held says why (for the audit log), later
     checks stay quiet, and it is asked for as soon as the cooldown's labels are in."""

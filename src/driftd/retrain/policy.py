@@ -27,7 +27,8 @@ its attempt not counted, so that the state persisted at the stop makes the next 
 
 Drift opens a *regime* at the alarm's change point: the first retrain waits until
 ``min_rows_after_drift`` labelled rows exist after it, and retrains follow whenever that count
-doubles since the last one, until it reaches ``window_rows``. These growth retrains skip the
+doubles since the last one, until it reaches ``window_rows`` (or half of it, where the next
+doubling would pass it: the challengers take over from there). These growth retrains skip the
 cooldown (there are at most log2(window / min_rows) of them, and a model trained on a few
 hundred rows should be replaced as soon as twice as many exist), but not the backoff that
 follows a rejection. A regime is closed only by a deploy of its own retrain: a scheduled or
@@ -250,7 +251,9 @@ class RetrainPolicy:
         ):
             self.regime.trained_rows = max(self.regime.trained_rows, trained_rows)
             self.regime.deferred = None
-            if self.regime.trained_rows >= self.config.window_rows:
+            # Full, or as full as doubling gets it: a regime left open waiting for rows past
+            # the window would hold the challengers back.
+            if 2 * self.regime.trained_rows > self.config.window_rows:
                 self.regime = None
 
     def _requeue(self, job: Job) -> None:
