@@ -58,32 +58,36 @@ def detections(values: list[float], delta: float) -> int:
 
 
 def rate(
-    draw: Draw, delta: float, records: float, length: int, *, enough: int = 0, most: float = 0
+    draw: Draw,
+    delta: float,
+    records: float,
+    length: int,
+    *,
+    scored: bool = True,
+    first_seed: int = 10_000,
+    enough: int = 0,
+    most: float = 0,
 ) -> tuple[int, int]:
     """Detections and records over ``records`` records of streams of ``length``, and on
-    until ``enough`` detections or ``most`` records."""
+    until ``enough`` detections or ``most`` records; each stream is fed as the monitor feeds
+    a numeric feature (normal scores), or raw (``scored`` False, as the error stream)."""
     found = total = 0
     seed = 0
     while total < records or (found < enough and total < most):
-        x = draw(np.random.default_rng(10_000 + seed), length)
-        scores = NormalScores(1).feed(x[:, None])
-        assert scores is not None
-        found += detections(scores[:, 0].tolist(), delta)
+        x = draw(np.random.default_rng(first_seed + seed), length)
+        if scored:
+            scores = NormalScores(1).feed(x[:, None])
+            assert scores is not None
+            x = scores[:, 0]
+        found += detections(x.tolist(), delta)
         total += length
         seed += 1
     return found, total
 
 
-def error_rate(p: float, delta: float, records: float, length: int) -> tuple[int, int]:
-    """Detections and records over ``records`` 0/1 errors, each 1 with probability ``p``."""
-    found = total = 0
-    seed = 0
-    while total < records:
-        bits = np.random.default_rng(20_000 + seed).random(length) < p
-        found += detections(bits.astype(float).tolist(), delta)
-        total += length
-        seed += 1
-    return found, total
+def errors(p: float) -> Draw:
+    """A classifier's 0/1 errors, each 1 with probability ``p``."""
+    return lambda rng, n: (rng.random(n) < p).astype(float)
 
 
 def interval(k: int) -> tuple[float, float]:
@@ -140,7 +144,9 @@ def main() -> None:
     print(header)
     for p in (0.02, 0.1, 0.3, 0.5):
         t = time.perf_counter()
-        found, total = error_rate(p, delta, args.errors, args.length)
+        found, total = rate(
+            errors(p), delta, args.errors, args.length, scored=False, first_seed=20_000
+        )
         name = f"errors, rate {p:g}"
         print(line(name, delta, found, total, time.perf_counter() - t), flush=True)
 

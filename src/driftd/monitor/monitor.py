@@ -92,7 +92,8 @@ class Monitor:
         # The mean detectors and the second-moment tests share the features' false-alarm
         # budget evenly: each family errs once per twice the run length.
         family_run = 2.0 * cfg.false_alarm_run
-        tests = sum(kind == "adwin" for kind in kinds.values()) if factor > 1 else 1
+        corrected = cfg.alarm.correct_for_features
+        tests = sum(kind == "adwin" for kind in kinds.values()) if corrected else 1
 
         def watch(kind: str) -> Watch:
             if scored and kind == "adwin":

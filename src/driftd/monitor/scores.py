@@ -98,10 +98,6 @@ class NormalScores:
         """Take a new reference from the next ``warmup`` rows."""
         self._reset()
 
-    @property
-    def fitted(self) -> bool:
-        return self._fitted
-
     def feed(self, block: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
         """The rows ready for the detectors, scored, in order (held rows first); None while
         the warm-up is incomplete."""
